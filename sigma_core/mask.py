@@ -1,0 +1,443 @@
+"""SIGMA's intra-group attention mask B = (C AND M) OR S, in the forms the project needs.
+
+- :func:`dense_mask` computes the paper's formula literally as an L x L matrix. It is the ground
+  truth for tests and is refused for long sequences (8 references at 1024 px is ~37k tokens,
+  1.4 GB of booleans).
+- :func:`segment_masks` is what the engine prefills with, segment by segment, into a KV cache:
+  image and noise blocks see everything up to their end, so only text segments carry a mask.
+- :func:`mask_mod` is the same B for ``flex_attention`` on GPU.
+- :func:`mask_png` draws the mask so users can see what the leakage guard blocks.
+
+``B[q, k] = True`` means query q may attend to key k. C is causal (k <= q), S is full attention
+inside each image or noise block (its vision markers included), and M is False only where an
+attribute (SPECIAL) token would see an IMAGE token of another group; with ``plan.mask`` off, M is
+all True (plain BAGEL). Because the noise block is last, it sees everything and nothing earlier
+sees it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from sigma_core.sequence import Plan, Segment, TokenType
+
+DEFAULT_MAX_TOKENS = 16384
+
+
+class MaskTooLargeError(ValueError):
+    """A dense L x L mask was asked for a sequence too long to hold one."""
+
+
+@dataclass(frozen=True)
+class SegmentMask:
+    """The mask rows of one segment: its queries over every key up to the segment's end.
+
+    ``mask`` is None for image and noise blocks, whose queries see all of ``[0, segment.end)``
+    (intra-block attention plus a causal view of the prefix); the engine can then skip the mask.
+    """
+
+    segment: Segment
+    mask: torch.Tensor | None  # bool [segment.length, segment.end]
+
+    @property
+    def is_full(self) -> bool:
+        return self.mask is None
+
+    def dense(self) -> torch.Tensor:
+        """The bool [length, end] mask, materialised even when full."""
+        if self.mask is None:
+            return torch.ones(self.segment.length, self.segment.end, dtype=torch.bool)
+        return self.mask
+
+
+def token_blocks(plan: Plan) -> torch.Tensor:
+    """int32 [L]: the index of the image or noise segment each token is in, -1 for text."""
+    ids = [i if s.kind != "text" else -1 for i, s in enumerate(plan.segments)]
+    lengths = torch.tensor([s.length for s in plan.segments], dtype=torch.long)
+    return torch.tensor(ids, dtype=torch.int32).repeat_interleave(lengths)
+
+
+def _formula(
+    plan: Plan, blocks: torch.Tensor, q: torch.Tensor, k: torch.Tensor, *, guard: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """C, M and S at query tokens q and key tokens k (broadcast index tensors); M is all True
+    unless ``guard``."""
+    causal = k <= q
+    same_block = (blocks[q] == blocks[k]) & (blocks[q] >= 0)
+    if guard:
+        tt, grp = plan.token_type, plan.group
+        m = ~((tt[q] == TokenType.SPECIAL) & (tt[k] == TokenType.IMAGE) & (grp[q] != grp[k]))
+    else:
+        m = torch.ones_like(causal)
+    return causal, m, same_block
+
+
+def dense_mask(plan: Plan, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Tensor:
+    """bool [L, L]: B = (C AND M) OR S built literally from full C, M and S matrices.
+
+    The reference the efficient forms are tested against. Memory grows as L^2: a few L x L
+    bool temporaries at once (about 1.3 GB at the default limit).
+    """
+    n = plan.length
+    if n > max_tokens:
+        raise MaskTooLargeError(
+            f"dense_mask: the plan has {n} tokens, above the limit of {max_tokens} "
+            f"(an L x L mask would take {n * n / 2**20:.0f} MB per matrix); use "
+            "segment_masks(plan) for long sequences, or pass a larger max_tokens"
+        )
+    idx = torch.arange(n)
+    c, m, s = _formula(plan, token_blocks(plan), idx[:, None], idx[None, :], guard=plan.mask)
+    return (c & m) | s
+
+
+def segment_masks(plan: Plan) -> list[SegmentMask]:
+    """One :class:`SegmentMask` per segment, in order, for segment-by-segment prefill.
+
+    A text segment's rows are causal inside the segment and all True over the prefix, except
+    that (with ``plan.mask``) its attribute tokens are blocked from other groups' IMAGE keys.
+    Image and noise blocks are full. Rows of a segment are False past its end (causality), so
+    these masks describe B completely.
+    """
+    tt, grp = plan.token_type, plan.group
+    image_keys = tt == TokenType.IMAGE
+    out: list[SegmentMask] = []
+    for seg in plan.segments:
+        if seg.kind != "text":
+            out.append(SegmentMask(seg, None))
+            continue
+        start, n = seg.start, seg.length
+        mask = torch.ones(n, seg.end, dtype=torch.bool)
+        mask[:, start:] = torch.ones(n, n, dtype=torch.bool).tril_()
+        if plan.mask:
+            rows = (tt[start : seg.end] == TokenType.SPECIAL).nonzero().squeeze(1)
+            if rows.numel():
+                other = grp[: seg.end][None, :] != grp[start + rows][:, None]
+                mask[rows] &= ~(image_keys[: seg.end][None, :] & other)
+        out.append(SegmentMask(seg, mask))
+    return out
+
+
+def mask_mod(
+    plan: Plan, device: torch.device | str | None = None
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``flex_attention`` mask_mod ``(b, h, q_idx, kv_idx) -> bool`` computing B.
+
+    Use with ``create_block_mask(mod, None, None, L, L, device=...)``; pass the same ``device``
+    here so the per-token tensors live where the indices do.
+    """
+    blocks = token_blocks(plan).to(device)
+    tt = plan.token_type.to(device)
+    grp = plan.group.to(device)
+
+    if plan.mask:
+
+        def mod(
+            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+        ) -> torch.Tensor:
+            blocked = (
+                (tt[q_idx] == TokenType.SPECIAL)
+                & (tt[kv_idx] == TokenType.IMAGE)
+                & (grp[q_idx] != grp[kv_idx])
+            )
+            same_block = (blocks[q_idx] == blocks[kv_idx]) & (blocks[q_idx] >= 0)
+            return ((kv_idx <= q_idx) & ~blocked) | same_block
+
+    else:
+
+        def mod(
+            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+        ) -> torch.Tensor:
+            same_block = (blocks[q_idx] == blocks[kv_idx]) & (blocks[q_idx] >= 0)
+            return (kv_idx <= q_idx) | same_block
+
+    return mod
+
+
+# ----------------------------------------------------------------------------- picture
+
+RGB = tuple[int, int, int]
+TYPE_COLORS: dict[TokenType, RGB] = {
+    TokenType.TEXT: (66, 133, 244),
+    TokenType.SPECIAL: (255, 193, 7),
+    TokenType.IMAGE: (52, 168, 83),
+    TokenType.PLAIN: (120, 120, 120),
+    TokenType.NOISE: (156, 39, 176),
+}
+TYPE_NAMES: dict[TokenType, str] = {
+    TokenType.TEXT: "text",
+    TokenType.SPECIAL: "attribute token (special)",
+    TokenType.IMAGE: "reference image latent",
+    TokenType.PLAIN: "marker (plain: im/vision start, end)",
+    TokenType.NOISE: "generated image latent (noise)",
+}
+# Paul Tol's "muted" palette plus brown; group ids cycle through it.
+GROUP_COLORS: tuple[RGB, ...] = (
+    (204, 102, 119),
+    (51, 34, 136),
+    (221, 204, 119),
+    (17, 119, 51),
+    (136, 204, 238),
+    (136, 34, 85),
+    (68, 170, 153),
+    (153, 153, 51),
+    (170, 68, 153),
+    (120, 72, 24),
+)
+NO_GROUP: RGB = (215, 215, 215)
+ALLOWED: RGB = (40, 55, 75)
+BLOCKED_CAUSAL: RGB = (244, 244, 244)
+BLOCKED_MASK: RGB = (220, 30, 30)
+LEAK: RGB = (255, 140, 0)  # allowed only because plan.mask is off
+_BACKGROUND: RGB = (255, 255, 255)
+_INK: RGB = (20, 20, 20)
+_MIN_PX = 400
+_MIN_SIDE = 64  # smallest matrix worth drawing
+_LINE = 14  # line height of Pillow's default font
+_MAX_CELL = 24  # pixels per token for short plans
+_GRID_FROM = 6  # draw lines between cells from this cell size up
+_MAX_GROUP_LINES = 10
+_MAX_EMPHASIS = 5  # pixels per attribute token on a downsampled axis
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Tokens [start, start + length) that share pixels on a downsampled axis."""
+
+    start: int
+    length: int
+    tier: int  # 0 attribute token, 1 text, 2 vision marker, 3 latents: later tiers shrink first
+    least: int  # pixels it gets whenever the budget allows
+    want: int  # pixels it gets when the budget is ample
+
+
+def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path:
+    """Draw B as a PNG at most ``max_px`` pixels per side, so users see what the guard blocks.
+
+    Rows are queries, columns keys; strips along both axes give each token's type and group.
+    Long plans are drawn on a non-uniform axis that compresses image blocks first, so attribute
+    tokens and text keep their own rows, and B is evaluated at one token per pixel: the L x L
+    matrix is never built.
+    """
+    if max_px < _MIN_PX:
+        raise ValueError(f"mask_png: max_px={max_px} is too small; use at least {_MIN_PX}")
+    font = ImageFont.load_default()
+    margin, strip = 8, max(5, max_px // 128)
+    lead = 2 * strip + 4  # the two strips and their gaps, before the matrix
+    legend = _legend(plan)
+    legend_w, legend_h, placed = _layout(legend, font, max_px - 2 * margin)
+    wide = max_px - 2 * margin
+    titles = {z: _wrap(_title(plan, z), font, wide) for z in (False, True)}
+    head = margin + _LINE * max(map(len, titles.values())) + 4
+    side = min(max_px - 2 * margin - lead, max_px - head - lead - 2 * margin - legend_h)
+    if side < _MIN_SIDE:
+        raise ValueError(
+            f"mask_png: max_px={max_px} leaves no room for the matrix beside the legend; "
+            "use a larger max_px"
+        )
+    rep, scale = _axis(plan, side)
+
+    causal, m, same = _formula(plan, token_blocks(plan), rep[:, None], rep[None, :], guard=True)
+    allowed = (causal & m) | same if plan.mask else causal | same
+    cells = np.zeros(allowed.shape, dtype=np.uint8)  # 0: blocked by causality
+    cells[allowed.numpy()] = 1
+    cells[(causal & ~allowed).numpy()] = 2  # blocked by M
+    if not plan.mask:
+        cells[(causal & ~m & ~same).numpy()] = 3
+    palette = np.array([BLOCKED_CAUSAL, ALLOWED, BLOCKED_MASK, LEAK], dtype=np.uint8)
+    matrix = np.repeat(np.repeat(palette[cells], scale, axis=0), scale, axis=1)
+    if scale >= _GRID_FROM:
+        matrix[scale - 1 :: scale] = _BACKGROUND
+        matrix[:, scale - 1 :: scale] = _BACKGROUND
+
+    types = np.array([TYPE_COLORS[TokenType(t)] for t in range(len(TokenType))], dtype=np.uint8)
+    grp = plan.group[rep].numpy()
+    group_strip = np.array(GROUP_COLORS, dtype=np.uint8)[grp % len(GROUP_COLORS)]
+    group_strip[grp < 0] = NO_GROUP
+    strips = [types[plan.token_type[rep].long().numpy()], group_strip]
+
+    n = matrix.shape[0]
+    x0, y0 = margin + lead, head + lead
+    title = titles[len(rep) < plan.length]
+    title_w = max(int(font.getlength(t)) for t in title)
+    width = max(x0 + n, legend_w, title_w) + 2 * margin
+    canvas = np.full((y0 + n + 2 * margin + legend_h, width, 3), _BACKGROUND, dtype=np.uint8)
+    canvas[y0 : y0 + n, x0 : x0 + n] = matrix
+    for i, colors in enumerate(strips):  # type strip outermost, group strip next to the matrix
+        colors = np.repeat(colors, scale, axis=0)
+        canvas[head + i * (strip + 2) : head + i * (strip + 2) + strip, x0 : x0 + n] = colors
+        canvas[y0 : y0 + n, margin + i * (strip + 2) : margin + i * (strip + 2) + strip] = colors[
+            :, None
+        ]
+
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    for i, text in enumerate(title):
+        draw.text((margin, margin + i * _LINE), text, fill=_INK, font=font)
+    left, top = margin, y0 + n + margin
+    for x, y, color, text in placed:
+        if color is None:
+            draw.text((left + x, top + y), text, fill=_INK, font=font)
+            continue
+        draw.rectangle(
+            (left + x, top + y + 2, left + x + 9, top + y + 11), fill=color, outline=_INK
+        )
+        draw.text((left + x + 14, top + y), text, fill=_INK, font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
+def _title(plan: Plan, downsampled: bool) -> list[str]:
+    mask = "on" if plan.mask else "off (plain BAGEL)"
+    return [
+        f"SIGMA attention mask B = (C and M) or S: {plan.length} tokens, "
+        f"{plan.num_groups} reference groups, mask {mask}",
+        "rows: queries, columns: keys; outer strip: token type, inner strip: group",
+        "downsampled: image blocks compressed first, attribute tokens widened"
+        if downsampled
+        else "1 cell = 1 token",
+    ]
+
+
+def _wrap(
+    lines: list[str], font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int
+) -> list[str]:
+    """Lines broken at spaces so each fits ``width`` pixels."""
+    out: list[str] = []
+    for text in lines:
+        words = text.split(" ")
+        current = words[0]
+        for word in words[1:]:
+            if font.getlength(f"{current} {word}") <= width:
+                current = f"{current} {word}"
+            else:
+                out.append(current)
+                current = word
+        out.append(current)
+    return out
+
+
+def _legend(plan: Plan) -> list[list[tuple[RGB | None, str]]]:
+    """Legend columns: a header line, then (colour, label) entries."""
+    types: list[tuple[RGB | None, str]] = [(None, "Token type (outer strip)")]
+    types += [(TYPE_COLORS[t], TYPE_NAMES[t]) for t in TokenType]
+    groups: list[tuple[RGB | None, str]] = [(None, "Group (inner strip)")]
+    images = [s for s in plan.segments if s.kind == "image"]
+    for s in images[:_MAX_GROUP_LINES]:
+        label = " ".join([f"group {s.group}:", *([f"[{s.slot}]"] if s.slot else []), *s.attributes])
+        groups.append((GROUP_COLORS[s.group % len(GROUP_COLORS)], label.rstrip(":")))
+    if len(images) > _MAX_GROUP_LINES:
+        groups.append((None, f"... {len(images) - _MAX_GROUP_LINES} more, colours cycle"))
+    groups.append((NO_GROUP, "no group"))
+    cells: list[tuple[RGB | None, str]] = [
+        (None, "Cell (query row, key column)"),
+        (ALLOWED, "may attend"),
+        (BLOCKED_CAUSAL, "blocked by causality"),
+        (BLOCKED_MASK, "blocked by the SIGMA mask M")
+        if plan.mask
+        else (LEAK, "seen only because the mask is off"),
+    ]
+    return [types, groups, cells]
+
+
+def _layout(
+    columns: list[list[tuple[RGB | None, str]]],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    width: int,
+) -> tuple[int, int, list[tuple[int, int, RGB | None, str]]]:
+    """Place legend columns left to right, wrapping to a new row when ``width`` is full.
+
+    Returns the legend's width, height and (x, y, colour, text) items.
+    """
+    placed: list[tuple[int, int, RGB | None, str]] = []
+    x = y = row_h = used_w = 0
+    for col in columns:
+        col_w = max(int(font.getlength(t)) + (14 if c else 0) for c, t in col) + 16
+        if x and x + col_w > width:
+            x, y, row_h = 0, y + row_h + 4, 0
+        placed += [(x, y + i * _LINE, c, t) for i, (c, t) in enumerate(col)]
+        x += col_w
+        used_w, row_h = max(used_w, x), max(row_h, len(col) * _LINE)
+    return used_w, y + row_h, placed
+
+
+def _axis(plan: Plan, budget: int) -> tuple[torch.Tensor, int]:
+    """The token drawn at each pixel of an axis at most ``budget`` px long, and the cell size.
+
+    Short plans get one cell of ``scale`` px per token. Longer ones share pixels: every
+    attribute token, text run and block gets at least one, then attribute tokens are widened
+    (so their blocked cells stand out), then text, vision markers and latents get pixels in
+    that order; each run is spread evenly over its pixels.
+    """
+    n = plan.length
+    if n <= budget:
+        return torch.arange(n), max(1, min(budget // n, _MAX_CELL))
+    runs = _runs(plan, emphasis=max(1, min(_MAX_EMPHASIS, budget // 160)))
+    px = [r.least for r in runs]
+    left = budget - sum(px)
+    if left < 0:  # more attribute tokens and segments than pixels: plain proportional
+        px = _share([r.length for r in runs], budget)
+    else:
+        for tier in range(4):
+            idx = [i for i, r in enumerate(runs) if r.tier == tier]
+            want = [runs[i].want - px[i] for i in idx]
+            got = want if sum(want) <= left else _share(want, left)
+            for i, g in zip(idx, got, strict=True):
+                px[i] += g
+            left -= sum(got)
+    reps = [
+        r.start + (2 * torch.arange(p) + 1) * r.length // (2 * p)
+        for r, p in zip(runs, px, strict=True)
+        if p
+    ]
+    return torch.cat(reps), 1
+
+
+def _runs(plan: Plan, emphasis: int) -> list[_Run]:
+    """The plan cut into runs: each attribute token alone (wanting ``emphasis`` px), the text
+    between them, and each block as marker, latents, marker."""
+    runs: list[_Run] = []
+    for seg in plan.segments:
+        if seg.kind != "text":
+            if seg.length < 3:
+                runs.append(_Run(seg.start, seg.length, 3, 1, seg.length))
+                continue
+            runs += [
+                _Run(seg.start, 1, 2, 0, 1),
+                _Run(seg.start + 1, seg.length - 2, 3, 1, seg.length - 2),
+                _Run(seg.end - 1, 1, 2, 0, 1),
+            ]
+            continue
+        start = seg.start
+        special = (plan.token_type[seg.start : seg.end] == TokenType.SPECIAL).tolist()
+        for t in range(seg.start, seg.end):
+            if special[t - seg.start]:
+                if t > start:
+                    runs.append(_Run(start, t - start, 1, 1, t - start))
+                runs.append(_Run(t, 1, 0, 1, emphasis))
+                start = t + 1
+        if start < seg.end:
+            runs.append(_Run(start, seg.end - start, 1, 1, seg.end - start))
+    return runs
+
+
+def _share(weights: list[int], budget: int) -> list[int]:
+    """``budget`` split in proportion to ``weights`` (largest remainder); never above a weight
+    while the budget is below their sum."""
+    total = sum(weights)
+    if total == 0:
+        return [0] * len(weights)
+    exact = [w * budget / total for w in weights]
+    out = [int(e) for e in exact]
+    order = sorted(range(len(weights)), key=lambda i: out[i] - exact[i])
+    for i in order[: budget - sum(out)]:
+        out[i] += 1
+    return out

@@ -1,0 +1,24 @@
+"""Shared fixtures. Tests never touch the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest
+
+from sigma_core.tokenizer import load_tokenizer, make_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
+    return make_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_tokenizer_dir):
+    """The tiny Qwen2-layout tokenizer, with SIGMA's tokens, loaded through transformers."""
+    return load_tokenizer(tiny_tokenizer_dir)
