@@ -1,18 +1,15 @@
-"""Command line: check presets and show what the model will read, without a GPU or weights.
+"""Command line: check presets, show what the model will read, and generate.
 
-``python -m sigma_core validate|inspect|make-tokenizer|attributes``. Exit codes: 0 success,
-2 bad input (any :class:`SigmaInputError`, and usage errors), 1 a bug in SIGMA Studio.
+``python -m sigma_core validate|inspect|generate|make-tokenizer|make-tiny|attributes``.
+Exit codes: 0 success, 2 bad input (any :class:`SigmaInputError`, and usage errors), 1 a bug.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 from sigma_core import attributes as attributes_module
 from sigma_core import tokenizer as tokenizer_module
 from sigma_core.attributes import ALIASES, ATTRIBUTES, DESCRIPTIONS, find_attribute_tokens
+from sigma_core.cache import cached_folder
 from sigma_core.composition import Composition, load_preset, read_png_composition
 from sigma_core.errors import SigmaInputError
 from sigma_core.sequence import Expert, Plan, TokenIds, TokenType, build_plan
@@ -41,38 +39,12 @@ QWEN25_SIGMA_FIRST_ID = QWEN25_BASE_VOCAB + len(QWEN2_SPECIAL_TOKENS)  # 151665
 # ----------------------------------------------------------------------------- tokenizers
 
 
-def tiny_tokenizer_cache() -> Path:
-    """Where the tiny tokenizer is kept between runs. The folder name carries a hash of the
-    code that writes it, so an update never reads a stale copy."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    digest = hashlib.sha256()
-    for module in (tokenizer_module, attributes_module):
-        digest.update(Path(module.__file__).read_bytes())
-    return base / "sigma-studio" / f"tiny-tokenizer-{digest.hexdigest()[:12]}"
-
-
 def load_tiny_tokenizer() -> Any:
-    """The tiny tokenizer, written once into the user cache (a temporary folder if the cache
-    is not writable); concurrent first runs each write a private copy and one wins the rename."""
-    target = tiny_tokenizer_cache()
-    if (target / "tokenizer_config.json").is_file():
-        return load_tokenizer(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
-    except OSError:
-        with tempfile.TemporaryDirectory() as d:
-            return load_tokenizer(make_tiny_tokenizer(d))
-    try:
-        make_tiny_tokenizer(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        tmp.rename(target)
-    except OSError:  # another run got there first; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return load_tokenizer(target)
+    """The tiny tokenizer, written once into the user cache."""
+    folder = cached_folder(
+        "tiny-tokenizer", make_tiny_tokenizer, depends_on=(tokenizer_module, attributes_module)
+    )
+    return load_tokenizer(folder)
 
 
 def _tokenizer(path: str | None) -> tuple[Any, str | None]:
@@ -339,6 +311,62 @@ def cmd_make_tokenizer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    """Write a tiny random checkpoint in the official BAGEL layout."""
+    from sigma_core.tiny import make_tiny_checkpoint
+
+    try:
+        out = make_tiny_checkpoint(
+            args.out_dir, seed=args.seed, layers=args.layers, attribute_embed=args.attribute_embed
+        )
+    except OSError as e:
+        raise SigmaInputError(f"OUT_DIR: cannot write {args.out_dir} ({e.strerror or e})") from None
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"wrote a tiny random BAGEL checkpoint (seed {args.seed}) to {out}: {files}")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate an image from a preset, with progress, and save it with its composition."""
+    import torch
+
+    from sigma_core.pipeline import SigmaPipeline
+
+    comp = load_composition(args.preset)
+    if args.seed is not None:
+        comp.settings.seed = args.seed
+    if args.size is not None:
+        comp.settings.size = _parse_size(args.size)
+    if args.checkpoint:
+        dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        pipe = SigmaPipeline.from_pretrained(
+            args.checkpoint, sigma_weights=args.sigma_weights, device=args.device,
+            dtype=dtype[args.dtype],
+        )  # fmt: skip
+    else:
+        print("no --checkpoint: using the preview engine (random weights)", file=sys.stderr)
+        pipe = SigmaPipeline.preview_engine(device=args.device)
+
+    def progress(p: SigmaPipeline, step: int, t: Any, kwargs: dict[str, Any]) -> None:
+        print(f"\rstep {step + 1}/{total}", end="", file=sys.stderr, flush=True)
+
+    total = (args.steps or comp.settings.num_timesteps) - 1
+    out = pipe(comp, num_inference_steps=args.steps, callback_on_step_end=progress)
+    print(file=sys.stderr)
+    path = out.save(args.out)
+    note = f" [{out.notice}]" if out.notice else ""
+    print(f"wrote {path} (seed {out.seed}, {out.timings['total_s']:.1f} s){note}")
+    return EXIT_OK
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SigmaInputError(f"--size: {text!r} is not WIDTHxHEIGHT, e.g. 1024x768") from None
+    return (w, h)
+
+
 def cmd_attributes(args: argparse.Namespace) -> int:
     """List SIGMA's tokens, their ids in a SIGMA checkpoint and the names accepted for them."""
     aliases: dict[str, list[str]] = {}
@@ -414,6 +442,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="pad the vocabulary so marker and SIGMA token ids equal Qwen2.5's",
     )
     p.set_defaults(func=cmd_make_tokenizer)
+
+    p = sub.add_parser(
+        "make-tiny", parents=[common], help="write a tiny random checkpoint (official layout)"
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
+    p.add_argument(
+        "--attribute-embed", action="store_true", help="include a W_tau attribute projection"
+    )
+    p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("generate", parents=[common], help="generate an image from a preset")
+    p.add_argument("preset", metavar="PRESET.json")
+    p.add_argument("--out", "-o", default="sigma.png", metavar="OUT.png")
+    p.add_argument(
+        "--checkpoint", metavar="DIR_OR_REPO", help="BAGEL folder or hub id (default: preview)"
+    )
+    p.add_argument("--sigma-weights", metavar="DIR_OR_REPO", help="SIGMA ema.safetensors")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--steps", type=int, default=None, help="timesteps (default: the preset's)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--size", default=None, metavar="WxH", help="output size, e.g. 1024x768")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("attributes", parents=[common], help="list SIGMA's attribute tokens")
     p.set_defaults(func=cmd_attributes)

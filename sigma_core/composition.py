@@ -36,6 +36,7 @@ PRESET_FORMAT = "sigma-studio/preset"
 PRESET_VERSION = 1
 PROJECT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PNG_METADATA_KEY = "sigma-studio"
+PNG_NOTICE_KEY = "sigma-studio-notice"
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 MIN_SIDE, MAX_SIDE, SIZE_STRIDE = 64, 1024, 16  # max: BAGEL's 64x64 latent position table
@@ -637,15 +638,19 @@ def write_png(
     path: str | os.PathLike,
     *,
     embed_images: bool = True,
+    notice: str | None = None,
 ) -> Path:
     """Save ``image`` as PNG with the composition in a compressed iTXt chunk.
 
     References are embedded by default so the PNG alone restores the whole composition.
+    ``notice`` (e.g. that a preview engine made the image) goes in a readable text chunk.
     """
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_itxt(PNG_METADATA_KEY, composition.to_json(embed_images=embed_images), zip=True)
+    if notice:
+        info.add_text(PNG_NOTICE_KEY, notice)
     path = Path(path)
     image.save(path, format="PNG", pnginfo=info)
     return path

@@ -22,3 +22,11 @@ class ImageInputError(SigmaInputError):
 
 class PromptError(SigmaInputError):
     """A prompt whose slots, placeholders or attribute tokens do not fit together."""
+
+
+class GenerationCancelled(RuntimeError):
+    """A run stopped on request; the pipeline stays usable."""
+
+    def __init__(self, message: str, *, step: int) -> None:
+        super().__init__(message)
+        self.step = step

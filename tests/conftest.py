@@ -22,3 +22,18 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
 def tokenizer(tiny_tokenizer_dir):
     """The tiny Qwen2-layout tokenizer, with SIGMA's tokens, loaded through transformers."""
     return load_tokenizer(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random BAGEL checkpoint in the official layout (2 layers)."""
+    from sigma_core.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_checkpoint):
+    from sigma_core.pipeline import SigmaPipeline
+
+    return SigmaPipeline.from_pretrained(tiny_checkpoint, device="cpu")

@@ -1,0 +1,82 @@
+"""Typed configs read from a BAGEL checkpoint folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sigma_core.errors import SigmaInputError
+
+LATENT_PATCH_SIZE = 2  # latent patch side: one token = 2 * 2 * 16 values
+MAX_LATENT_SIZE = 64  # latent tokens per side; the position table has 64 * 64 rows
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The Qwen2 decoder sizes BAGEL reads from ``llm_config.json``.
+
+    As the official app does, qk-norm is always on, embeddings are untied and every layer is a
+    two-expert MoT layer, whatever the file says.
+    """
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 32768
+    hidden_act: str = "silu"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "llm_config.json") -> LLMConfig:
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise SigmaInputError(f"{source}: missing {', '.join(missing)}")
+        cfg = cls(**{k: data[k] for k in names if k in data})
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise SigmaInputError(f"{source}: hidden_size is not a multiple of the head count")
+        if cfg.num_attention_heads % cfg.num_key_value_heads:
+            raise SigmaInputError(f"{source}: query heads are not a multiple of KV heads")
+        if cfg.hidden_act != "silu":
+            raise SigmaInputError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported")
+        if (data.get("rope_scaling") or {}).get("rope_type", "default") != "default":
+            raise SigmaInputError(f"{source}: rope_scaling is not supported")
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> LLMConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SigmaInputError(
+                f"{path}: not found; a BAGEL folder has llm_config.json"
+            ) from None
+        except (OSError, json.JSONDecodeError) as e:
+            raise SigmaInputError(f"{path}: cannot read ({e})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written in llm_config.json (with the MoT settings the official app forces)."""
+        return {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+            "tie_word_embeddings": False,
+            "qk_norm": True,
+            "layer_module": "Qwen2MoTDecoderLayer",
+            "rope_scaling": None,
+            "torch_dtype": "bfloat16",
+        }

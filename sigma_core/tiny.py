@@ -1,0 +1,135 @@
+"""Tiny random checkpoints in exactly the official BAGEL layout.
+
+They let tests, benchmarks and the offline preview engine run the real loading and sampling code
+without the 29 GB download. Every file and tensor name is the official one; only the sizes
+(set in llm_config.json, vit_config.json and, for the VAE, ae_config.json) are small. A marker
+file says the weights are random, so every result made with them is labelled as a preview.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from sigma_core.loader import AE_FILE, LLM_CONFIG_FILE, PREVIEW_MARKER, WEIGHTS_FILE
+from sigma_core.model.bagel import BagelGenerator, sincos_2d_table
+from sigma_core.model.config import LLMConfig
+from sigma_core.model.vae import TINY_VAE_CONFIG, write_random_flux_ae
+from sigma_core.tokenizer import make_tiny_tokenizer
+
+VIT_GRID = 70  # SigLIP positions per side at 980 px / patch 14, as in BAGEL
+VIT_PATCH_DIM = 3 * 14 * 14  # the patch conv stored as Linear(588 -> hidden)
+
+
+def tiny_llm_config(vocab_size: int, *, layers: int = 2) -> LLMConfig:
+    return LLMConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        rope_theta=1_000_000.0,
+    )
+
+
+def make_tiny_checkpoint(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    layers: int = 2,
+    attribute_embed: bool = False,
+    vit_hidden: int = 32,
+) -> Path:
+    """Write a random checkpoint folder; returns its path. Deterministic for a given seed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    make_tiny_tokenizer(out)
+    tok = json.loads((out / "tokenizer.json").read_text())
+    n_tokens = len(tok["model"]["vocab"]) + len(tok["added_tokens"])
+    # Like BAGEL's 152,064 rows for 151,680 tokens: a table rounded up past the tokenizer.
+    cfg = tiny_llm_config(vocab_size=-(-n_tokens // 64) * 64, layers=layers)
+    (out / LLM_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    vit_layers = 2
+    vit_cfg = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": vit_hidden,
+        "intermediate_size": 2 * vit_hidden,
+        "num_hidden_layers": vit_layers + 1,  # BAGEL builds one layer fewer than the file says
+        "num_attention_heads": 2,
+        "num_channels": 3,
+        "image_size": 980,
+        "patch_size": 14,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+        "attention_dropout": 0.0,
+    }
+    (out / "vit_config.json").write_text(json.dumps(vit_cfg, indent=2) + "\n")
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        model = BagelGenerator(cfg, attribute_embed=attribute_embed)
+    tensors = {k: _random(k, tuple(v.shape), gen) for k, v in model.state_dict().items()}
+    tensors["latent_pos_embed.pos_embed"] = sincos_2d_table(cfg.hidden_size, model.max_latent_size)
+    tensors |= _vit_and_head_tensors(cfg, vit_hidden, vit_layers, gen)
+
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
+        str(out / WEIGHTS_FILE),
+        metadata={"format": "pt"},
+    )
+    write_random_flux_ae(out / AE_FILE, TINY_VAE_CONFIG, seed=seed)
+    marker = {"preview": True, "seed": seed, "note": "random weights written by make-tiny"}
+    (out / PREVIEW_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out
+
+
+def _random(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Weights that keep activations O(1) through a few layers; norms near 1, not exactly 1,
+    and every tensor (both experts, llm2vae) drawn independently so mistakes show."""
+    if key.endswith("norm.weight") or "layernorm" in key or "_norm" in key:
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if key.endswith(".bias"):
+        return 0.02 * torch.randn(shape, generator=gen)
+    fan_in = shape[-1] if len(shape) > 1 else 1
+    return torch.randn(shape, generator=gen) / fan_in**0.5
+
+
+def _vit_and_head_tensors(
+    cfg: LLMConfig, vit: int, layers: int, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """The tensors of the official checkpoint that generation skips: SigLIP, its connector,
+    the ViT position table and lm_head. Written so the loader's skipping is exercised."""
+    d = cfg.hidden_size
+    shapes = {
+        "language_model.lm_head.weight": (cfg.vocab_size, d),
+        "vit_model.vision_model.embeddings.position_embedding.weight": (VIT_GRID**2, vit),
+        "vit_model.vision_model.embeddings.patch_embedding.weight": (vit, VIT_PATCH_DIM),
+        "vit_model.vision_model.embeddings.patch_embedding.bias": (vit,),
+        "vit_model.vision_model.post_layernorm.weight": (vit,),
+        "vit_model.vision_model.post_layernorm.bias": (vit,),
+        "connector.fc1.weight": (d, vit),
+        "connector.fc1.bias": (d,),
+        "connector.fc2.weight": (d, d),
+        "connector.fc2.bias": (d,),
+    }
+    for i in range(layers):
+        p = f"vit_model.vision_model.encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"self_attn.{proj}.weight"] = (vit, vit)
+            shapes[p + f"self_attn.{proj}.bias"] = (vit,)
+        for ln in ("layer_norm1", "layer_norm2"):
+            shapes[p + f"{ln}.weight"] = (vit,)
+            shapes[p + f"{ln}.bias"] = (vit,)
+        shapes[p + "mlp.fc1.weight"] = (2 * vit, vit)
+        shapes[p + "mlp.fc1.bias"] = (2 * vit,)
+        shapes[p + "mlp.fc2.weight"] = (vit, 2 * vit)
+        shapes[p + "mlp.fc2.bias"] = (vit,)
+    out = {k: _random(k, s, gen) for k, s in shapes.items()}
+    out["vit_pos_embed.pos_embed"] = sincos_2d_table(d, VIT_GRID)
+    return out
