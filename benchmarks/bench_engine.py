@@ -132,7 +132,8 @@ def bench_full(steps: int) -> str:
     try:
         with dev:
             model = BagelGenerator(BAGEL_7B).eval()
-            model.latent_pos_embed.pos_embed.copy_(sincos_2d_table(3584, model.max_latent_size))
+            table = sincos_2d_table(BAGEL_7B.hidden_size, model.max_latent_size)
+            model.latent_pos_embed.pos_embed.copy_(table)
             vae = FluxVAE(AutoencoderKL(**flux_vae_config()).eval())
     finally:
         torch.set_default_dtype(torch.float32)
