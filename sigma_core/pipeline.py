@@ -83,8 +83,9 @@ class SigmaOutput:
 
 @dataclass
 class Contexts:
-    """The three prefilled contexts. ``cfg_text`` is None when it equals gen (the prompt ends
-    with an image), so the conditional pass is reused rather than recomputed."""
+    """The three prefilled contexts. A cfg context is None when it is not needed or when it
+    equals gen (cfg_text when the prompt ends with an image, cfg_img when there is no image),
+    so the conditional pass is reused rather than recomputed: the result is bit-identical."""
 
     gen: KVCache
     cfg_text: KVCache | None
@@ -348,7 +349,8 @@ class SigmaPipeline:
         cfg_text = None
         if need_text and cut < gen.length:
             cfg_text = gen.prefix(cut, cut_pos, cut + noise.length)
-        cfg_img = self._text_only_context(texts, noise.length) if need_img else None
+        has_images = any(seg.kind == "image" for seg in plan.segments)
+        cfg_img = self._text_only_context(texts, noise.length) if need_img and has_images else None
         return Contexts(gen, cfg_text, cfg_img, torch.cat(hidden) if return_hidden else None)
 
     def _text_only_context(self, texts: list[torch.Tensor], extra: int) -> KVCache:
@@ -390,7 +392,10 @@ class SigmaPipeline:
             else:
                 v_text, passes = run(ctx.cfg_text), passes + 1
         if want_img:
-            v_img, passes = run(ctx.cfg_img), passes + 1
+            if ctx.cfg_img is None:
+                v_img = v  # a prompt without images: cfg_img's context is gen's
+            else:
+                v_img, passes = run(ctx.cfg_img), passes + 1
         return guide(v, v_text, v_img, g), passes
 
     def _initial_noise(

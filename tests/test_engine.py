@@ -427,3 +427,12 @@ def test_position_table_is_bagels_sincos():
                 expected = (math.sin(j * w), math.cos(j * w), math.sin(i * w), math.cos(i * w))
                 got = (row[k], row[d // 4 + k], row[d // 2 + k], row[3 * d // 4 + k])
                 assert all(abs(float(a) - b) < 1e-6 for a, b in zip(got, expected, strict=True))
+
+
+def test_text_only_prompt_reuses_gen_for_the_image_branch(pipe):
+    comp = Composition("a red fox in the snow", [], Settings(size=(128, 128)))
+    out = pipe(comp, num_inference_steps=3, output_type="latent")
+    assert out.num_passes == 2 * 2  # gen + cfg_text (empty context); cfg_img == gen
+    plan = out.plan
+    ctx = pipe.encode_context(plan, {})
+    assert ctx.cfg_img is None and ctx.cfg_text.length == 0
