@@ -347,10 +347,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("no --checkpoint: using the preview engine (random weights)", file=sys.stderr)
         pipe = SigmaPipeline.preview_engine(device=args.device)
 
+    total = (args.steps or comp.settings.num_timesteps) - 1
+
     def progress(p: SigmaPipeline, step: int, t: Any, kwargs: dict[str, Any]) -> None:
         print(f"\rstep {step + 1}/{total}", end="", file=sys.stderr, flush=True)
 
-    total = (args.steps or comp.settings.num_timesteps) - 1
     out = pipe(comp, num_inference_steps=args.steps, callback_on_step_end=progress)
     print(file=sys.stderr)
     path = out.save(args.out)

@@ -186,6 +186,15 @@ class Composition:
             )
         return load_image(src, limits=limits, crop=ref.crop, name=name)
 
+    def load_images(self, *, limits: ImageLimits = DEFAULT_LIMITS) -> dict[int, Image.Image]:
+        """The images of the slots the prompt places, by slot, each read once."""
+        out = {}
+        for slot in dict.fromkeys(self.referenced_slots()):
+            ref = self.reference(slot)
+            if ref is not None and ref.image is not None:
+                out[slot] = self.load_image(ref, limits=limits)
+        return out
+
     def check_images(self, *, limits: ImageLimits = DEFAULT_LIMITS) -> None:
         """Open every reference image; report all the bad ones at once."""
         problems = []

@@ -108,6 +108,8 @@ class SigmaPipeline:
         check_sigma_token_ids(tokenizer, model.config.vocab_size)
         self.model, self.vae, self.tokenizer = model, vae, tokenizer
         self.token_ids = TokenIds.from_tokenizer(tokenizer)
+        ids = self.token_ids
+        self._markers = torch.tensor([ids.vision_start, ids.vision_end], device=self.device)
         self.preview = preview
         self.load_report = load_report
         self.interrupt = False
@@ -191,7 +193,7 @@ class SigmaPipeline:
         if problems:
             raise SigmaInputError("\n".join(problems))
 
-        images = self._load_references(composition)
+        images = composition.load_images()
         plan = build_plan(composition, self.tokenizer, {s: im.size for s, im in images.items()})
         noise_seg = plan.segments[-1]
         x, seed = self._initial_noise(noise_seg, generator, latents, settings.seed)
@@ -256,15 +258,6 @@ class SigmaPipeline:
         )
 
     # ------------------------------------------------------------------------- stages
-
-    def _load_references(self, composition: Composition) -> dict[int, Image.Image]:
-        """The images of the slots the prompt places (RGB, oriented, cropped), read once."""
-        out = {}
-        for slot in dict.fromkeys(composition.referenced_slots()):
-            ref = composition.reference(slot)
-            if ref is not None and ref.image is not None:
-                out[slot] = composition.load_image(ref)
-        return out
 
     def encode_references(
         self, plan: Plan, images: dict[int, Image.Image]

@@ -233,19 +233,6 @@ def _require_slot(composition: Composition, slot: int, written: str) -> Any:
 # ----------------------------------------------------------------------------- the plan
 
 
-def reference_sizes(composition: Composition) -> dict[int, tuple[int, int]]:
-    """(width, height) of every reference image that has one, oriented and cropped."""
-    sizes = {}
-    for ref in composition.references:
-        if ref.image is not None:
-            if ref.crop is not None:
-                composition.load_image(ref)  # validates the crop against the image
-                sizes[ref.slot] = (ref.crop[2] - ref.crop[0], ref.crop[3] - ref.crop[1])
-            else:
-                sizes[ref.slot] = composition.load_image(ref).size
-    return sizes
-
-
 def build_plan(
     composition: Composition,
     tokenizer: Any,
@@ -257,7 +244,7 @@ def build_plan(
     the images are read. Block sizes follow BAGEL's VAE resize of those sizes.
     """
     if image_sizes is None:
-        image_sizes = reference_sizes(composition)
+        image_sizes = {slot: im.size for slot, im in composition.load_images().items()}
     ids = TokenIds.from_tokenizer(tokenizer)
     attr_of_id = {v: k for k, v in ids.attributes.items()}
     raw, warnings = to_raw_prompt(composition)

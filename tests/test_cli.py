@@ -340,8 +340,6 @@ def test_generate_with_a_checkpoint(capsys, tmp_path: Path, tiny_checkpoint: Pat
     assert code == 0, err
     assert "seed 9" in out and "preview engine (random weights)" in out
     assert "step 2/2" in err
-    from PIL import Image
-
     from sigma_core.composition import read_png_composition
 
     assert Image.open(out_png).size == (128, 128)

@@ -48,19 +48,24 @@ class MLP(nn.Module):
 
 @dataclass(frozen=True)
 class Routing:
-    """Which tokens of a query take the generation expert. ``gen`` is None when all tokens take
-    the same expert (``all_gen`` says which), so homogeneous segments skip the gather/scatter."""
+    """Which tokens of a query take which expert, as index lists computed once per pass.
 
-    gen: torch.Tensor | None  # bool [n]
-    all_gen: bool = False
+    Index lists (not boolean masks) keep the per-layer gather/scatter free of host syncs on GPU;
+    ``und``/``gen`` are None when every token takes the other expert, so homogeneous segments
+    skip the gather entirely.
+    """
+
+    und: torch.Tensor | None  # int64 [n_und]
+    gen: torch.Tensor | None  # int64 [n_gen]
 
     @classmethod
     def from_mask(cls, gen: torch.Tensor) -> Routing:
-        if bool(gen.all()):
-            return cls(None, all_gen=True)
-        if not bool(gen.any()):
-            return cls(None, all_gen=False)
-        return cls(gen)
+        gen_idx = gen.nonzero().flatten()
+        if gen_idx.numel() == gen.numel():
+            return cls(None, gen_idx)
+        if gen_idx.numel() == 0:
+            return cls(torch.arange(gen.numel(), device=gen.device), None)
+        return cls((~gen).nonzero().flatten(), gen_idx)
 
     def apply(
         self,
@@ -70,11 +75,13 @@ class Routing:
     ) -> torch.Tensor:
         """und(x) on understanding tokens, gen(x) on generation tokens, in token order."""
         if self.gen is None:
-            return gen(x) if self.all_gen else und(x)
-        a, b = und(x[~self.gen]), gen(x[self.gen])
+            return und(x)
+        if self.und is None:
+            return gen(x)
+        a, b = und(x.index_select(0, self.und)), gen(x.index_select(0, self.gen))
         out = a.new_empty((x.shape[0], *a.shape[1:]))
-        out[~self.gen] = a
-        out[self.gen] = b
+        out.index_copy_(0, self.und, a)
+        out.index_copy_(0, self.gen, b)
         return out
 
 
