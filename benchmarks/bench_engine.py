@@ -1,12 +1,13 @@
 """Engine speed: prefill, time per step and passes per step.
 
-    python benchmarks/bench_engine.py            # CPU, tiny random checkpoint
-    python benchmarks/bench_engine.py --full     # GPU, full BAGEL-7B-MoT sizes, random bf16 weights
+    python -m benchmarks.bench_engine            # CPU, tiny random checkpoint
+    python -m benchmarks.bench_engine --full     # GPU, full BAGEL-7B-MoT sizes, random bf16 weights
 
 The full run builds the real architecture with random weights (no download), generates 1024x1024
 from 3 references of 512x512 with SIGMA's defaults, and reports seconds per step and per image,
 TFLOP per pass computed from the shapes, the ratio to the compute floor at 790 TFLOP/s, and peak
-memory. It ends with one summary line.
+memory. Every run is timed twice in one process, with the CFG branches of a step batched into
+one forward and run one by one, and the ratio is reported. It ends with one summary line.
 """
 
 from __future__ import annotations
@@ -14,20 +15,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sigma_core.composition import Composition, Reference, Settings
-from sigma_core.model.config import LLMConfig
-from sigma_core.pipeline import SigmaPipeline
+from sigma_core import Composition, Reference, Settings, SigmaPipeline
+from sigma_core.model import LLMConfig
 
 PEAK_TFLOPS = 790.0  # bf16 dense compute floor used by the project's anchors
 BAGEL_7B = LLMConfig(
@@ -69,7 +65,7 @@ def composition(n_refs: int, ref_size: int, out_size: int, steps: int) -> Compos
     )
 
 
-def run(pipe: SigmaPipeline, comp: Composition) -> dict[str, float]:
+def run(pipe: SigmaPipeline, comp: Composition, *, batch_cfg: bool) -> dict[str, float]:
     stamps: list[float] = []
 
     def tick(*_args: object) -> None:
@@ -77,7 +73,7 @@ def run(pipe: SigmaPipeline, comp: Composition) -> dict[str, float]:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
 
-    out = pipe(comp, output_type="latent", callback_on_step_end=tick)
+    out = pipe(comp, output_type="latent", callback_on_step_end=tick, batch_cfg=batch_cfg)
     steps = len(stamps)
     per_step = [b - a for a, b in itertools.pairwise(stamps)]
     return {
@@ -92,82 +88,107 @@ def run(pipe: SigmaPipeline, comp: Composition) -> dict[str, float]:
     }
 
 
+def compare(pipe: SigmaPipeline, comp: Composition, repeats: int) -> dict[str, dict[str, float]]:
+    """Batched and sequential CFG on the same composition, interleaved so both see the same
+    machine state; the faster of ``repeats`` runs each (after a warm-up of each)."""
+    best: dict[str, dict[str, float]] = {}
+    for mode in ("batched", "sequential", *["batched", "sequential"] * repeats):
+        r = run(pipe, comp, batch_cfg=mode == "batched")
+        if mode not in best or r["step_s"] < best[mode]["step_s"]:
+            best[mode] = r
+    return best
+
+
 def bench_cpu(steps: int) -> str:
-    from sigma_core.tiny import make_tiny_checkpoint
+    from sigma_core.runtime import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as d:
         pipe = SigmaPipeline.from_pretrained(make_tiny_checkpoint(d), device="cpu")
-        print("CPU, tiny random checkpoint (2 layers, hidden 64), fp32")
-        print(f"{'refs':>4} {'out':>5} {'tokens':>7} {'prefill ms':>11} {'step ms':>8} "
-              f"{'passes/step':>12}")  # fmt: skip
+        threads = torch.get_num_threads()
+        print(f"CPU, tiny random checkpoint (2 layers, hidden 64), fp32, {threads} threads")
+        print(f"{'refs':>4} {'out':>5} {'tokens':>7} {'prefill ms':>11} {'passes/step':>12} "
+              f"{'batched ms/step':>16} {'sequential ms/step':>19} "
+              f"{'seq/batched':>12}")  # fmt: skip
         rows = []
         for n_refs, out_size in ((1, 256), (3, 512), (3, 1024)):
-            comp = composition(n_refs, 512, out_size, steps)
-            run(pipe, comp)  # warm-up, and fills the reference-latent cache
-            r = run(pipe, comp)
-            rows.append(r)
-            print(f"{n_refs:>4} {out_size:>5} {r['context'] + r['query']:>7} "
-                  f"{r['prefill_s'] * 1e3:>11.1f} {r['step_s'] * 1e3:>8.1f} "
-                  f"{r['passes_per_step']:>12.2f}")  # fmt: skip
-    r = rows[-1]
+            best = compare(pipe, composition(n_refs, 512, out_size, steps), repeats=3)
+            b, q = best["batched"], best["sequential"]
+            rows.append((b, q))
+            print(f"{n_refs:>4} {out_size:>5} {b['context'] + b['query']:>7} "
+                  f"{b['prefill_s'] * 1e3:>11.1f} {b['passes_per_step']:>12.2f} "
+                  f"{b['step_s'] * 1e3:>16.1f} {q['step_s'] * 1e3:>19.1f} "
+                  f"{q['step_s'] / b['step_s']:>12.2f}")  # fmt: skip
+    b, q = rows[-1]
     return (
-        f"summary: cpu tiny, 3 refs -> 1024^2: prefill {r['prefill_s'] * 1e3:.0f} ms, "
-        f"{r['step_s'] * 1e3:.1f} ms/step, {r['passes_per_step']:.2f} passes/step"
+        f"summary: cpu tiny, 3 refs -> 1024^2: prefill {b['prefill_s'] * 1e3:.0f} ms, "
+        f"batched CFG {b['step_s'] * 1e3:.1f} ms/step, sequential {q['step_s'] * 1e3:.1f} "
+        f"ms/step (sequential/batched {q['step_s'] / b['step_s']:.2f}), "
+        f"{b['passes_per_step']:.2f} passes/step"
     )
 
 
 def bench_full(steps: int) -> str:
-    from sigma_core.model.bagel import BagelGenerator, sincos_2d_table
-    from sigma_core.model.vae import FluxVAE, flux_vae_config
-    from sigma_core.tokenizer import QWEN25_BASE_VOCAB, load_tokenizer, make_tiny_tokenizer
+    from diffusers import AutoencoderKL
+
+    from sigma_core.model import BagelGenerator, FluxVAE
+    from sigma_core.model.bagel import sincos_2d_table
+    from sigma_core.model.vae import flux_vae_config
+    from sigma_core.planning import TokenIds, load_tokenizer, make_tiny_tokenizer
+    from sigma_core.planning.tokenizer import QWEN25_BASE_VOCAB
 
     if not torch.cuda.is_available():
         return "summary: --full needs a CUDA GPU; none found"
     dev = torch.device("cuda")
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    from diffusers import AutoencoderKL
-
+    with tempfile.TemporaryDirectory() as d:
+        tok = load_tokenizer(make_tiny_tokenizer(d, pad_base_vocab_to=QWEN25_BASE_VOCAB))
+    ids = TokenIds.from_tokenizer(tok, embedding_rows=BAGEL_7B.vocab_size)
     torch.set_default_dtype(torch.bfloat16)  # build in bf16: fp32 would need 55 GB first
     try:
         with dev:
-            model = BagelGenerator(BAGEL_7B).eval()
+            model = BagelGenerator(BAGEL_7B, vision_token_ids=(ids.vision_start, ids.vision_end))
             table = sincos_2d_table(BAGEL_7B.hidden_size, model.max_latent_size)
             model.latent_pos_embed.pos_embed.copy_(table)
             vae = FluxVAE(AutoencoderKL(**flux_vae_config()).eval())
     finally:
         torch.set_default_dtype(torch.float32)
-    with tempfile.TemporaryDirectory() as d:
-        tok = load_tokenizer(make_tiny_tokenizer(d, pad_base_vocab_to=QWEN25_BASE_VOCAB))
-    pipe = SigmaPipeline(model, vae, tok)
+    pipe = SigmaPipeline(model.requires_grad_(False).eval(), vae, tok)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"GPU {torch.cuda.get_device_name()}: BAGEL-7B-MoT sizes, random bf16 weights "
           f"({params:.2f} B parameters built in {build_s:.0f} s)")  # fmt: skip
     comp = composition(3, 512, 1024, steps)
     warm = composition(3, 512, 1024, 3)
-    run(pipe, warm)
-    pipe._latents.clear()  # the measured image pays for its reference encodes
-    torch.cuda.reset_peak_memory_stats()
-    r = run(pipe, comp)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    run(pipe, warm, batch_cfg=True)
+    run(pipe, warm, batch_cfg=False)
+    results = {}
+    for batched in (True, False):
+        pipe.encode_references.clear()  # each measured image pays for its reference encodes
+        torch.cuda.reset_peak_memory_stats()
+        r = run(pipe, comp, batch_cfg=batched)
+        r["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        results[batched] = r
+    r, seq = results[True], results[False]
     tflop = pass_tflop(BAGEL_7B, r["query"], r["context"])
     passes = r["passes_per_step"]
     achieved = tflop * passes / r["step_s"]
     floor_s = tflop * passes / PEAK_TFLOPS
-    n_steps = steps - 1
-    print(f"context {r['context']} tokens, query {r['query']} tokens, {n_steps} steps")
+    print(f"context {r['context']} tokens, query {r['query']} tokens, {steps - 1} steps")
     print(f"prefill {r['prefill_s']:.2f} s, reference encode {r['encode_s']:.2f} s")
-    print(f"{r['step_s']:.3f} s/step ({passes:.2f} passes), {r['total_s']:.1f} s/image")
+    for name, x in (("batched CFG", r), ("sequential CFG", seq)):
+        print(f"{name}: {x['step_s']:.3f} s/step ({passes:.2f} passes), "
+              f"{x['total_s']:.1f} s/image, peak {x['peak_gib']:.1f} GiB")  # fmt: skip
     print(
-        f"{tflop:.1f} TFLOP/pass, {achieved:.0f} TFLOP/s achieved, "
+        f"{tflop:.1f} TFLOP/pass, {achieved:.0f} TFLOP/s achieved (batched), "
         f"{achieved / PEAK_TFLOPS:.1%} of {PEAK_TFLOPS:.0f} (floor {floor_s:.3f} s/step)"
     )
-    print(f"peak memory {peak:.1f} GiB")
     return (
-        f"summary: {torch.cuda.get_device_name()} bf16 1024^2 3x512^2 refs: "
-        f"{r['step_s']:.3f} s/step, {r['total_s']:.1f} s/image, {tflop:.1f} TFLOP/pass, "
-        f"{r['step_s'] / floor_s:.2f}x the 790 TFLOP/s floor, peak {peak:.1f} GiB"
+        f"summary: {torch.cuda.get_device_name()} bf16 1024^2 3x512^2 refs: batched "
+        f"{r['step_s']:.3f} s/step, {r['total_s']:.1f} s/image, sequential "
+        f"{seq['step_s']:.3f} s/step (sequential/batched {seq['step_s'] / r['step_s']:.2f}), "
+        f"{tflop:.1f} TFLOP/pass, {r['step_s'] / floor_s:.2f}x the 790 TFLOP/s floor, "
+        f"peak {r['peak_gib']:.1f} GiB"
     )
 
 

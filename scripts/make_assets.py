@@ -1,25 +1,26 @@
-"""Regenerate the example images in assets/ and the example presets in presets/.
+"""Regenerate the example images in sigma_core/assets/ and the example presets in presets/.
 
 Everything shipped there must be licence-clean and reproducible, so this script is the only
 source of those files: photographs come from scikit-image's bundled sample data (public domain or
 CC0, as its docstrings state), the layout sketch and the style swatch are drawn here.
 scikit-image is a development tool for this script only, not a runtime dependency.
 
-    python scripts/make_assets.py
+    python -m scripts.make_assets      (from the repository root)
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sigma_core.inputs import PROJECT_ASSETS, Composition, Reference, Settings, save_preset
+
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
+ASSETS = PROJECT_ASSETS
 PRESETS = ROOT / "presets"
 JPEG_QUALITY = 90
 
@@ -198,8 +199,6 @@ def write_licenses(out: Path) -> None:
 
 def write_presets(out: Path) -> list[Path]:
     """The example presets, written through save_preset so they are canonical."""
-    from sigma_core.composition import Composition, Reference, Settings, save_preset
-
     presets = {
         "combine_astronaut_cat_rocket.json": Composition(
             name="Astronaut, cat and rocket launch (combinatorial)",
@@ -248,10 +247,11 @@ def main() -> int:
     draw_layout_sketch().save(ASSETS / "layout_sketch.png", optimize=True)
     draw_style_swatch().save(ASSETS / "style_brushstrokes.png", optimize=True)
     write_licenses(ASSETS)
-    sys.path.insert(0, str(ROOT))  # run from a checkout without installing
     written = write_presets(PRESETS)
     total = sum(p.stat().st_size for p in ASSETS.iterdir())
-    print(f"assets/: {len(list(ASSETS.iterdir()))} files, {total / 2**20:.2f} MB")
+    print(
+        f"{ASSETS.relative_to(ROOT)}/: {len(list(ASSETS.iterdir()))} files, {total / 2**20:.2f} MB"
+    )
     for path in written:
         print(f"wrote {path.relative_to(ROOT)}")
     return 0

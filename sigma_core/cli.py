@@ -1,7 +1,8 @@
 """Command line: check presets, show what the model will read, and generate.
 
 ``python -m sigma_core validate|inspect|generate|make-tokenizer|make-tiny|attributes``.
-Exit codes: 0 success, 2 bad input (any :class:`SigmaInputError`, and usage errors), 1 a bug.
+Exit codes: 0 success, 2 bad input or weights, out of memory, a cancelled run (any
+:class:`SigmaError`, and usage errors), 1 a bug. Only argument parsing and dispatch live here.
 """
 
 from __future__ import annotations
@@ -11,40 +12,27 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sigma_core import attributes as attributes_module
-from sigma_core import tokenizer as tokenizer_module
-from sigma_core.attributes import ALIASES, ATTRIBUTES, DESCRIPTIONS, find_attribute_tokens
-from sigma_core.cache import cached_folder
-from sigma_core.composition import Composition, load_preset, read_png_composition
-from sigma_core.errors import SigmaInputError
-from sigma_core.sequence import Expert, Plan, TokenIds, TokenType, build_plan
-from sigma_core.tokenizer import (
-    QWEN2_SPECIAL_TOKENS,
-    QWEN25_BASE_VOCAB,
+from sigma_core.errors import SigmaError, SigmaInputError
+from sigma_core.inputs import load_composition
+from sigma_core.planning import (
+    TokenIds,
+    build_plan,
+    load_tiny_tokenizer,
     load_tokenizer,
     make_tiny_tokenizer,
 )
+from sigma_core.planning.tokenizer import QWEN25_BASE_VOCAB
+from sigma_core.report import attributes_table, plan_report, render_report
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 TINY_NOTE = (
     "token ids are from the tiny offline tokenizer: text token counts differ from Qwen2.5's "
     "(pass --tokenizer DIR with BAGEL's tokenizer files for exact numbers)"
 )
-QWEN25_SIGMA_FIRST_ID = QWEN25_BASE_VOCAB + len(QWEN2_SPECIAL_TOKENS)  # 151665
-
-
-# ----------------------------------------------------------------------------- tokenizers
-
-
-def load_tiny_tokenizer() -> Any:
-    """The tiny tokenizer, written once into the user cache."""
-    folder = cached_folder(
-        "tiny-tokenizer", make_tiny_tokenizer, depends_on=(tokenizer_module, attributes_module)
-    )
-    return load_tokenizer(folder)
 
 
 def _tokenizer(path: str | None) -> tuple[Any, str | None]:
@@ -52,177 +40,6 @@ def _tokenizer(path: str | None) -> tuple[Any, str | None]:
     if path is not None:
         return load_tokenizer(path), None
     return load_tiny_tokenizer(), TINY_NOTE
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_composition(path: str) -> Composition:
-    """A preset file, or a PNG saved by SIGMA Studio (which carries its composition)."""
-    if path.lower().endswith(".png"):
-        return read_png_composition(path)
-    return load_preset(path)
-
-
-def check_preset(path: str, tokenizer: Any) -> Plan:
-    """Everything a generation would check before touching the GPU: the preset, every image
-    (unused ones too) and the plan."""
-    return build_plan(load_composition(path), tokenizer)
-
-
-# ----------------------------------------------------------------------------- the report
-
-
-def plan_report(plan: Plan, comp: Composition) -> dict[str, Any]:
-    """Everything ``inspect`` shows, as plain data; the text view is rendered from it so the
-    two never disagree."""
-    ttype, group = plan.token_type, plan.group
-    special = ttype == TokenType.SPECIAL
-    segments = []
-    for i, s in enumerate(plan.segments):
-        is_text = s.kind == "text"
-        if is_text:
-            bound = group[s.start : s.end][special[s.start : s.end]].unique().tolist()
-            seg_group = bound[0] if bound else None
-            attrs = [m.group(0) for m in find_attribute_tokens(s.text)]
-        else:
-            seg_group = s.group if s.group >= 0 else None
-            attrs = list(s.attributes)
-        segments.append(
-            {
-                "index": i,
-                "kind": s.kind,
-                "start": s.start,
-                "end": s.end,
-                "count": s.length,
-                "positions": [s.position, s.position + (s.length - 1 if is_text else 0)],
-                "slot": s.slot,
-                "group": seg_group,
-                "attributes": attrs,
-                "size": list(s.size) if s.size else None,
-                "grid": list(s.grid) if s.grid else None,
-                "text": s.text if is_text else None,
-                "token_ids": plan.token_ids[s.start : s.end].tolist() if is_text else None,
-            }
-        )
-    groups = [
-        {
-            "group": s.group,
-            "slot": s.slot,
-            "attributes": list(s.attributes),
-            "attribute_tokens": (special & (group == s.group)).nonzero().flatten().tolist(),
-            "image_tokens": {"start": s.start + 1, "end": s.end - 1},  # inside the markers
-        }
-        for s in plan.segments
-        if s.kind == "image"
-    ]
-    if comp.settings.size is not None:
-        size_from = "settings.size"
-    elif groups:
-        size_from = "the last reference in the prompt"
-    else:
-        size_from = "the default (no reference in the prompt)"
-    return {
-        "name": comp.name,
-        "raw_prompt": plan.raw_prompt,
-        "length": plan.length,
-        "segments": segments,
-        "groups": groups,
-        "token_counts": {t.name.lower(): int((ttype == t).sum()) for t in TokenType},
-        "experts": {e.name.lower(): int((plan.expert == e).sum()) for e in Expert},
-        "output_size": list(plan.output_size),
-        "output_size_from": size_from,
-        "mask": plan.mask,
-        "warnings": list(plan.warnings),
-    }
-
-
-def render_report(report: dict[str, Any]) -> str:
-    """The human-readable view of :func:`plan_report`."""
-    out = [f"preset: {report['source']}" + (f"  ({report['name']})" if report["name"] else "")]
-    out.append(f"tokenizer: {report['tokenizer']}")
-    if report["tokenizer_note"]:
-        out.append(f"note: {report['tokenizer_note']}")
-    out += ["", "raw SIGMA prompt:", f"  {report['raw_prompt']}", ""]
-
-    rows = []
-    for s in report["segments"]:
-        first, last = s["positions"]
-        if s["kind"] == "text":
-            content = json.dumps(s["text"], ensure_ascii=False)
-        else:
-            (w, h), (grid_h, grid_w) = s["size"], s["grid"]
-            content = f"{w}x{h} px -> {grid_h}x{grid_w} latents"
-            if s["kind"] == "noise":
-                content += " (generated)"
-        rows.append(
-            [
-                str(s["index"]),
-                s["kind"],
-                f"{s['start']}-{s['end'] - 1}",
-                str(s["count"]),
-                str(first) if first == last else f"{first}-{last}",
-                _dash(s["slot"]),
-                _dash(s["group"]),
-                " ".join(s["attributes"]) or "-",
-                content,
-            ]
-        )
-    out.append(f"segments ({report['length']} tokens; ranges are inclusive):")
-    headers = ["#", "kind", "tokens", "count", "rope", "slot", "group", "attributes", "content"]
-    out += _table(headers, rows, right={0, 3})
-    out.append("")
-
-    out.append("groups (with the mask on, an attribute token sees no other group's image):")
-    for g in report["groups"]:
-        attrs = " ".join(g["attributes"]) or "(no attribute)"
-        at = ", ".join(str(i) for i in g["attribute_tokens"]) or "none"
-        img = g["image_tokens"]
-        out.append(
-            f"  group {g['group']}: slot {g['slot']} {attrs}; attribute tokens at {at}; "
-            f"image tokens {img['start']}-{img['end'] - 1}"
-        )
-    if not report["groups"]:
-        out.append("  none")
-    out.append("")
-
-    counts = report["token_counts"]
-    out.append(
-        "token types: "
-        + ", ".join(f"{k} {v}" for k, v in counts.items())
-        + f" (total {report['length']})"
-    )
-    experts = report["experts"]
-    out.append(
-        f"experts: understanding {experts['und']}, generation {experts['gen']} tokens "
-        "(text and markers / VAE latents)"
-    )
-    w, h = report["output_size"]
-    out.append(f"output: {w}x{h} (from {report['output_size_from']})")
-    out.append(
-        "mask: "
-        + ("on (SIGMA's intra-group mask)" if report["mask"] else "off (plain causal, as BAGEL)")
-    )
-    out.append("warnings:" + ("" if report["warnings"] else " none"))
-    out += [f"  - {line}" for line in report["warnings"]]
-    return "\n".join(out)
-
-
-def _dash(v: Any) -> str:
-    return "-" if v is None else str(v)
-
-
-def _table(headers: list[str], rows: list[list[str]], *, right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return ("  " + "  ".join(parts)).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
 
 
 # ----------------------------------------------------------------------------- commands
@@ -234,7 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.presets:
         try:
-            plan = check_preset(path, tokenizer)
+            plan = build_plan(load_composition(path), tokenizer)
         except SigmaInputError as e:
             bad += 1
             print(f"{path}: FAILED", file=sys.stderr)
@@ -268,7 +85,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         **plan_report(plan, comp),
     }
     if args.mask_png:
-        from sigma_core.mask import mask_png
+        from sigma_core.report import mask_png
 
         try:
             report["mask_png"] = str(mask_png(plan, args.mask_png))
@@ -313,7 +130,7 @@ def cmd_make_tokenizer(args: argparse.Namespace) -> int:
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     """Write a tiny random checkpoint in the official BAGEL layout."""
-    from sigma_core.tiny import make_tiny_checkpoint
+    from sigma_core.runtime import make_tiny_checkpoint
 
     try:
         out = make_tiny_checkpoint(
@@ -330,13 +147,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Generate an image from a preset, with progress, and save it with its composition."""
     import torch
 
-    from sigma_core.pipeline import SigmaPipeline
+    from sigma_core import SigmaPipeline
 
     comp = load_composition(args.preset)
-    if args.seed is not None:
-        comp.settings.seed = args.seed
+    changes = {"seed": args.seed} if args.seed is not None else {}
     if args.size is not None:
-        comp.settings.size = _parse_size(args.size)
+        changes["size"] = _parse_size(args.size)
+    comp = replace(comp, settings=comp.settings.replace(**changes))
     if args.checkpoint:
         dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         pipe = SigmaPipeline.from_pretrained(
@@ -370,28 +187,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def cmd_attributes(args: argparse.Namespace) -> int:
     """List SIGMA's tokens, their ids in a SIGMA checkpoint and the names accepted for them."""
-    aliases: dict[str, list[str]] = {}
-    for alias, token in ALIASES.items():
-        aliases.setdefault(token, []).append(alias)
-    rows = [
-        [
-            token,
-            str(QWEN25_SIGMA_FIRST_ID + i),
-            DESCRIPTIONS[token],
-            ", ".join(aliases.get(token, [])),
-        ]
-        for i, token in enumerate(ATTRIBUTES)
-    ]
-    print(f"SIGMA's {len(ATTRIBUTES)} attribute tokens, in tokenizer order:")
-    print(
-        "\n".join(
-            _table(["token", "Qwen2.5 id", "contributes", "also accepted"], rows, right=set())
-        )
-    )
-    print(
-        "\nPlace a token right before its image: '<style> the painting <image_2>', "
-        "or write [2] in a template prompt."
-    )
+    print(attributes_table())
     return EXIT_OK
 
 
@@ -483,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get("SIGMA_DEBUG") == "1"
     try:
         return args.func(args)
-    except SigmaInputError as e:
+    except SigmaError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

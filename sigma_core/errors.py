@@ -1,15 +1,28 @@
-"""Error types shared by the engine, the CLI and the studio.
+"""The errors sigma_core raises on purpose, in four kinds a caller can tell apart.
 
-Every error caused by what a user gave us (a preset, an image, a prompt, a setting) is a
-:class:`SigmaInputError`, so callers can show its message as is and keep running; anything else
-is a bug.
+    SigmaError                      every error below; its message is written for the user
+    ├── SigmaInputError             bad input: a preset, image, prompt or setting (ValueError)
+    │   ├── PresetError             a preset or PNG metadata that does not read or validate
+    │   ├── ImageInputError         an image that cannot be read safely
+    │   └── PromptError             slots, placeholders and attribute tokens that do not fit
+    ├── CheckpointError             weights, configs or tokenizer missing or not fitting the model
+    ├── SigmaResourceError          the machine ran out of something
+    │   └── SigmaOutOfMemoryError   out of GPU or CPU memory; the message says what to lower
+    └── GenerationCancelled         a run stopped on request; the pipeline stays usable
+
+The CLI prints any SigmaError's message and exits 2 (130 for a cancel); anything else is a bug.
+The studio shows the message and keeps the user's work.
 """
 
 from __future__ import annotations
 
 
-class SigmaInputError(ValueError):
-    """Bad user input. The message says what is wrong and how to fix it."""
+class SigmaError(Exception):
+    """Base of every error raised on purpose; the message says what is wrong and what to do."""
+
+
+class SigmaInputError(SigmaError, ValueError):
+    """Bad user input. The message names the field and the fix."""
 
 
 class PresetError(SigmaInputError):
@@ -24,7 +37,29 @@ class PromptError(SigmaInputError):
     """A prompt whose slots, placeholders or attribute tokens do not fit together."""
 
 
-class GenerationCancelled(RuntimeError):
+class CheckpointError(SigmaError):
+    """A checkpoint that is missing, incomplete or does not fit the model: weights, configs, the
+    VAE file or the tokenizer."""
+
+
+class SigmaResourceError(SigmaError):
+    """The machine cannot provide what a run needs (memory, a device)."""
+
+
+class SigmaOutOfMemoryError(SigmaResourceError):
+    """Out of memory during a run; the message lists what to lower."""
+
+    ADVICE = (
+        "use a smaller output size, fewer or smaller references, or a lower precision (bf16 "
+        "instead of fp32); or free memory that other programs hold"
+    )
+
+    def __init__(self, where: str, device: str) -> None:
+        super().__init__(f"out of memory on {device} while {where}: {self.ADVICE}")
+        self.where, self.device = where, device
+
+
+class GenerationCancelled(SigmaError):
     """A run stopped on request; the pipeline stays usable."""
 
     def __init__(self, message: str, *, step: int) -> None:

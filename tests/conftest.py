@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
 
-from sigma_core.tokenizer import load_tokenizer, make_tiny_tokenizer
+from sigma_core.planning import load_tokenizer, make_tiny_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +27,13 @@ def tokenizer(tiny_tokenizer_dir):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random BAGEL checkpoint in the official layout (2 layers)."""
-    from sigma_core.tiny import make_tiny_checkpoint
+    from sigma_core.runtime import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def pipe(tiny_checkpoint):
-    from sigma_core.pipeline import SigmaPipeline
+    from sigma_core import SigmaPipeline
 
     return SigmaPipeline.from_pretrained(tiny_checkpoint, device="cpu")

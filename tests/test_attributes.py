@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sigma_core.attributes import (
+from sigma_core.errors import SigmaInputError
+from sigma_core.inputs.attributes import (
     ATTRIBUTES,
     DESCRIPTIONS,
     UnknownAttributeError,
     find_attribute_tokens,
     normalize_attribute,
 )
-from sigma_core.errors import SigmaInputError
 
 
 def test_vocabulary_is_sigmas_exact_order():

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sigma_core import cli
-from sigma_core.attributes import ATTRIBUTES
-from sigma_core.composition import load_preset, save_preset, write_png
-from sigma_core.sequence import build_plan
-from sigma_core.tokenizer import load_tokenizer
+from sigma_core import ATTRIBUTES, cli
+from sigma_core.inputs import load_preset, save_preset, write_png
+from sigma_core.planning import build_plan, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "presets"
@@ -340,7 +338,7 @@ def test_generate_with_a_checkpoint(capsys, tmp_path: Path, tiny_checkpoint: Pat
     assert code == 0, err
     assert "seed 9" in out and "preview engine (random weights)" in out
     assert "step 2/2" in err
-    from sigma_core.composition import read_png_composition
+    from sigma_core import read_png_composition
 
     assert Image.open(out_png).size == (128, 128)
     assert read_png_composition(out_png).settings.seed == 9

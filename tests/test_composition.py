@@ -10,18 +10,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sigma_core import composition as comp_mod
-from sigma_core import images as images_mod
-from sigma_core.composition import (
+from sigma_core.errors import PresetError
+from sigma_core.inputs import (
     Composition,
     Reference,
     Settings,
+    dumps_preset,
     load_preset,
+    loads_preset,
     read_png_composition,
     save_preset,
     write_png,
 )
-from sigma_core.errors import PresetError
+from sigma_core.inputs import composition as comp_mod
+from sigma_core.inputs import images as images_mod
+from sigma_core.inputs import preset as preset_mod
 
 
 def _png(path: Path, size=(64, 48), color=(200, 30, 30)) -> Path:
@@ -157,13 +160,13 @@ def test_save_elsewhere_rewrites_paths_or_refuses(folder: Path, tmp_path: Path):
 
 def test_from_json_accepts_text_and_api_images(folder: Path):
     text = json.dumps(_preset_dict(references=[], prompt="a red fox"))
-    comp = Composition.from_json(text)
+    comp = loads_preset(text)
     assert comp.prompt == "a red fox"
     img = Image.new("RGB", (20, 10), (1, 2, 3))
     c = Composition("[1]", [Reference(1, img, ("<subject>",))])
     with pytest.raises(PresetError, match="save with embedded images"):
-        c.to_json(embed_images=False)
-    back = Composition.from_json(c.to_json(embed_images=True))
+        dumps_preset(c, embed_images=False)
+    back = loads_preset(dumps_preset(c, embed_images=True))
     assert back.load_image(back.reference(1)).getpixel((5, 5)) == (1, 2, 3)
 
 
@@ -173,17 +176,17 @@ def test_empty_slot_survives_a_round_trip(folder: Path):
     data["references"][1]["image"] = None
     comp = load_preset(_write(folder, data), asset_dirs=[])
     assert comp.reference(2).image is None
-    assert json.loads(comp.to_json())["references"][1]["image"] is None
+    assert json.loads(dumps_preset(comp))["references"][1]["image"] is None
 
 
 def test_migration_hook_upgrades_old_versions(folder: Path, monkeypatch):
     """A future version 2 reader upgrades version 1 files through _MIGRATIONS."""
-    monkeypatch.setattr(comp_mod, "PRESET_VERSION", 2)
+    monkeypatch.setattr(preset_mod, "PRESET_VERSION", 2)
 
     def v1_to_v2(d: dict) -> dict:
         return {**d, "version": 2, "name": d["name"] + " (migrated)"}
 
-    monkeypatch.setitem(comp_mod._MIGRATIONS, 1, v1_to_v2)
+    monkeypatch.setitem(preset_mod._MIGRATIONS, 1, v1_to_v2)
     comp = load_preset(_write(folder, _preset_dict()), asset_dirs=[])
     assert comp.name == "test (migrated)"
 
@@ -363,8 +366,8 @@ def test_png_metadata_round_trip(folder: Path, tmp_path: Path):
     comp = load_preset(_write(folder, _preset_dict()), asset_dirs=[])
     out = write_png(Image.new("RGB", (32, 32), "blue"), comp, tmp_path / "gen.png")
     back = read_png_composition(out, asset_dirs=[])
-    assert back == Composition.from_json(comp.to_json(embed_images=True))
-    assert back.to_json(embed_images=True) == comp.to_json(embed_images=True)
+    assert back == loads_preset(dumps_preset(comp, embed_images=True))
+    assert dumps_preset(back, embed_images=True) == dumps_preset(comp, embed_images=True)
     assert back.load_image(back.reference(1)).getpixel((1, 1)) == (200, 30, 30)
     assert Image.open(out).size == (32, 32)
 

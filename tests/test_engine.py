@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +15,25 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from sigma_core.composition import Composition, Reference, Settings, read_png_composition
-from sigma_core.errors import GenerationCancelled, SigmaInputError
-from sigma_core.loader import CheckpointError
-from sigma_core.mask import dense_mask
-from sigma_core.model.bagel import patchify, unpatchify
-from sigma_core.model.mot import KVCache
-from sigma_core.pipeline import PREVIEW_NOTICE, SigmaPipeline
-from sigma_core.sampler import Guidance, guide, timesteps
-from sigma_core.sequence import TokenType, build_plan
-from sigma_core.tiny import make_tiny_checkpoint
+from sigma_core import (
+    PREVIEW_NOTICE,
+    Composition,
+    Reference,
+    Settings,
+    SigmaPipeline,
+    read_png_composition,
+)
+from sigma_core.errors import CheckpointError, GenerationCancelled, SigmaInputError
+from sigma_core.model import KVCache, Routing, Span, patchify, unpatchify
+from sigma_core.planning import TokenType, build_plan, dense_mask
+from sigma_core.runtime import (
+    Denoiser,
+    Guidance,
+    guide,
+    make_tiny_checkpoint,
+    prefill_contexts,
+    timesteps,
+)
 
 
 def _image(seed: int, size=(512, 512)) -> Image.Image:
@@ -37,6 +49,11 @@ def _comp(prompt: str = "Put [1] on a beach next to [2] at sunset", **settings) 
     ]
     settings.setdefault("size", (128, 128))
     return Composition(prompt, refs, Settings(**settings))
+
+
+def _with_image(comp: Composition, slot: int, image) -> Composition:
+    refs = tuple(replace(r, image=image) if r.slot == slot else r for r in comp.references)
+    return replace(comp, references=refs)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -131,13 +148,13 @@ def test_mask_hides_other_groups_image_from_attribute_token(tmp_path: Path):
     results = {}
     for mask in (True, False):
         for variant in (1, 99):
-            comp = _comp(prompt, mask=mask)
-            comp.references[0].image = _image(variant)
+            comp = _with_image(_comp(prompt, mask=mask), 1, _image(variant))
             plan, refs = _refs(one, comp)
-            ctx = one.encode_context(plan, refs, return_hidden=True)
+            with torch.no_grad():
+                ctx = prefill_contexts(one.model, plan, refs, return_hidden=True)
             special = (plan.token_type == TokenType.SPECIAL).nonzero().flatten()
             assert plan.group[special].tolist() == [0, 1]
-            results[mask, variant] = ctx.hidden[special[1]]
+            results[mask, variant] = ctx.hidden[0, special[1]]
     assert torch.equal(results[True, 1], results[True, 99])
     assert not torch.allclose(results[False, 1], results[False, 99])
 
@@ -146,56 +163,78 @@ def test_segmentwise_prefill_equals_single_dense_pass(pipe):
     for mask in (True, False):
         comp = _comp("A <subject> ball <image_1> beside <id> a person <image_2> at dusk", mask=mask)
         plan, refs = _refs(pipe, comp)
-        ctx = pipe.encode_context(plan, refs, return_hidden=True, need_text=False, need_img=False)
+        model = pipe.model
+        with torch.no_grad():
+            ctx = prefill_contexts(
+                model, plan, refs, return_hidden=True, need_text=False, need_img=False
+            )
         # One pass over the whole context with the dense mask B = (C and M) or S.
         n_ctx = plan.segments[-1].start
-        xs, experts = [], []
+        xs = []
         for seg in plan.segments[:-1]:
             if seg.kind == "text":
-                xs.append(pipe.model.llm.embed_tokens(plan.token_ids[seg.start : seg.end]))
-                experts.append(torch.zeros(seg.length, dtype=torch.bool))
+                xs.append(model.llm.embed_tokens(plan.token_ids[seg.start : seg.end])[None])
             else:
-                x, e = pipe._block(seg, refs[seg.slot], torch.zeros(1), seg.attributes)
-                xs.append(x)
-                experts.append(e)
-        cache = KVCache.empty(pipe.model.config, n_ctx, dtype=torch.float32, device="cpu")
+                xs.append(
+                    model.embed_latent_block(
+                        refs[seg.slot],
+                        torch.zeros(1),
+                        model.latent_pos_embed(model.latent_position_ids(seg.grid)),
+                        model.vision_markers(),
+                        model.attribute_indices(seg.attributes),
+                    )
+                )
+        cache = KVCache.empty(
+            model.config, batch=1, capacity=n_ctx, dtype=torch.float32, device="cpu"
+        )
         dense = dense_mask(plan)[:n_ctx, :n_ctx]
+        rope = model.llm.rotary_emb(plan.position_ids[:n_ctx], torch.float32)
+        routing = Routing.from_experts(plan.expert[:n_ctx].tolist())
         with torch.no_grad():
-            h = pipe.model.llm(
-                torch.cat(xs), plan.position_ids[:n_ctx], torch.cat(experts), cache, dense,
-                commit=True,
-            )  # fmt: skip
+            h = model.llm(torch.cat(xs, 1), rope, routing, cache, Span(0, n_ctx, dense))
         torch.testing.assert_close(h, ctx.hidden, rtol=1e-5, atol=1e-5)
-        for a, b in zip(cache.keys, ctx.gen.keys, strict=True):
-            torch.testing.assert_close(a[:, :n_ctx], b[:, :n_ctx], rtol=1e-5, atol=1e-5)
+        for a, b in zip(cache.keys, ctx.cache.keys, strict=True):
+            torch.testing.assert_close(a[:, :, :n_ctx], b[:1, :, :n_ctx], rtol=1e-5, atol=1e-5)
 
 
 def test_denoising_never_writes_the_context(pipe):
     comp = _comp()
     plan, refs = _refs(pipe, comp)
-    ctx = pipe.encode_context(plan, refs)
-    n = ctx.gen.length
-    before = [k[:, :n].clone() for k in ctx.gen.keys]
-    g = Guidance()
-    x = torch.randn(64, 64)
-    pipe._velocity(x, torch.tensor(0.5), plan.segments[-1], ctx, g)
-    assert ctx.gen.length == n
-    assert all(torch.equal(a, k[:, :n]) for a, k in zip(before, ctx.gen.keys, strict=True))
+    g = Guidance.from_settings(Settings())
+    for batched in (True, False):
+        with torch.no_grad():
+            ctx = prefill_contexts(pipe.model, plan, refs)
+            lengths = list(ctx.cache.lengths)
+            before = [
+                [k[row, :, :n].clone() for row, n in enumerate(lengths)]
+                for k in (*ctx.cache.keys, *ctx.cache.values)
+            ]
+            denoise = Denoiser(pipe.model, ctx, plan.noise.grid, g, batched=batched)
+            denoise(torch.randn(64, 64), torch.tensor(0.5), True, True)
+        assert ctx.cache.lengths == lengths
+        for rows, k in zip(before, (*ctx.cache.keys, *ctx.cache.values), strict=True):
+            assert all(
+                torch.equal(a, k[row, :, :n])
+                for row, (a, n) in enumerate(zip(rows, lengths, strict=True))
+            )
 
 
 def test_cfg_text_context_is_gen_before_the_last_text(pipe):
     plan, refs = _refs(pipe, _comp())  # ends with text: cfg_text is a shorter prefix
-    ctx = pipe.encode_context(plan, refs)
+    with torch.no_grad():
+        ctx = prefill_contexts(pipe.model, plan, refs)
+    cache, text, img = ctx.cache, ctx.text_row, ctx.img_row
     last_text = plan.segments[-2]
     assert last_text.kind == "text"
-    assert ctx.cfg_text.length == last_text.start and ctx.cfg_text.position == last_text.position
+    assert cache.lengths[text] == last_text.start and cache.positions[text] == last_text.position
     assert torch.equal(
-        ctx.cfg_text.keys[0][:, : last_text.start], ctx.gen.keys[0][:, : last_text.start]
+        cache.keys[0][text, :, : last_text.start], cache.keys[0][0, :, : last_text.start]
     )
     text_tokens = sum(s.length for s in plan.segments if s.kind == "text")
-    assert ctx.cfg_img.length == text_tokens and ctx.cfg_img.position == text_tokens
+    assert cache.lengths[img] == text_tokens and cache.positions[img] == text_tokens
     plan2, refs2 = _refs(pipe, _comp("Paint [1] in the style of [2]"))  # ends with an image
-    assert pipe.encode_context(plan2, refs2).cfg_text is None  # equals gen: reused
+    with torch.no_grad():
+        assert prefill_contexts(pipe.model, plan2, refs2).text_row is None  # equals gen: reused
 
 
 # ----------------------------------------------------------------------------- CFG
@@ -271,11 +310,11 @@ def test_renorm_variants():
 def test_invalid_settings(pipe, kwargs, needle):
     with pytest.raises(SigmaInputError, match=needle):
         Settings(**kwargs)
-    comp = _comp()
-    for k, v in kwargs.items():
-        setattr(comp.settings, k, v)  # mutated after validation: the call checks again
-    with pytest.raises(SigmaInputError, match=needle):
-        pipe(comp, output_type="latent")
+    settings = _comp().settings
+    with pytest.raises(dataclasses.FrozenInstanceError):  # never changed after validation
+        settings.cfg_text_scale = 9.0
+    with pytest.raises(SigmaInputError, match=needle):  # a changed copy is validated again
+        settings.replace(**kwargs)
 
 
 def test_invalid_call_arguments(pipe):
@@ -314,7 +353,7 @@ def test_wrong_shape_names_key_and_shapes(tiny_checkpoint: Path, tmp_path: Path)
 
 
 def test_wrong_token_ids_are_refused(tiny_checkpoint: Path, tmp_path: Path):
-    from sigma_core.tokenizer import make_tiny_tokenizer
+    from sigma_core.planning import make_tiny_tokenizer
 
     bad = _copy(tiny_checkpoint, tmp_path / "bad")
     make_tiny_tokenizer(bad, with_sigma_tokens=False)
@@ -343,15 +382,16 @@ def test_offline_without_local_copy_says_how_to_download(monkeypatch, tmp_path: 
 
 def test_cancel_is_prompt_and_leaves_pipeline_usable(pipe):
     seen = []
+    stop = threading.Event()
 
     def stop_at_two(p, step, t, kwargs):
         seen.append(step)
         assert kwargs["latents"].shape == (1, 16, 16, 16)
         if step == 1:
-            p.interrupt = True
+            stop.set()
 
     with pytest.raises(GenerationCancelled, match="cancelled after step 2 of 9") as e:
-        pipe(_comp(), num_inference_steps=10, callback_on_step_end=stop_at_two)
+        pipe(_comp(), num_inference_steps=10, callback_on_step_end=stop_at_two, cancel=stop)
     assert e.value.step == 2 and seen == [0, 1]
     assert pipe(_comp(), num_inference_steps=2).images[0].size == (128, 128)
 
@@ -393,6 +433,7 @@ def test_attribute_projection_absent_is_exactly_zero(pipe):
 
 
 def test_reference_latents_are_cached_by_content(pipe, monkeypatch):
+    fresh = SigmaPipeline(pipe.model, pipe.vae, pipe.tokenizer)  # its own, empty latent cache
     calls = []
     real = pipe.vae.encode
 
@@ -401,14 +442,15 @@ def test_reference_latents_are_cached_by_content(pipe, monkeypatch):
         return real(x)
 
     monkeypatch.setattr(pipe.vae, "encode", counting)
-    comp = _comp()
-    comp.references[0].image = _image(1234)
-    pipe(comp, num_inference_steps=2, output_type="latent")
-    assert len(calls) == 1  # slot 2's image was encoded by earlier tests
-    pipe(comp, num_inference_steps=2, output_type="latent")
+    fresh(_comp(), num_inference_steps=2, output_type="latent")  # slot 2's image now cached
+    calls.clear()
+    comp = _with_image(_comp(), 1, _image(1234))
+    fresh(comp, num_inference_steps=2, output_type="latent")
+    assert len(calls) == 1  # only slot 1's new image
+    fresh(comp, num_inference_steps=2, output_type="latent")
     assert len(calls) == 1
-    comp.references[0].image = _image(4321)
-    pipe(comp, num_inference_steps=2, output_type="latent")
+    comp = _with_image(comp, 1, _image(4321))
+    fresh(comp, num_inference_steps=2, output_type="latent")
     assert len(calls) == 2
 
 
@@ -434,5 +476,6 @@ def test_text_only_prompt_reuses_gen_for_the_image_branch(pipe):
     out = pipe(comp, num_inference_steps=3, output_type="latent")
     assert out.num_passes == 2 * 2  # gen + cfg_text (empty context); cfg_img == gen
     plan = out.plan
-    ctx = pipe.encode_context(plan, {})
-    assert ctx.cfg_img is None and ctx.cfg_text.length == 0
+    with torch.no_grad():
+        ctx = prefill_contexts(pipe.model, plan, {})
+    assert ctx.img_row is None and ctx.cache.lengths[ctx.text_row] == 0

@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from sigma_core.composition import PROJECT_ASSETS, load_preset, save_preset
-from sigma_core.sequence import IMAGE_PLACEHOLDER, build_plan
+from sigma_core.inputs import (
+    IMAGE_PLACEHOLDER,
+    PROJECT_ASSETS,
+    dumps_preset,
+    load_preset,
+    save_preset,
+)
+from sigma_core.planning import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = sorted((ROOT / "presets").glob("*.json"))
-ASSETS = ROOT / "assets"
+ASSETS = PROJECT_ASSETS
 
 
 def test_there_are_example_presets() -> None:
@@ -40,7 +46,7 @@ def test_preset_images_load_from_assets(preset: Path) -> None:
 
 
 def test_preset_file_is_canonical(preset: Path) -> None:
-    assert preset.read_text(encoding="utf-8") == load_preset(preset).to_json()
+    assert preset.read_text(encoding="utf-8") == dumps_preset(load_preset(preset))
 
 
 def test_save_load_save_is_byte_identical(preset: Path, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from sigma_core.errors import ImageInputError
-from sigma_core.images import (
+from sigma_core.geometry import vae_size
+from sigma_core.inputs.images import (
     DEFAULT_LIMITS,
     ImageLimits,
     crop_image,
@@ -27,7 +28,6 @@ from sigma_core.images import (
     read_image_bytes,
     to_rgb,
     vae_resize,
-    vae_size,
 )
 
 RED = (255, 0, 0)

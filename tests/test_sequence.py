@@ -9,21 +9,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sigma_core.attributes import ATTRIBUTES
-from sigma_core.composition import Composition, Reference, Settings
-from sigma_core.errors import PromptError
-from sigma_core.images import vae_size
-from sigma_core.sequence import (
-    Expert,
-    Piece,
-    TokenIds,
-    TokenType,
-    build_plan,
-    split_prompt,
-    to_raw_prompt,
-)
-from sigma_core.tokenizer import (
+from sigma_core import ATTRIBUTES, Composition, Reference, Settings
+from sigma_core.errors import CheckpointError, PromptError
+from sigma_core.geometry import vae_size
+from sigma_core.inputs.prompt import Piece, split_prompt, to_raw_prompt
+from sigma_core.planning.sequence import Expert, TokenType, build_plan
+from sigma_core.planning.tokenizer import (
     QWEN25_BASE_VOCAB,
+    TokenIds,
     add_sigma_tokens,
     load_tokenizer,
     make_tiny_tokenizer,
@@ -363,7 +356,7 @@ def test_tokenizer_without_sigma_tokens_is_refused(tmp_path):
 
     d = make_tiny_tokenizer(tmp_path, with_sigma_tokens=False)
     bare = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-    with pytest.raises(PromptError, match="add_sigma_tokens"):
+    with pytest.raises(CheckpointError, match="add_sigma_tokens"):
         TokenIds.from_tokenizer(bare)
     assert TokenIds.from_tokenizer(load_tokenizer(d)).attributes["<style>"] == len(bare)
 

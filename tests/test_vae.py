@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sigma_core.errors import SigmaInputError
+from sigma_core.errors import CheckpointError
 from sigma_core.model.vae import (
     AE_CONFIG_FILE,
     SCALE_FACTOR,
@@ -227,7 +227,7 @@ def test_bad_image_shapes(tiny_vae: FluxVAE) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(SigmaInputError, match="does not exist") as err:
+    with pytest.raises(CheckpointError, match="does not exist") as err:
         FluxVAE.from_file(tmp_path / "ae.safetensors")
     assert str(tmp_path / "ae.safetensors") in str(err.value)
 
@@ -236,7 +236,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_not_safetensors(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "ae.safetensors"
     path.write_bytes(content)
-    with pytest.raises(SigmaInputError, match="not a readable safetensors file") as err:
+    with pytest.raises(CheckpointError, match="not a readable safetensors file") as err:
         FluxVAE.from_file(path)
     assert str(path) in str(err.value)
 
@@ -244,19 +244,22 @@ def test_not_safetensors(tmp_path: Path, content: bytes) -> None:
 def test_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ae.ckpt"
     torch.save({"encoder.conv_in.weight": torch.zeros(1)}, path)
-    with pytest.raises(SigmaInputError, match=r"Only \.safetensors"):
+    with pytest.raises(CheckpointError, match=r"Only \.safetensors"):
         FluxVAE.from_file(path)
 
 
 def test_keys_that_do_not_fit_the_config(tiny_ae: Path, tmp_path: Path) -> None:
     path = tmp_path / "ae.safetensors"
     path.write_bytes(tiny_ae.read_bytes())  # no ae_config.json: FLUX's config applies
-    with pytest.raises(SigmaInputError, match="wrong shape: ") as err:
+    with pytest.raises(CheckpointError, match="wrong shape: ") as err:
         FluxVAE.from_file(path)
     message = str(err.value)
     assert str(path) in message and AE_CONFIG_FILE in message
-    assert "missing: decoder.up.0.block.0.nin_shortcut.bias" in message
-    assert "decoder.conv_in.weight [32, 16, 3, 3] (expected [512, 16, 3, 3])" in message
+    assert "missing tensors: decoder.up.0.block.0.nin_shortcut.bias" in message
+    assert (
+        "decoder.conv_in.weight: checkpoint shape [32, 16, 3, 3] but the model expects "
+        "[512, 16, 3, 3]" in message
+    )
 
 
 def test_extra_and_missing_keys_are_named(tiny_ae: Path, tmp_path: Path) -> None:
@@ -265,21 +268,21 @@ def test_extra_and_missing_keys_are_named(tiny_ae: Path, tmp_path: Path) -> None
     state["encoder.down_blocks.0.resnets.0.norm1.weight"] = torch.ones(32)
     path = tmp_path / "ae.safetensors"
     save_file(state, path)
-    with pytest.raises(SigmaInputError) as err:
+    with pytest.raises(CheckpointError) as err:
         FluxVAE.from_file(path, config=TINY_VAE_CONFIG)
     message = str(err.value)
-    assert "missing: decoder.mid.attn_1.k.bias" in message
-    assert "unexpected: encoder.down_blocks.0.resnets.0.norm1.weight" in message
+    assert "missing tensors: decoder.mid.attn_1.k.bias" in message
+    assert "unexpected tensors: encoder.down_blocks.0.resnets.0.norm1.weight" in message
 
 
 def test_bad_configs(tiny_ae: Path, tmp_path: Path) -> None:
-    with pytest.raises(SigmaInputError, match="Unknown AutoencoderKL config keys"):
+    with pytest.raises(CheckpointError, match="Unknown AutoencoderKL config keys"):
         FluxVAE.from_file(tiny_ae, config={**TINY_VAE_CONFIG, "latent_chanels": 16})
     path = tmp_path / "ae.safetensors"
     path.write_bytes(tiny_ae.read_bytes())
     (tmp_path / AE_CONFIG_FILE).write_text("{not json")
-    with pytest.raises(SigmaInputError, match="Cannot read the VAE config"):
+    with pytest.raises(CheckpointError, match="Cannot read the VAE config"):
         FluxVAE.from_file(path)
     (tmp_path / AE_CONFIG_FILE).write_text("[1, 2]")
-    with pytest.raises(SigmaInputError, match="must hold a JSON object"):
+    with pytest.raises(CheckpointError, match="must hold a JSON object"):
         FluxVAE.from_file(path)

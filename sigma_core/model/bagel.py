@@ -1,21 +1,35 @@
-"""BAGEL's generation model: the MoT decoder plus the connectors between VAE latents and the LLM.
+"""BAGEL's generation model: the MoT decoder plus the connectors between VAE latents and the LLM,
+and the model's side of generation: embedding text and latent blocks, routing them to the
+experts, and keeping the KV cache's books.
 
 A latent token enters the LLM as vae2llm(latent) + time_embedder(t) + latent_pos_embed[pos]
 (+ W_tau(attributes) for SIGMA's reference tokens); llm2vae reads the velocity back out. The
 SigLIP ViT and lm_head of the checkpoint are not built: SIGMA conditions on VAE tokens only.
+
+The API, in the order a generation uses it (shapes: B context rows, m latent tokens, d hidden):
+
+- :meth:`BagelGenerator.prefill_text` and :meth:`BagelGenerator.prefill_image` append one
+  segment to one row of a :class:`KVCache` and advance that row's length and rope position.
+- :meth:`BagelGenerator.denoise_context` gathers, once per run, what every denoising pass over
+  some rows of the cache needs (rope, key-padding mask, marker and position embeddings).
+- :meth:`BagelGenerator.velocity` is one denoising pass: noise tokens [m, 64] at t against B
+  rows at once, velocities [B, m, 64]. Fixed shapes and no host sync, so it compiles whole.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from sigma_core.attributes import ATTRIBUTES
-from sigma_core.model.config import LATENT_PATCH_SIZE, MAX_LATENT_SIZE, LLMConfig
-from sigma_core.model.mot import LanguageModel, Qwen2MoT
+from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, MAX_LATENT_GRID
+from sigma_core.inputs.attributes import ATTRIBUTES
+from sigma_core.model.cache import KVCache
+from sigma_core.model.config import LLMConfig
+from sigma_core.model.mot import LanguageModel, Qwen2MoT, Routing, Span
 
 # W_tau, the paper's attribute projection t_i = v_i + W_tau(tau_i): one row per attribute token,
 # in ATTRIBUTES order. The released SIGMA checkpoint has no such tensor; it is then exactly zero.
@@ -65,22 +79,44 @@ class LatentPositionEmbedding(nn.Module):
         return self.pos_embed[position_ids]
 
 
+@dataclass(frozen=True)
+class DenoiseContext:
+    """What every denoising pass of one run needs and that does not change between passes.
+
+    Made once by :meth:`BagelGenerator.denoise_context` for a set of cache rows; the block of
+    n = m + 2 tokens writes its keys at slot ``start`` (after the longest row) of every row.
+    """
+
+    cache: KVCache  # the rows the batch runs against
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [B, 1, 1, D]: one position per row
+    span: Span  # write at the shared slot; key-padding mask for rows shorter than the longest
+    routing: Routing  # marker, latents, marker
+    pos_embed: torch.Tensor  # [m, d] latent position embeddings of the output grid
+    markers: torch.Tensor  # [2, d] <|vision_start|>, <|vision_end|> embeddings
+
+
 class BagelGenerator(nn.Module):
-    """The modules of ``Bagel`` that generation needs, under the same parameter names."""
+    """The modules of ``Bagel`` that generation needs, under the same parameter names.
+
+    ``vision_token_ids`` are the tokenizer's <|vision_start|> and <|vision_end|> ids, which
+    frame every latent block.
+    """
 
     def __init__(
         self,
         cfg: LLMConfig,
         *,
-        latent_channels: int = 16,
-        max_latent_size: int = MAX_LATENT_SIZE,
+        latent_channels: int = LATENT_CHANNELS,
+        max_latent_size: int = MAX_LATENT_GRID,
         attribute_embed: bool = False,
+        vision_token_ids: tuple[int, int] = (0, 0),
     ) -> None:
         super().__init__()
         self.config = cfg
         self.latent_channels = latent_channels
         self.max_latent_size = max_latent_size
-        patch_dim = LATENT_PATCH_SIZE**2 * latent_channels
+        self.vision_token_ids = vision_token_ids
+        patch_dim = LATENT_PATCH**2 * latent_channels
         d = cfg.hidden_size
         self.language_model = LanguageModel(cfg)
         self.time_embedder = TimestepEmbedder(d)
@@ -93,40 +129,163 @@ class BagelGenerator(nn.Module):
     def llm(self) -> Qwen2MoT:
         return self.language_model.model
 
-    def latent_position_ids(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae2llm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae2llm.weight.device
+
+    # ------------------------------------------------------------------------- embeddings
+
+    def latent_position_ids(self, grid: tuple[int, int]) -> torch.Tensor:
         """Row-major ids into the position table: i * max_latent_size + j."""
+        rows, cols = grid
         if rows > self.max_latent_size or cols > self.max_latent_size:
             raise ValueError(
                 f"a {rows}x{cols} latent grid exceeds the {self.max_latent_size}-token position "
                 "table; images are at most 1024 px per side"
             )
-        i = torch.arange(rows, device=device)[:, None]
-        j = torch.arange(cols, device=device)[None, :]
+        i = torch.arange(rows, device=self.device)[:, None]
+        j = torch.arange(cols, device=self.device)[None, :]
         return (i * self.max_latent_size + j).flatten()
 
-    def embed_latents(
+    def attribute_indices(self, attributes: tuple[str, ...]) -> torch.Tensor | None:
+        """Rows of W_tau for SIGMA's attribute tokens; None when there is no W_tau or none."""
+        if not attributes or self.attribute_embed is None:
+            return None
+        return torch.tensor([ATTRIBUTES.index(a) for a in attributes], device=self.device)
+
+    def embed_latent_block(
         self,
         tokens: torch.Tensor,
         t: torch.Tensor,
+        pos_embed: torch.Tensor,
+        markers: torch.Tensor,
+        attributes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """<|vision_start|> latents <|vision_end|> as LLM inputs [1, m + 2, d].
+
+        ``tokens`` [m, 64] at timestep ``t`` (0 for a clean reference), ``pos_embed`` [m, d],
+        ``markers`` [2, d]; ``attributes`` are W_tau rows summed into every latent token.
+        """
+        x = self.vae2llm(tokens.to(self.dtype)) + self.time_embedder(t.reshape(1)) + pos_embed
+        if attributes is not None:
+            x = x + self.attribute_embed(attributes).sum(0)
+        return torch.cat((markers[:1], x, markers[1:]))[None]
+
+    def vision_markers(self) -> torch.Tensor:
+        """The <|vision_start|> and <|vision_end|> embeddings [2, d] that frame a latent block."""
+        return self.llm.embed_tokens(torch.tensor(self.vision_token_ids, device=self.device))
+
+    # ------------------------------------------------------------------------- prefill
+
+    def prefill_text(
+        self,
+        cache: KVCache,
+        row: int,
+        token_ids: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Append text ``token_ids`` [n] to ``row``: understanding expert, rope +1 per token.
+
+        ``mask`` (bool [n, length + n]) says which cached and new tokens each one sees; by
+        default text is causal. Returns the final hidden states [1, n, d].
+        """
+        n, start, pos = token_ids.shape[0], cache.lengths[row], cache.positions[row]
+        if mask is None:
+            mask = torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
+        positions = torch.arange(pos, pos + n, device=self.device)
+        h = self._prefill(
+            cache, row, self.llm.embed_tokens(token_ids)[None], positions, Routing.uniform(n), mask
+        )
+        cache.advance(row, n, n)
+        return h
+
+    def prefill_image(
+        self,
+        cache: KVCache,
+        row: int,
+        tokens: torch.Tensor,
         grid: tuple[int, int],
         attributes: tuple[str, ...] = (),
     ) -> torch.Tensor:
-        """Latent tokens [n, 64] at timestep t (0 for a clean reference) -> LLM inputs [n, d]."""
-        dtype = self.vae2llm.weight.dtype
-        pos = self.latent_position_ids(*grid, tokens.device)
-        t = t.reshape(1).to(tokens.device)
-        x = self.vae2llm(tokens.to(dtype)) + self.time_embedder(t) + self.latent_pos_embed(pos)
-        if attributes and self.attribute_embed is not None:
-            idx = torch.tensor([ATTRIBUTES.index(a) for a in attributes], device=tokens.device)
-            x = x + self.attribute_embed(idx).sum(0)
-        return x
+        """Append a clean latent block (``tokens`` [m, 64] on ``grid``, t = 0) to ``row``.
 
-    def velocity(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final hidden states of latent tokens [n, d] -> velocity [n, 64]."""
-        return self.llm2vae(hidden)
+        The block shares one rope position and sees itself and everything before it; it then
+        advances the rope by one. ``attributes`` add W_tau when the checkpoint has it.
+        Returns the final hidden states [1, m + 2, d].
+        """
+        x = self.embed_latent_block(
+            tokens,
+            torch.zeros(1, device=self.device),
+            self.latent_pos_embed(self.latent_position_ids(grid)),
+            self.vision_markers(),
+            self.attribute_indices(attributes),
+        )
+        n = x.shape[1]
+        positions = torch.full((n,), cache.positions[row], device=self.device)
+        h = self._prefill(cache, row, x, positions, Routing.block(n), None)
+        cache.advance(row, n, 1)
+        return h
+
+    def _prefill(
+        self,
+        cache: KVCache,
+        row: int,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        routing: Routing,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        start, n = cache.lengths[row], x.shape[1]
+        if start + n > cache.capacity:
+            raise RuntimeError(f"KV cache overflow: {start + n} > capacity {cache.capacity}")
+        rope = self.llm.rotary_emb(positions, x.dtype)
+        span = Span(start, start + n, None if mask is None else mask[None, None])
+        return self.llm(x, rope, routing, cache.rows(row, row + 1), span)
+
+    # ------------------------------------------------------------------------- denoising
+
+    def denoise_context(self, cache: KVCache, grid: tuple[int, int]) -> DenoiseContext:
+        """Everything the denoising passes of a ``grid`` block over ``cache``'s rows share.
+
+        The block's keys go to the slot after the longest row; the rows shorter than that hide
+        their unused slots behind a key-padding mask, so contexts of different lengths run as
+        one batch. Made once per run (per row set), never per pass.
+        """
+        m = grid[0] * grid[1]
+        n, start = m + 2, max(cache.lengths)
+        if start + n > cache.capacity:
+            raise RuntimeError(f"KV cache overflow: {start + n} > capacity {cache.capacity}")
+        mask = None
+        if min(cache.lengths) < start:
+            slots = torch.arange(start + n, device=self.device)
+            lengths = torch.tensor(cache.lengths, device=self.device)
+            mask = (slots[None] < lengths[:, None]) | (slots[None] >= start)
+            mask = mask[:, None, None, :]  # [B, 1, 1, start + n]
+        positions = torch.tensor(cache.positions, device=self.device)[:, None]  # [B, 1]
+        return DenoiseContext(
+            cache=cache,
+            rope=self.llm.rotary_emb(positions, self.dtype),
+            span=Span(start, start + n, mask),
+            routing=Routing.block(n),
+            pos_embed=self.latent_pos_embed(self.latent_position_ids(grid)),
+            markers=self.vision_markers(),
+        )
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, ctx: DenoiseContext) -> torch.Tensor:
+        """One denoising pass: noise tokens ``x`` [m, 64] at ``t`` (a 0-dim tensor) against
+        every row of ``ctx`` at once -> velocities [B, m, 64] in fp32. The cached contexts are
+        read, never changed."""
+        block = self.embed_latent_block(x, t, ctx.pos_embed, ctx.markers)
+        block = block.expand(ctx.cache.batch, -1, -1)
+        h = self.llm(block, ctx.rope, ctx.routing, ctx.cache, ctx.span)
+        return self.llm2vae(h[:, 1:-1]).float()
 
 
-def patchify(latent: torch.Tensor, p: int = LATENT_PATCH_SIZE) -> torch.Tensor:
+def patchify(latent: torch.Tensor, p: int = LATENT_PATCH) -> torch.Tensor:
     """VAE latent [1, c, H, W] -> tokens [(H/p)(W/p), p*p*c], row-major, as BAGEL packs them."""
     _, c, h, w = latent.shape
     x = latent[0].reshape(c, h // p, p, w // p, p)
@@ -134,7 +293,7 @@ def patchify(latent: torch.Tensor, p: int = LATENT_PATCH_SIZE) -> torch.Tensor:
 
 
 def unpatchify(
-    tokens: torch.Tensor, grid: tuple[int, int], c: int, p: int = LATENT_PATCH_SIZE
+    tokens: torch.Tensor, grid: tuple[int, int], c: int = LATENT_CHANNELS, p: int = LATENT_PATCH
 ) -> torch.Tensor:
     """Inverse of :func:`patchify`: tokens [h*w, p*p*c] -> latent [1, c, h*p, w*p]."""
     h, w = grid

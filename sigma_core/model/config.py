@@ -8,18 +8,16 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sigma_core.errors import SigmaInputError
-
-LATENT_PATCH_SIZE = 2  # latent patch side: one token = 2 * 2 * 16 values
-MAX_LATENT_SIZE = 64  # latent tokens per side; the position table has 64 * 64 rows
+from sigma_core.errors import CheckpointError
 
 
 @dataclass(frozen=True)
 class LLMConfig:
     """The Qwen2 decoder sizes BAGEL reads from ``llm_config.json``.
 
-    As the official app does, qk-norm is always on, embeddings are untied and every layer is a
-    two-expert MoT layer, whatever the file says.
+    As the official app does, qk-norm is always on when read from a file, embeddings are untied
+    and every layer is a two-expert MoT layer, whatever the file says. ``qk_norm=False`` exists
+    for tests that compare the decoder with plain Qwen2.
     """
 
     hidden_size: int
@@ -32,6 +30,7 @@ class LLMConfig:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 32768
     hidden_act: str = "silu"
+    qk_norm: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -39,20 +38,20 @@ class LLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "llm_config.json") -> LLMConfig:
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - {"qk_norm"}
         required = {f.name for f in fields(cls) if f.default is MISSING}
         missing = sorted(required - data.keys())
         if missing:
-            raise SigmaInputError(f"{source}: missing {', '.join(missing)}")
+            raise CheckpointError(f"{source}: missing {', '.join(missing)}")
         cfg = cls(**{k: data[k] for k in names if k in data})
         if cfg.hidden_size % cfg.num_attention_heads:
-            raise SigmaInputError(f"{source}: hidden_size is not a multiple of the head count")
+            raise CheckpointError(f"{source}: hidden_size is not a multiple of the head count")
         if cfg.num_attention_heads % cfg.num_key_value_heads:
-            raise SigmaInputError(f"{source}: query heads are not a multiple of KV heads")
+            raise CheckpointError(f"{source}: query heads are not a multiple of KV heads")
         if cfg.hidden_act != "silu":
-            raise SigmaInputError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported")
+            raise CheckpointError(f"{source}: hidden_act {cfg.hidden_act!r} is not supported")
         if (data.get("rope_scaling") or {}).get("rope_type", "default") != "default":
-            raise SigmaInputError(f"{source}: rope_scaling is not supported")
+            raise CheckpointError(f"{source}: rope_scaling is not supported")
         return cfg
 
     @classmethod
@@ -61,11 +60,11 @@ class LLMConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise SigmaInputError(
+            raise CheckpointError(
                 f"{path}: not found; a BAGEL folder has llm_config.json"
             ) from None
         except (OSError, json.JSONDecodeError) as e:
-            raise SigmaInputError(f"{path}: cannot read ({e})") from None
+            raise CheckpointError(f"{path}: cannot read ({e})") from None
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,7 +74,6 @@ class LLMConfig:
             "model_type": "qwen2",
             **{f.name: getattr(self, f.name) for f in fields(self)},
             "tie_word_embeddings": False,
-            "qk_norm": True,
             "layer_module": "Qwen2MoTDecoderLayer",
             "rope_scaling": None,
             "torch_dtype": "bfloat16",

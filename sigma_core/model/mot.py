@@ -3,19 +3,23 @@ generation copy (suffix ``_moe_gen``); text and vision markers take the first, V
 the second. Attention is shared across both and runs through torch SDPA, so it works on CPU and
 GPU without flash-attn.
 
-Shapes: n query tokens, T cached tokens, d hidden, H query heads, Hkv key/value heads, D head dim.
+Shapes: B batch rows, n query tokens, C cache slots, d hidden, H query heads, Hkv key/value
+heads, D head dim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sigma_core.model.cache import KVCache
 from sigma_core.model.config import LLMConfig
+
+UND, GEN = 0, 1  # the two experts
 
 
 class RMSNorm(nn.Module):
@@ -48,24 +52,35 @@ class MLP(nn.Module):
 
 @dataclass(frozen=True)
 class Routing:
-    """Which tokens of a query take which expert, as index lists computed once per pass.
+    """Which tokens of a block take which expert, as contiguous runs known on the host.
 
-    Index lists (not boolean masks) keep the per-layer gather/scatter free of host syncs on GPU;
-    ``und``/``gen`` are None when every token takes the other expert, so homogeneous segments
-    skip the gather entirely.
+    ``runs`` are (start, end, expert) in token order and cover the block. They are fixed by the
+    block's layout (text: one understanding run; an image block: marker, latents, marker), so
+    routing is made once per block shape, holds no tensors and costs no host sync: each expert
+    reads its runs as slices (a view when it has one run) and the outputs are put back in order.
     """
 
-    und: torch.Tensor | None  # int64 [n_und]
-    gen: torch.Tensor | None  # int64 [n_gen]
+    runs: tuple[tuple[int, int, int], ...]
 
     @classmethod
-    def from_mask(cls, gen: torch.Tensor) -> Routing:
-        gen_idx = gen.nonzero().flatten()
-        if gen_idx.numel() == gen.numel():
-            return cls(None, gen_idx)
-        if gen_idx.numel() == 0:
-            return cls(torch.arange(gen.numel(), device=gen.device), None)
-        return cls((~gen).nonzero().flatten(), gen_idx)
+    def uniform(cls, n: int, expert: int = UND) -> Routing:
+        return cls(((0, n, expert),))
+
+    @classmethod
+    def block(cls, n: int) -> Routing:
+        """<|vision_start|> latents <|vision_end|>: markers through und, latents through gen."""
+        return cls(((0, 1, UND), (1, n - 1, GEN), (n - 1, n, UND)))
+
+    @classmethod
+    def from_experts(cls, experts: Sequence[int]) -> Routing:
+        """Run-length encode a per-token expert list (host ints)."""
+        runs: list[tuple[int, int, int]] = []
+        for i, e in enumerate(experts):
+            if runs and runs[-1][2] == int(e):
+                runs[-1] = (runs[-1][0], i + 1, int(e))
+            else:
+                runs.append((i, i + 1, int(e)))
+        return cls(tuple(runs))
 
     def apply(
         self,
@@ -73,16 +88,31 @@ class Routing:
         und: Callable[[torch.Tensor], torch.Tensor],
         gen: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        """und(x) on understanding tokens, gen(x) on generation tokens, in token order."""
-        if self.gen is None:
-            return und(x)
-        if self.und is None:
-            return gen(x)
-        a, b = und(x.index_select(0, self.und)), gen(x.index_select(0, self.gen))
-        out = a.new_empty((x.shape[0], *a.shape[1:]))
-        out.index_copy_(0, self.und, a)
-        out.index_copy_(0, self.gen, b)
-        return out
+        """und(x) on understanding tokens, gen(x) on generation tokens, in token order.
+        ``x`` is [B, n, ...]; tokens are dim 1."""
+        if len(self.runs) == 1:
+            return (gen if self.runs[0][2] == GEN else und)(x)
+        outputs = {}
+        for expert, fn in ((UND, und), (GEN, gen)):
+            parts = [x[:, s:e] for s, e, ex in self.runs if ex == expert]
+            if parts:
+                outputs[expert] = fn(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        pieces, taken = [], {UND: 0, GEN: 0}
+        for s, e, expert in self.runs:
+            pieces.append(outputs[expert][:, taken[expert] : taken[expert] + e - s])
+            taken[expert] += e - s
+        return torch.cat(pieces, dim=1)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one forward pass writes and reads in a cache: the block's keys and values go to
+    slots [start, start + n) of every row, and queries attend over slots [0, end) under ``mask``
+    (bool, broadcastable to [B, 1, n, end]; None lets every query see every slot)."""
+
+    start: int
+    end: int
+    mask: torch.Tensor | None = None
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -99,60 +129,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", 1.0 / (theta**exponent), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # [n, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)  # [n, D]
+        """positions [..., n] -> cos, sin [..., n, 1, D], to broadcast over [B, n, H, D]."""
+        freqs = positions.float()[..., None] * self.inv_freq.float()  # [..., n, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[..., None, :]  # [..., n, 1, D]
         return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-@dataclass
-class KVCache:
-    """Keys and values per layer, stored after qk-norm and RoPE, with spare capacity at the end.
-
-    ``length`` tokens are the context. A denoising pass writes its keys into the spare slots
-    after ``length`` and attends over them, without moving ``length``: the context is never
-    changed and never recomputed.
-    """
-
-    keys: list[torch.Tensor]  # per layer [Hkv, capacity, D]
-    values: list[torch.Tensor]
-    length: int = 0
-    position: int = 0  # the rope position of the next token
-
-    @classmethod
-    def empty(
-        cls, cfg: LLMConfig, capacity: int, *, dtype: torch.dtype, device: torch.device
-    ) -> KVCache:
-        shape = (cfg.num_key_value_heads, capacity, cfg.head_dim)
-        n = cfg.num_hidden_layers
-        return cls(
-            [torch.empty(shape, dtype=dtype, device=device) for _ in range(n)],
-            [torch.empty(shape, dtype=dtype, device=device) for _ in range(n)],
-        )
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[1]
-
-    def prefix(self, length: int, position: int, capacity: int) -> KVCache:
-        """A copy of the first ``length`` tokens, with room for ``capacity`` in all."""
-
-        def grow(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_empty((t.shape[0], capacity, t.shape[2]))
-            out[:, :length] = t[:, :length]
-            return out
-
-        return KVCache(
-            [grow(k) for k in self.keys], [grow(v) for v in self.values], length, position
-        )
 
 
 class MoTAttention(nn.Module):
     """Grouped-query attention with qk-norm, one projection set per expert."""
 
-    def __init__(self, cfg: LLMConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
@@ -163,11 +151,12 @@ class MoTAttention(nn.Module):
             setattr(self, "k_proj" + suffix, nn.Linear(d, self.num_kv_heads * hd, bias=True))
             setattr(self, "v_proj" + suffix, nn.Linear(d, self.num_kv_heads * hd, bias=True))
             setattr(self, "o_proj" + suffix, nn.Linear(self.num_heads * hd, d, bias=False))
-            setattr(self, "q_norm" + suffix, RMSNorm(hd, cfg.rms_norm_eps))
-            setattr(self, "k_norm" + suffix, RMSNorm(hd, cfg.rms_norm_eps))
+            norm = (lambda: RMSNorm(hd, cfg.rms_norm_eps)) if cfg.qk_norm else nn.Identity
+            setattr(self, "q_norm" + suffix, norm())
+            setattr(self, "k_norm" + suffix, norm())
 
     def _qkv(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
-        """[n, d] -> [n, H + 2 Hkv, D]: normed q, normed k, v for one expert."""
+        """[B, n, d] -> [B, n, H + 2 Hkv, D]: normed q, normed k, v for one expert."""
         hd = self.head_dim
         q = getattr(self, "q_norm" + suffix)(
             getattr(self, "q_proj" + suffix)(x).unflatten(-1, (-1, hd))
@@ -176,45 +165,41 @@ class MoTAttention(nn.Module):
             getattr(self, "k_proj" + suffix)(x).unflatten(-1, (-1, hd))
         )
         v = getattr(self, "v_proj" + suffix)(x).unflatten(-1, (-1, hd))
-        return torch.cat((q, k, v), dim=1)
+        return torch.cat((q, k, v), dim=2)
 
     def forward(
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         route: Routing,
-        cache: KVCache,
-        attn_mask: torch.Tensor | None,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        span: Span,
     ) -> torch.Tensor:
-        """x [n, d] -> [n, d]. Keys/values go to the cache slots [length, length + n); queries
-        attend over [0, length + n) under ``attn_mask`` (bool [n, length + n]; None = all)."""
-        n = x.shape[0]
+        """x [B, n, d] -> [B, n, d]. Keys and values go to ``keys``/``values`` [B, Hkv, C, D] at
+        span.start; queries attend over [0, span.end)."""
+        b, n, _ = x.shape
         qkv = route.apply(x, lambda t: self._qkv(t, ""), lambda t: self._qkv(t, "_moe_gen"))
-        q, k, v = qkv.split((self.num_heads, self.num_kv_heads, self.num_kv_heads), dim=1)
-        cos, sin = (r[:, None, :] for r in rope)  # [n, 1, D]
+        q, k, v = qkv.split((self.num_heads, self.num_kv_heads, self.num_kv_heads), dim=2)
+        cos, sin = rope  # [B or 1, n or 1, 1, D]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        start, end = cache.length, cache.length + n
-        if end > cache.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} > capacity {cache.capacity}")
-        kc, vc = cache.keys[self.layer_idx], cache.values[self.layer_idx]
-        kc[:, start:end] = k.transpose(0, 1)
-        vc[:, start:end] = v.transpose(0, 1)
+        keys[:, :, span.start : span.start + n] = k.transpose(1, 2)
+        values[:, :, span.start : span.start + n] = v.transpose(1, 2)
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None],  # [1, H, n, D]
-            kc[None, :, :end],  # [1, Hkv, T + n, D]
-            vc[None, :, :end],
-            attn_mask=attn_mask,
+            q.transpose(1, 2),  # [B, H, n, D]
+            keys[:, :, : span.end],  # [B, Hkv, end, D]
+            values[:, :, : span.end],
+            attn_mask=span.mask,
             enable_gqa=True,
-        )[0].transpose(0, 1)  # [n, H, D]
-        out = out.reshape(n, -1)
-        return route.apply(out, self.o_proj, self.o_proj_moe_gen)
+        ).transpose(1, 2)  # [B, n, H, D]
+        return route.apply(out.reshape(b, n, -1), self.o_proj, self.o_proj_moe_gen)
 
 
 class MoTDecoderLayer(nn.Module):
-    def __init__(self, cfg: LLMConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
-        self.self_attn = MoTAttention(cfg, layer_idx)
+        self.self_attn = MoTAttention(cfg)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
         self.mlp_moe_gen = MLP(cfg.hidden_size, cfg.intermediate_size)
         eps = cfg.rms_norm_eps
@@ -228,11 +213,12 @@ class MoTDecoderLayer(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         route: Routing,
-        cache: KVCache,
-        attn_mask: torch.Tensor | None,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        span: Span,
     ) -> torch.Tensor:
         h = route.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
-        x = x + self.self_attn(h, rope, route, cache, attn_mask)
+        x = x + self.self_attn(h, rope, route, keys, values, span)
         h = route.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
         return x + route.apply(h, self.mlp, self.mlp_moe_gen)
 
@@ -244,7 +230,7 @@ class Qwen2MoT(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(MoTDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(MoTDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
@@ -252,22 +238,16 @@ class Qwen2MoT(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
-        gen: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        route: Routing,
         cache: KVCache,
-        attn_mask: torch.Tensor | None = None,
-        *,
-        commit: bool,
+        span: Span,
     ) -> torch.Tensor:
-        """Run query block ``x`` [n, d] at rope ``positions`` [n]; ``gen`` [n] marks
-        generation-expert tokens. With ``commit`` the block joins the cached context (prefill);
-        without, it only reads the cache (a denoising pass). Returns final-normed states."""
-        route = Routing.from_mask(gen)
-        rope = self.rotary_emb(positions, x.dtype)
-        for layer in self.layers:
-            x = layer(x, rope, route, cache, attn_mask)
-        if commit:
-            cache.length += x.shape[0]
+        """Run query block ``x`` [B, n, d] with ``rope`` (cos, sin from :attr:`rotary_emb`)
+        against the B rows of ``cache``, writing its keys and values at ``span``. Returns the
+        final-normed hidden states [B, n, d]. Cache bookkeeping is the caller's."""
+        for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
+            x = layer(x, rope, route, keys, values, span)
         return route.apply(x, self.norm, self.norm_moe_gen)
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sigma_core.errors import SigmaInputError
+from sigma_core.errors import CheckpointError
+from sigma_core.geometry import LATENT_CHANNELS
+from sigma_core.model.weights import check_tensors, header_shapes
 
 SCALE_FACTOR = 0.3611
 SHIFT_FACTOR = 0.1159
@@ -32,7 +34,6 @@ AE_CONFIG_FILE = "ae_config.json"
 
 _FLUX_CONFIG_FILE = Path(__file__).with_name("flux_vae") / "vae" / "config.json"
 _CONFIG_KEYS = frozenset(inspect.signature(AutoencoderKL.__init__).parameters) - {"self"}
-_MAX_LISTED = 8
 
 # Four levels like FLUX (so the downsample stays 8) but 32 channels and one res block per level:
 # a 128x128 encode + decode takes milliseconds on a CPU.
@@ -44,7 +45,7 @@ TINY_VAE_CONFIG: dict = {
     "block_out_channels": [32, 32, 32, 32],
     "layers_per_block": 1,
     "act_fn": "silu",
-    "latent_channels": 16,
+    "latent_channels": LATENT_CHANNELS,
     "norm_num_groups": 32,
     "sample_size": 128,
     "scaling_factor": SCALE_FACTOR,
@@ -64,10 +65,10 @@ def flux_vae_config() -> dict:
 def _resolve_config(config: dict) -> dict:
     """FLUX's config overridden by ``config``; unknown keys are refused so typos do not pass."""
     if not isinstance(config, dict):
-        raise SigmaInputError(f"A VAE config must be a JSON object, not {type(config).__name__}.")
+        raise CheckpointError(f"A VAE config must be a JSON object, not {type(config).__name__}.")
     unknown = sorted(k for k in config if not k.startswith("_") and k not in _CONFIG_KEYS)
     if unknown:
-        raise SigmaInputError(
+        raise CheckpointError(
             f"Unknown AutoencoderKL config keys {unknown}; allowed: {sorted(_CONFIG_KEYS)}."
         )
     return {**flux_vae_config(), **config}
@@ -79,7 +80,7 @@ def _meta_autoencoder(config: dict) -> AutoencoderKL:
         with torch.device("meta"):
             return AutoencoderKL.from_config(config)
     except (ValueError, TypeError, IndexError, KeyError) as e:
-        raise SigmaInputError(f"Cannot build an AutoencoderKL from this config: {e}") from e
+        raise CheckpointError(f"Cannot build an AutoencoderKL from this config: {e}") from e
 
 
 _ATTN_LEAVES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -134,57 +135,10 @@ def _read_ae_config(ae_path: Path) -> dict:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SigmaInputError(f"Cannot read the VAE config {config_path}: {e}") from e
+        raise CheckpointError(f"Cannot read the VAE config {config_path}: {e}") from e
     if not isinstance(config, dict):
-        raise SigmaInputError(f"The VAE config {config_path} must hold a JSON object.")
+        raise CheckpointError(f"The VAE config {config_path} must hold a JSON object.")
     return config
-
-
-def _file_shapes(ae_path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape from the safetensors header alone, so a wrong file is refused before loading."""
-    try:
-        with safe_open(ae_path, framework="pt") as f:
-            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as e:
-        raise SigmaInputError(
-            f"The VAE file {ae_path} is not a readable safetensors file ({e}). Only .safetensors "
-            "checkpoints are accepted."
-        ) from e
-
-
-def _listed(items: list[str]) -> str:
-    more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return ", ".join(items[:_MAX_LISTED]) + more
-
-
-def _check_keys(
-    ae_path: Path, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
-) -> None:
-    """Refuse a file whose tensors do not fit the config, naming the first offenders."""
-    missing = sorted(expected.keys() - found.keys())
-    unexpected = sorted(found.keys() - expected.keys())
-    wrong = sorted(
-        f"{k} {list(found[k])} (expected {list(expected[k])})"
-        for k in expected.keys() & found.keys()
-        if found[k] != expected[k]
-    )
-    if not (missing or unexpected or wrong):
-        return
-    problems = [
-        f"{label}: {_listed(items)}"
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        )
-        if items
-    ]
-    raise SigmaInputError(
-        f"The VAE file {ae_path} does not fit the autoencoder config in use ("
-        + "; ".join(problems)
-        + "). It must be a FLUX ae.safetensors with the official key names; for a reduced "
-        f"checkpoint, put its diffusers AutoencoderKL config in {AE_CONFIG_FILE} next to it."
-    )
 
 
 class FluxVAE(torch.nn.Module):
@@ -218,13 +172,19 @@ class FluxVAE(torch.nn.Module):
         """
         path = Path(ae_path)
         if not path.is_file():
-            raise SigmaInputError(f"The VAE file {path} does not exist (expected ae.safetensors).")
+            raise CheckpointError(f"The VAE file {path} does not exist (expected ae.safetensors).")
         cfg = _resolve_config(_read_ae_config(path) if config is None else config)
-        _check_keys(path, _file_shapes(path), official_key_shapes(cfg))
+        check_tensors(
+            header_shapes(path),
+            official_key_shapes(cfg),
+            source=f"The VAE file {path}",
+            hint="It must be a FLUX ae.safetensors with the official key names; for a reduced "
+            f"checkpoint, put its diffusers AutoencoderKL config in {AE_CONFIG_FILE} next to it.",
+        )
         try:
             state = load_file(path, device=str(device))
         except (SafetensorError, OSError) as e:
-            raise SigmaInputError(f"The VAE file {path} cannot be read: {e}") from e
+            raise CheckpointError(f"The VAE file {path} cannot be read: {e}") from e
         state = {k: v.to(dtype) for k, v in convert_ldm_vae_checkpoint(state, cfg).items()}
         model = _meta_autoencoder(cfg)
         # Cast before loading: AutoencoderKL.to(dtype) logs a spurious float32 warning.

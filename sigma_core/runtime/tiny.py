@@ -14,14 +14,20 @@ from pathlib import Path
 
 import torch
 
-from sigma_core.loader import AE_FILE, LLM_CONFIG_FILE, PREVIEW_MARKER, WEIGHTS_FILE
 from sigma_core.model.bagel import BagelGenerator, sincos_2d_table
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.vae import TINY_VAE_CONFIG, write_random_flux_ae
-from sigma_core.tokenizer import make_tiny_tokenizer
+from sigma_core.planning.tokenizer import make_tiny_tokenizer
+from sigma_core.runtime.loader import AE_FILE, LLM_CONFIG_FILE, PREVIEW_MARKER, WEIGHTS_FILE
+from sigma_core.user_cache import cached_folder
 
 VIT_GRID = 70  # SigLIP positions per side at 980 px / patch 14, as in BAGEL
 VIT_PATCH_DIM = 3 * 14 * 14  # the patch conv stored as Linear(588 -> hidden)
+
+
+def preview_checkpoint() -> Path:
+    """The offline preview engine's tiny random checkpoint, written once into the user cache."""
+    return cached_folder("preview-checkpoint", make_tiny_checkpoint)
 
 
 def tiny_llm_config(vocab_size: int, *, layers: int = 2) -> LLMConfig:

@@ -1,14 +1,21 @@
 """Rectified-flow sampling as BAGEL does it: a shifted linear schedule, Euler steps, and
 classifier-free guidance over a text branch and an image branch with norm-based renormalisation.
 
-Everything here is a pure function of tensors, so the pipeline stays a loop over these.
+Everything here is a pure function of tensors (no host sync), so the pipeline stays a loop
+over these.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
+
+from sigma_core.errors import SigmaInputError
+from sigma_core.geometry import latent_shape
+from sigma_core.inputs.settings import MAX_SEED, Settings
+from sigma_core.model.bagel import patchify
 
 RENORM_EPS = 1e-8  # as in the official _forward_flow
 
@@ -28,13 +35,24 @@ def euler_step(
 
 @dataclass(frozen=True)
 class Guidance:
-    """The CFG settings of one run."""
+    """The CFG settings of one run, taken from :class:`Settings` by name (which validated them:
+    build it with :meth:`from_settings`)."""
 
-    text_scale: float = 4.0
-    img_scale: float = 2.0
-    interval: tuple[float, float] = (0.0, 1.0)
-    renorm_type: str = "text_channel"
-    renorm_min: float = 0.0
+    text_scale: float
+    img_scale: float
+    interval: tuple[float, float]
+    renorm_type: str  # one of sigma_core.inputs.settings.RENORM_TYPES
+    renorm_min: float
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Guidance:
+        return cls(
+            text_scale=s.cfg_text_scale,
+            img_scale=s.cfg_img_scale,
+            interval=tuple(s.cfg_interval),
+            renorm_type=s.cfg_renorm_type,
+            renorm_min=s.cfg_renorm_min,
+        )
 
     def active(self, t: float) -> bool:
         """CFG runs where interval[0] < t <= interval[1]."""
@@ -71,10 +89,6 @@ def guide(
             return guided_text
         return v_img + g.img_scale * (guided_text - v_img)
     out = guided_text if v_img is None else v_img + g.img_scale * (guided_text - v_img)
-    if g.renorm_type not in ("global", "channel"):
-        raise ValueError(
-            f"cfg_renorm_type {g.renorm_type!r} is not global, channel or text_channel"
-        )
     return out * _renorm_scale(v, out, g.renorm_min, per_token=g.renorm_type == "channel")
 
 
@@ -86,3 +100,35 @@ def _renorm_scale(
     else:
         ratio = ref.norm() / (guided.norm() + RENORM_EPS)
     return ratio.clamp(min=lo, max=1.0)
+
+
+def initial_noise(
+    size: tuple[int, int],
+    *,
+    generator: torch.Generator | None,
+    latents: torch.Tensor | None,
+    seed: int | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, int]:
+    """The starting noise as tokens [m, 64] in fp32 on ``device``, and the seed behind it.
+
+    ``latents`` (VAE layout [1, 16, H/8, W/8]) wins, then ``generator``, then ``seed``; with
+    none, a fresh seed is drawn. Noise is drawn in latent layout on the generator's device.
+    """
+    shape = latent_shape(size)
+    if latents is not None:
+        if tuple(latents.shape) != shape:
+            raise SigmaInputError(
+                f"latents: shape {list(latents.shape)} does not match the output "
+                f"{size[0]}x{size[1]}: expected {list(shape)}"
+            )
+        noise = latents
+        seed = generator.initial_seed() if generator is not None else (seed or 0)
+    else:
+        if generator is None:
+            seed = seed if seed is not None else secrets.randbelow(MAX_SEED)
+            generator = torch.Generator("cpu").manual_seed(seed)
+        else:
+            seed = generator.initial_seed()
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+    return patchify(noise.to(device, torch.float32)), seed

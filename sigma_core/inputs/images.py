@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sigma_core.errors import ImageInputError
+from sigma_core.geometry import vae_size
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -328,39 +329,6 @@ def load_image(
     if crop is not None:
         img = crop_image(img, crop, name=f"{name} crop")
     return img
-
-
-def vae_size(
-    width: int,
-    height: int,
-    *,
-    max_size: int = 1024,
-    min_size: int = 512,
-    stride: int = 16,
-    max_pixels: int = 14 * 14 * 9 * 1024,
-) -> tuple[int, int]:
-    """The (width, height) BAGEL's MaxLongEdgeMinShortEdgeResize gives one image (img_num=1).
-
-    Kept arithmetic-for-arithmetic with BAGEL's data/transforms.py, banker's rounding and the
-    area ratio (not its square root) of the max_pixels step included, so latents match its own.
-    """
-    if width < 1 or height < 1:
-        raise ImageInputError(f"image: size must be positive, got {width}x{height}")
-
-    def make_divisible(value: float) -> int:
-        return max(stride, int(round(value / stride) * stride))
-
-    def apply_scale(w: int, h: int, scale: float) -> tuple[int, int]:
-        return make_divisible(round(w * scale)), make_divisible(round(h * scale))
-
-    scale = min(max_size / max(width, height), 1.0)
-    scale = max(scale, min_size / min(width, height))
-    new_w, new_h = apply_scale(width, height, scale)
-    if new_w * new_h > max_pixels:
-        new_w, new_h = apply_scale(new_w, new_h, max_pixels / (new_w * new_h))
-    if max(new_w, new_h) > max_size:
-        new_w, new_h = apply_scale(new_w, new_h, max_size / max(new_w, new_h))
-    return new_w, new_h
 
 
 def vae_resize(img: Image.Image) -> Image.Image:

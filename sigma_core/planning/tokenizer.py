@@ -1,20 +1,22 @@
 """Tokenizer helpers: SIGMA's tokens on any Hugging Face tokenizer, and a tiny offline one.
 
 The real model uses Qwen2.5's tokenizer (151,665 entries). SIGMA appends its 15 attribute tokens
-with ``add_tokens`` in a fixed order, so they take ids 151665..151679. The tiny tokenizer has the
-same file layout, the same special tokens and the same way of adding SIGMA's tokens, so that
-tests and the offline preview exercise the real code paths without a download.
+with ``add_tokens`` in a fixed order, so they take the next 15 ids (151665..151679). The tiny
+tokenizer has the same file layout, the same special tokens and the same way of adding SIGMA's
+tokens, so that tests and the offline preview exercise the real code paths without a download.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sigma_core.attributes import ATTRIBUTES, DESCRIPTIONS
-from sigma_core.errors import SigmaInputError
+from sigma_core.errors import CheckpointError, SigmaInputError
+from sigma_core.inputs.attributes import ATTRIBUTES, DESCRIPTIONS
+from sigma_core.user_cache import cached_folder
 
 # Qwen2.5's added tokens, in id order (151643..151664 in the real tokenizer).
 QWEN2_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -52,6 +54,66 @@ _QWEN2_SPLIT = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN25_BASE_VOCAB = 151_643  # entries before the special tokens in Qwen2.5
+# SIGMA appends its tokens right after Qwen2.5's specials: <style> is 151665, <select> 151679.
+QWEN25_SIGMA_FIRST_ID = QWEN25_BASE_VOCAB + len(QWEN2_SPECIAL_TOKENS)
+QWEN25_EMBEDDING_ROWS = 152_064  # BAGEL's embedding table, rounded up past the tokenizer
+MARKER_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>")
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The ids of the marker and attribute tokens in one tokenizer, checked once.
+
+    This is the one place a tokenizer is checked against SIGMA: every marker and attribute token
+    must exist, SIGMA's 15 tokens must have consecutive ids in SIGMA's order (a SIGMA checkpoint
+    reads its rows that way) and, given the model's embedding rows, fall inside the table.
+    """
+
+    im_start: int
+    im_end: int
+    vision_start: int
+    vision_end: int
+    attributes: dict[str, int]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, *, embedding_rows: int | None = None) -> TokenIds:
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in (*MARKER_TOKENS, *ATTRIBUTES) if t not in vocab]
+        if missing:
+            hint = (
+                "load it with sigma_core.planning.load_tokenizer, or call "
+                "sigma_core.planning.add_sigma_tokens(tokenizer) first"
+                if all(t in ATTRIBUTES for t in missing)
+                else "use a Qwen2 tokenizer"
+            )
+            raise CheckpointError(f"tokenizer: missing tokens {', '.join(missing)}; {hint}")
+        ids = [vocab[t] for t in ATTRIBUTES]
+        if ids != list(range(ids[0], ids[0] + len(ids))):
+            raise CheckpointError(
+                f"tokenizer: SIGMA's tokens have ids {ids}, not consecutive in SIGMA's order; a "
+                "SIGMA checkpoint expects <style> .. <select> as consecutive ids "
+                f"({_qwen25_range()} on Qwen2.5)"
+            )
+        if embedding_rows is not None:
+            _check_rows(ids, embedding_rows)
+        return cls(*(vocab[t] for t in MARKER_TOKENS), dict(zip(ATTRIBUTES, ids, strict=True)))
+
+
+def _qwen25_range() -> str:
+    return f"{QWEN25_SIGMA_FIRST_ID}..{QWEN25_SIGMA_FIRST_ID + len(ATTRIBUTES) - 1}"
+
+
+def _check_rows(ids: list[int], rows: int) -> None:
+    """SIGMA's ids inside the embedding table, and at Qwen2.5's ids on Qwen2.5's table."""
+    if ids[-1] >= rows:
+        raise CheckpointError(
+            f"tokenizer: <select> has id {ids[-1]}, outside the {rows}-row embedding table"
+        )
+    if rows == QWEN25_EMBEDDING_ROWS and ids[0] != QWEN25_SIGMA_FIRST_ID:
+        raise CheckpointError(
+            f"tokenizer: <style> has id {ids[0]}; with Qwen2.5's tokenizer SIGMA's tokens are "
+            f"{_qwen25_range()}"
+        )
 
 
 def add_sigma_tokens(tokenizer: Any) -> list[int]:
@@ -81,6 +143,11 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         raise SigmaInputError(f"tokenizer: cannot load a tokenizer from {path}: {e}") from None
     add_sigma_tokens(tok)
     return tok
+
+
+def load_tiny_tokenizer() -> Any:
+    """The tiny offline tokenizer, written once into the user cache."""
+    return load_tokenizer(cached_folder("tiny-tokenizer", make_tiny_tokenizer))
 
 
 def make_tiny_tokenizer(

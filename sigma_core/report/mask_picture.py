@@ -1,24 +1,13 @@
-"""SIGMA's intra-group attention mask B = (C AND M) OR S, in the forms the project needs.
+"""A picture of SIGMA's attention mask, so users see what the leakage guard blocks.
 
-- :func:`dense_mask` computes the paper's formula literally as an L x L matrix. It is the ground
-  truth for tests and is refused for long sequences (8 references at 1024 px is ~37k tokens,
-  1.4 GB of booleans).
-- :func:`segment_masks` is what the engine prefills with, segment by segment, into a KV cache:
-  image and noise blocks see everything up to their end, so only text segments carry a mask.
-- :func:`mask_mod` is the same B for ``flex_attention`` on GPU.
-- :func:`mask_png` draws the mask so users can see what the leakage guard blocks.
-
-``B[q, k] = True`` means query q may attend to key k. C is causal (k <= q), S is full attention
-inside each image or noise block (its vision markers included), and M is False only where an
-attribute (SPECIAL) token would see an IMAGE token of another group; with ``plan.mask`` off, M is
-all True (plain BAGEL). Because the noise block is last, it sees everything and nothing earlier
-sees it.
+Rows are queries, columns keys; strips along both axes give each token's type and group, and
+the cells the mask M blocks are red. Long plans are drawn on a non-uniform axis, one token per
+pixel, so the L x L matrix is never built.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,141 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sigma_core.sequence import Plan, Segment, TokenType
-
-DEFAULT_MAX_TOKENS = 16384
-
-
-class MaskTooLargeError(ValueError):
-    """A dense L x L mask was asked for a sequence too long to hold one."""
-
-
-@dataclass(frozen=True)
-class SegmentMask:
-    """The mask rows of one segment: its queries over every key up to the segment's end.
-
-    ``mask`` is None for image and noise blocks, whose queries see all of ``[0, segment.end)``
-    (intra-block attention plus a causal view of the prefix); the engine can then skip the mask.
-    """
-
-    segment: Segment
-    mask: torch.Tensor | None  # bool [segment.length, segment.end]
-
-    @property
-    def is_full(self) -> bool:
-        return self.mask is None
-
-    def dense(self) -> torch.Tensor:
-        """The bool [length, end] mask, materialised even when full."""
-        if self.mask is None:
-            return torch.ones(self.segment.length, self.segment.end, dtype=torch.bool)
-        return self.mask
-
-
-def token_blocks(plan: Plan) -> torch.Tensor:
-    """int32 [L]: the index of the image or noise segment each token is in, -1 for text."""
-    ids = [i if s.kind != "text" else -1 for i, s in enumerate(plan.segments)]
-    lengths = torch.tensor([s.length for s in plan.segments], dtype=torch.long)
-    return torch.tensor(ids, dtype=torch.int32).repeat_interleave(lengths)
-
-
-def _formula(
-    plan: Plan, blocks: torch.Tensor, q: torch.Tensor, k: torch.Tensor, *, guard: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """C, M and S at query tokens q and key tokens k (broadcast index tensors); M is all True
-    unless ``guard``."""
-    causal = k <= q
-    same_block = (blocks[q] == blocks[k]) & (blocks[q] >= 0)
-    if guard:
-        tt, grp = plan.token_type, plan.group
-        m = ~((tt[q] == TokenType.SPECIAL) & (tt[k] == TokenType.IMAGE) & (grp[q] != grp[k]))
-    else:
-        m = torch.ones_like(causal)
-    return causal, m, same_block
-
-
-def dense_mask(plan: Plan, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Tensor:
-    """bool [L, L]: B = (C AND M) OR S built literally from full C, M and S matrices.
-
-    The reference the efficient forms are tested against. Memory grows as L^2: a few L x L
-    bool temporaries at once (about 1.3 GB at the default limit).
-    """
-    n = plan.length
-    if n > max_tokens:
-        raise MaskTooLargeError(
-            f"dense_mask: the plan has {n} tokens, above the limit of {max_tokens} "
-            f"(an L x L mask would take {n * n / 2**20:.0f} MB per matrix); use "
-            "segment_masks(plan) for long sequences, or pass a larger max_tokens"
-        )
-    idx = torch.arange(n)
-    c, m, s = _formula(plan, token_blocks(plan), idx[:, None], idx[None, :], guard=plan.mask)
-    return (c & m) | s
-
-
-def segment_masks(plan: Plan) -> list[SegmentMask]:
-    """One :class:`SegmentMask` per segment, in order, for segment-by-segment prefill.
-
-    A text segment's rows are causal inside the segment and all True over the prefix, except
-    that (with ``plan.mask``) its attribute tokens are blocked from other groups' IMAGE keys.
-    Image and noise blocks are full. Rows of a segment are False past its end (causality), so
-    these masks describe B completely.
-    """
-    tt, grp = plan.token_type, plan.group
-    image_keys = tt == TokenType.IMAGE
-    out: list[SegmentMask] = []
-    for seg in plan.segments:
-        if seg.kind != "text":
-            out.append(SegmentMask(seg, None))
-            continue
-        start, n = seg.start, seg.length
-        mask = torch.ones(n, seg.end, dtype=torch.bool)
-        mask[:, start:] = torch.ones(n, n, dtype=torch.bool).tril_()
-        if plan.mask:
-            rows = (tt[start : seg.end] == TokenType.SPECIAL).nonzero().squeeze(1)
-            if rows.numel():
-                other = grp[: seg.end][None, :] != grp[start + rows][:, None]
-                mask[rows] &= ~(image_keys[: seg.end][None, :] & other)
-        out.append(SegmentMask(seg, mask))
-    return out
-
-
-def mask_mod(
-    plan: Plan, device: torch.device | str | None = None
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A ``flex_attention`` mask_mod ``(b, h, q_idx, kv_idx) -> bool`` computing B.
-
-    Use with ``create_block_mask(mod, None, None, L, L, device=...)``; pass the same ``device``
-    here so the per-token tensors live where the indices do.
-    """
-    blocks = token_blocks(plan).to(device)
-    tt = plan.token_type.to(device)
-    grp = plan.group.to(device)
-
-    if plan.mask:
-
-        def mod(
-            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
-        ) -> torch.Tensor:
-            blocked = (
-                (tt[q_idx] == TokenType.SPECIAL)
-                & (tt[kv_idx] == TokenType.IMAGE)
-                & (grp[q_idx] != grp[kv_idx])
-            )
-            same_block = (blocks[q_idx] == blocks[kv_idx]) & (blocks[q_idx] >= 0)
-            return ((kv_idx <= q_idx) & ~blocked) | same_block
-
-    else:
-
-        def mod(
-            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
-        ) -> torch.Tensor:
-            same_block = (blocks[q_idx] == blocks[kv_idx]) & (blocks[q_idx] >= 0)
-            return (kv_idx <= q_idx) | same_block
-
-    return mod
-
-
-# ----------------------------------------------------------------------------- picture
+from sigma_core.planning.mask import formula_terms, token_blocks
+from sigma_core.planning.sequence import Plan, TokenType
 
 RGB = tuple[int, int, int]
 TYPE_COLORS: dict[TokenType, RGB] = {
@@ -243,7 +99,9 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
         )
     rep, scale = _axis(plan, side)
 
-    causal, m, same = _formula(plan, token_blocks(plan), rep[:, None], rep[None, :], guard=True)
+    causal, m, same = formula_terms(
+        plan, token_blocks(plan), rep[:, None], rep[None, :], guard=True
+    )
     allowed = (causal & m) | same if plan.mask else causal | same
     cells = np.zeros(allowed.shape, dtype=np.uint8)  # 0: blocked by causality
     cells[allowed.numpy()] = 1

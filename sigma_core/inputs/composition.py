@@ -1,0 +1,181 @@
+"""The composition a user builds: a prompt that places references, the references, the settings.
+
+Compositions are frozen: change one with ``dataclasses.replace``. Image paths are never trusted:
+a path may only name a file inside the preset's own folder or the project's assets/, checked
+before anything is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from PIL import Image
+
+from sigma_core.errors import ImageInputError, PresetError
+from sigma_core.inputs.attributes import UnknownAttributeError, normalize_attribute
+from sigma_core.inputs.fields import is_int
+from sigma_core.inputs.images import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    ImageSource,
+    is_data_uri,
+    load_image,
+    read_image_bytes,
+)
+from sigma_core.inputs.prompt import placed_slots
+from sigma_core.inputs.settings import Settings
+
+PROJECT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference slot: an image and what it contributes.
+
+    ``image`` is a data URI or a path relative to the preset's folder or assets/ when the
+    reference comes from a preset; API callers may also pass bytes, a PIL image or an array.
+    ``None`` is an empty slot. ``crop`` is (left, top, right, bottom) in pixels of the image
+    after EXIF orientation.
+
+    ``attributes`` are what a template's ``[k]`` expands to. In raw SIGMA syntax the prompt's
+    own tokens decide, so they may be left empty there (planning warns when they disagree).
+    """
+
+    slot: int
+    image: ImageSource | None
+    attributes: tuple[str, ...] = ()
+    entity: str = ""
+    crop: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "attributes", _normalize_attributes(self.attributes))
+        except UnknownAttributeError as e:
+            raise PresetError(f"references[slot {self.slot}].attributes: {e}") from None
+        if not is_int(self.slot) or self.slot < 1:
+            raise PresetError(f"reference slot {self.slot!r} must be an integer >= 1")
+        if isinstance(self.crop, list):
+            object.__setattr__(self, "crop", tuple(self.crop))
+
+
+@dataclass(frozen=True)
+class Composition:
+    """What the model reads: a prompt that places references, the references, the settings.
+
+    ``base_dir`` is the folder of the preset it was loaded from; relative image paths resolve
+    against it first, then against ``asset_dirs``. Neither is written to JSON.
+    """
+
+    prompt: str
+    references: tuple[Reference, ...] = ()
+    settings: Settings = field(default_factory=Settings)
+    name: str = ""
+    base_dir: Path | None = field(default=None, compare=False, repr=False)
+    asset_dirs: tuple[Path, ...] = field(default=(PROJECT_ASSETS,), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "references", tuple(self.references))
+        object.__setattr__(self, "asset_dirs", tuple(self.asset_dirs))
+        slots = [r.slot for r in self.references]
+        dupes = sorted({s for s in slots if slots.count(s) > 1})
+        if dupes:
+            raise PresetError(f"references: slot {dupes[0]} is used by more than one reference")
+
+    def reference(self, slot: int) -> Reference | None:
+        """The reference in ``slot``, or None."""
+        return next((r for r in self.references if r.slot == slot), None)
+
+    def referenced_slots(self) -> list[int]:
+        """Slots the prompt places, in order, repeats included (raw syntax wins if present)."""
+        return placed_slots(self.prompt)
+
+    # -- images
+
+    def resolve_path(self, rel: str, *, field_name: str = "image") -> Path:
+        """The real file a preset-relative image path names, refusing anything that escapes."""
+        return resolve_image_path(rel, self._roots(), field_name=field_name)
+
+    def load_image(self, ref: Reference, *, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+        """The reference's image as RGB, oriented and cropped."""
+        name = f"references[slot {ref.slot}].image"
+        if ref.image is None:
+            raise ImageInputError(f"{name}: slot {ref.slot} is empty; add an image first")
+        src = ref.image
+        if isinstance(src, str) and not is_data_uri(src):
+            src = read_image_bytes(
+                self.resolve_path(src, field_name=name), limits=limits, name=name
+            )
+        return load_image(src, limits=limits, crop=ref.crop, name=name)
+
+    def load_images(self, *, limits: ImageLimits = DEFAULT_LIMITS) -> dict[int, Image.Image]:
+        """The images of the slots the prompt places, by slot, each read once."""
+        out = {}
+        for slot in dict.fromkeys(self.referenced_slots()):
+            ref = self.reference(slot)
+            if ref is not None and ref.image is not None:
+                out[slot] = self.load_image(ref, limits=limits)
+        return out
+
+    def check_images(self, *, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+        """Open every reference image; report all the bad ones at once."""
+        problems = []
+        for ref in self.references:
+            if ref.image is not None:
+                try:
+                    self.load_image(ref, limits=limits)
+                except (ImageInputError, PresetError) as e:
+                    problems.append(str(e))
+        if problems:
+            raise PresetError("\n".join(problems))
+
+    def _roots(self) -> list[Path]:
+        roots = [self.base_dir] if self.base_dir is not None else []
+        return roots + list(self.asset_dirs)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def resolve_image_path(rel: str, roots: Sequence[Path], *, field_name: str = "image") -> Path:
+    """Resolve a preset-relative path inside one of ``roots``; refuse absolute paths, '..',
+    and symlinks that lead outside, before anything is read."""
+    if not rel or not isinstance(rel, str):
+        raise PresetError(f"{field_name}: expected a relative path or a data URI")
+    if "\\" in rel:
+        raise PresetError(f"{field_name}: {rel!r} uses backslashes; write paths with '/'")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or rel.startswith("~") or (len(rel) > 1 and rel[1] == ":"):
+        raise PresetError(
+            f"{field_name}: {rel!r} is an absolute path; presets may only name images by a path "
+            "relative to the preset's folder or assets/, or embed them"
+        )
+    if ".." in pure.parts:
+        raise PresetError(
+            f"{field_name}: {rel!r} goes up with '..'; images must stay inside the preset's "
+            "folder or assets/"
+        )
+    looked = []
+    for root in roots:
+        root_real = root.resolve()
+        candidate = root_real / pure
+        real = candidate.resolve()
+        if not real.is_relative_to(root_real):
+            raise PresetError(
+                f"{field_name}: {rel!r} is a link that leads outside {root_real}; "
+                "copy the image into the folder instead"
+            )
+        if real.is_file():
+            return real
+        looked.append(str(root_real))
+    raise PresetError(
+        f"{field_name}: {rel!r} was not found in {' or '.join(looked) or 'any folder'}"
+    )
+
+
+def _normalize_attributes(attrs: Any) -> tuple[str, ...]:
+    if isinstance(attrs, str):
+        attrs = (attrs,)
+    return tuple(dict.fromkeys(normalize_attribute(a) for a in attrs))

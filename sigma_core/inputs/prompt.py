@@ -1,0 +1,151 @@
+"""The two prompt syntaxes, turned into SIGMA's raw form and split as SIGMA's training code does.
+
+- **Template**: ``[k]`` places slot k as SIGMA's triple ``<attr...> entity <image_k>``;
+  ``[k:style]`` or ``[k:id+clothing]`` overrides the slot's attributes for that occurrence.
+- **Raw SIGMA syntax**: explicit attribute tokens and ``<image_k>`` placeholders (1-based, parsed
+  with SIGMA's training regex).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from sigma_core.errors import PromptError
+from sigma_core.inputs.attributes import (
+    ATTRIBUTES,
+    UnknownAttributeError,
+    closest_attribute,
+    normalize_attribute,
+    suggest_attribute,
+)
+
+if TYPE_CHECKING:
+    from sigma_core.inputs.composition import Composition, Reference
+
+IMAGE_PLACEHOLDER = re.compile(r"<image(?:[_\s]+)(\d+)>")
+SLOT_REFERENCE = re.compile(r"\[(\d+)(?::([^\]]*))?\]")
+_LOOSE_PLACEHOLDER = re.compile(r"<\s*image[^>]{0,8}>", re.IGNORECASE)
+_ANGLE_WORD = re.compile(r"<([A-Za-z][A-Za-z_ ]{0,30})>")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One element of a split prompt: a text piece or an image placeholder."""
+
+    kind: Literal["text", "image"]
+    text: str = ""
+    slot: int = 0  # 1-based, for images
+
+
+def placed_slots(prompt: str) -> list[int]:
+    """Slots the prompt places, in order, repeats included (raw syntax wins if present)."""
+    pattern = IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER.search(prompt) else SLOT_REFERENCE
+    return [int(m.group(1)) for m in pattern.finditer(prompt)]
+
+
+def is_raw(prompt: str) -> bool:
+    """Whether the prompt is in raw SIGMA syntax (it has an <image_k> placeholder)."""
+    return IMAGE_PLACEHOLDER.search(prompt) is not None
+
+
+def to_raw_prompt(composition: Composition) -> tuple[str, list[str]]:
+    """The prompt in raw SIGMA syntax, and warnings. Template prompts ([k]) are expanded to
+    SIGMA's triple ``<attr...> phrase <image_k>``; raw prompts are checked and aliases
+    (``<identity>``) canonicalised."""
+    prompt = composition.prompt
+    has_raw = is_raw(prompt)
+    has_template = SLOT_REFERENCE.search(prompt) is not None
+    if has_raw and has_template:
+        raise PromptError(
+            "prompt: mixes [k] slot references with <image_k> placeholders; use one syntax"
+        )
+    warnings: list[str] = []
+    if not has_raw:
+        prompt = _expand_template(prompt, composition)
+    return _canonicalize_tokens(prompt, warnings), warnings
+
+
+def _expand_template(prompt: str, composition: Composition) -> str:
+    def expand(m: re.Match[str]) -> str:
+        slot = int(m.group(1))
+        ref = require_slot(composition, slot, m.group(0))
+        attrs = ref.attributes
+        if m.group(2) is not None:
+            try:
+                attrs = tuple(
+                    normalize_attribute(a) for a in re.split(r"[+,\s]+", m.group(2).strip()) if a
+                )
+            except UnknownAttributeError as e:
+                raise PromptError(f"prompt: in {m.group(0)}: {e}") from None
+            if not attrs:
+                raise PromptError(f"prompt: {m.group(0)} names no attribute after ':'")
+        elif not attrs:
+            raise PromptError(
+                f"prompt: {m.group(0)} places slot {slot}, which has no attributes; give the "
+                f"slot one (e.g. <subject>) or write [{slot}:subject]"
+            )
+        return " ".join([*attrs, *([ref.entity.strip()] if ref.entity.strip() else [])]) + (
+            f" <image_{slot}>"
+        )
+
+    return SLOT_REFERENCE.sub(expand, prompt)
+
+
+def _canonicalize_tokens(prompt: str, warnings: list[str]) -> str:
+    for m in _LOOSE_PLACEHOLDER.finditer(prompt):
+        if not IMAGE_PLACEHOLDER.fullmatch(m.group(0)):
+            raise PromptError(
+                f"prompt: {m.group(0)!r} is not a placeholder; write <image_1>, <image_2> ... "
+                "(lower case, 1-based), or use [1], [2] ..."
+            )
+
+    def fix(m: re.Match[str]) -> str:
+        word = m.group(0)
+        if word in ATTRIBUTES:
+            return word
+        try:
+            return normalize_attribute(word)
+        except UnknownAttributeError:
+            # A near miss of a token is a typo; anything else in angle brackets is plain text.
+            if closest_attribute(word, cutoff=0.75):
+                raise PromptError(
+                    f"prompt: {word!r} is not an attribute; {suggest_attribute(word)}"
+                ) from None
+            warnings.append(f"prompt: {word!r} is not an attribute token; it is read as plain text")
+            return word
+
+    return _ANGLE_WORD.sub(fix, prompt)
+
+
+def split_prompt(raw: str) -> list[Piece]:
+    """SIGMA's ``change_format``: text between placeholders, stripped, empty pieces dropped."""
+    pieces: list[Piece] = []
+    last = 0
+    for m in IMAGE_PLACEHOLDER.finditer(raw):
+        text = raw[last : m.start()].strip()
+        if text:
+            pieces.append(Piece("text", text=text))
+        pieces.append(Piece("image", slot=int(m.group(1))))
+        last = m.end()
+    tail = raw[last:].strip()
+    if tail:
+        pieces.append(Piece("text", text=tail))
+    return pieces
+
+
+def require_slot(composition: Composition, slot: int, written: str) -> Reference:
+    """The reference ``written`` (``[2]``, ``<image_2>``) places; it must exist with an image."""
+    ref = composition.reference(slot)
+    if ref is None:
+        have = ", ".join(str(r.slot) for r in composition.references) or "none"
+        raise PromptError(
+            f"prompt: {written} refers to slot {slot}, which does not exist (slots: {have})"
+        )
+    if ref.image is None:
+        raise PromptError(
+            f"prompt: {written} refers to slot {slot}, which has no image; "
+            "add one or remove the reference"
+        )
+    return ref

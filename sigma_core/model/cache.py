@@ -1,0 +1,90 @@
+"""The KV cache: fixed-size buffers per layer, one row per context, and their bookkeeping.
+
+Shapes: B rows (contexts), Hkv key/value heads, C capacity (token slots), D head dim.
+
+A row holds one context: its first ``lengths[b]`` slots, whose rope continues at
+``positions[b]``. Prefill appends to one row (the model advances it). A denoising pass writes its
+block's keys into the spare slots after the longest row, at ``slot``, and attends over the
+context plus that block; shorter rows hide their unused slots with a key-padding mask. The
+context is never changed by a denoising pass, and the buffers never grow: the capacity is known
+from the plan before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sigma_core.model.config import LLMConfig
+
+
+@dataclass(frozen=True)
+class CacheMark:
+    """A row's state at one moment: ``length`` tokens, next rope position ``position``."""
+
+    length: int
+    position: int
+
+
+@dataclass
+class KVCache:
+    """Keys and values per layer [B, Hkv, C, D], stored after qk-norm and RoPE."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    lengths: list[int]  # context tokens per row
+    positions: list[int]  # the rope position of each row's next token
+
+    @classmethod
+    def empty(
+        cls,
+        cfg: LLMConfig,
+        *,
+        batch: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> KVCache:
+        # Zeros, not empty: masked slots must hold finite numbers (0 * NaN is NaN in attention).
+        shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim)
+        n = cfg.num_hidden_layers
+        return cls(
+            [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            [0] * batch,
+            [0] * batch,
+        )
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def mark(self, row: int) -> CacheMark:
+        """Row ``row``'s length and next position, to copy its prefix later."""
+        return CacheMark(self.lengths[row], self.positions[row])
+
+    def advance(self, row: int, tokens: int, positions: int) -> None:
+        """Record that ``tokens`` were appended to ``row``, moving its rope by ``positions``."""
+        self.lengths[row] += tokens
+        self.positions[row] += positions
+
+    def copy_prefix(self, src: int, dst: int, mark: CacheMark) -> None:
+        """Row ``dst`` becomes row ``src`` as it was at ``mark`` (its first mark.length tokens)."""
+        n = mark.length
+        for layer in (*self.keys, *self.values):
+            layer[dst, :, :n] = layer[src, :, :n]
+        self.lengths[dst], self.positions[dst] = n, mark.position
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view of rows [start, stop): the same buffers, so writes land in this cache."""
+        return KVCache(
+            [k[start:stop] for k in self.keys],
+            [v[start:stop] for v in self.values],
+            self.lengths[start:stop],
+            self.positions[start:stop],
+        )

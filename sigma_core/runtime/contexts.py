@@ -1,0 +1,161 @@
+"""The CFG contexts of one run, prefilled once as BAGEL's inferencer builds them, and the guided
+velocity of one denoising step over them.
+
+Three contexts, each a row of one KV cache (inferencer.py, interleave_inference):
+
+- gen: everything, segment by segment, SIGMA's mask on text segments;
+- cfg_text: gen as it was before its last text segment (when the prompt ends with an image it
+  equals gen, and the conditional pass is reused: bit-identical, one pass fewer);
+- cfg_img: the text segments only, causal, positions counted over text (equal to gen when the
+  prompt has no image).
+
+A step runs the rows it needs either as one forward with B rows (batched CFG) or one forward
+per row (sequential, as the official code does); the two agree to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sigma_core.model.bagel import BagelGenerator, DenoiseContext, unpatchify
+from sigma_core.model.cache import KVCache
+from sigma_core.planning.mask import segment_masks
+from sigma_core.planning.sequence import Plan
+from sigma_core.runtime.sampler import Guidance, guide
+
+# What a step callback may ask for (diffusers' callback_on_step_end_tensor_inputs).
+CALLBACK_TENSORS = ("latents", "velocity", "v_cond", "v_text", "v_img", "t", "t_next")
+
+
+@dataclass(frozen=True)
+class CFGContexts:
+    """The prefilled contexts: row 0 is gen; cfg_text and cfg_img follow where they differ."""
+
+    cache: KVCache
+    text_row: int | None  # None: not needed, or equal to gen
+    img_row: int | None  # None: not needed, or equal to gen
+    hidden: torch.Tensor | None = None  # gen's context hidden states [1, L, d], when asked
+
+
+def prefill_contexts(
+    model: BagelGenerator,
+    plan: Plan,
+    references: dict[int, torch.Tensor],
+    *,
+    need_text: bool = True,
+    need_img: bool = True,
+    attribute_projection: bool = True,
+    return_hidden: bool = False,
+) -> CFGContexts:
+    """Prefill gen, then copy cfg_text as gen's prefix and prefill cfg_img from the text.
+
+    ``references`` are the VAE latent tokens [m, 64] of each placed slot.
+    """
+    context = plan.segments[:-1]
+    ends_with_text = bool(context) and context[-1].kind == "text"
+    has_images = any(seg.kind == "image" for seg in context)
+    text_row = 1 if need_text and ends_with_text else None
+    img_row = (1 + (text_row is not None)) if need_img and has_images else None
+    cache = KVCache.empty(
+        model.config,
+        batch=1 + (text_row is not None) + (img_row is not None),
+        capacity=plan.length,
+        dtype=model.dtype,
+        device=model.device,
+    )
+    hidden, cut = [], cache.mark(0)
+    for seg, seg_mask in zip(context, segment_masks(plan), strict=False):
+        if cache.positions[0] != seg.position:
+            raise RuntimeError(f"rope position {cache.positions[0]} disagrees with the plan")
+        if seg.kind == "text":
+            cut = cache.mark(0)  # the official code copies gen before each text segment
+            ids = plan.token_ids[seg.start : seg.end].to(model.device)
+            h = model.prefill_text(cache, 0, ids, seg_mask.mask.to(model.device))
+        else:
+            attributes = seg.attributes if attribute_projection else ()
+            h = model.prefill_image(cache, 0, references[seg.slot], seg.grid, attributes)
+        if return_hidden:
+            hidden.append(h)
+    if text_row is not None:
+        cache.copy_prefix(0, text_row, cut)
+    if img_row is not None:
+        for seg in context:
+            if seg.kind == "text":
+                ids = plan.token_ids[seg.start : seg.end].to(model.device)
+                model.prefill_text(cache, img_row, ids)
+    return CFGContexts(cache, text_row, img_row, torch.cat(hidden, 1) if return_hidden else None)
+
+
+@dataclass(frozen=True)
+class StepVelocities:
+    """One step's velocities [m, 64] (fp32): the guided one and each branch that ran."""
+
+    guided: torch.Tensor
+    cond: torch.Tensor
+    text: torch.Tensor | None
+    img: torch.Tensor | None
+    passes: int  # LLM passes over the noise block this step
+
+    def callback_tensors(
+        self,
+        names: Sequence[str],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        t_next: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> dict[str, torch.Tensor | None]:
+        """The tensors a step callback asked for (see :data:`CALLBACK_TENSORS`); latents and
+        velocities in latent layout [1, 16, H/8, W/8], None for a branch that did not run."""
+        tokens = {"latents": x, "velocity": self.guided, "v_cond": self.cond}
+        tokens |= {"v_text": self.text, "v_img": self.img}
+        out: dict[str, torch.Tensor | None] = {"t": t, "t_next": t_next}
+        for name in names:
+            if name in tokens:
+                out[name] = None if tokens[name] is None else unpatchify(tokens[name], grid)
+        return {name: out[name] for name in names}
+
+
+class Denoiser:
+    """The guided velocity of each step over prefilled contexts, for one output grid."""
+
+    def __init__(
+        self,
+        model: BagelGenerator,
+        contexts: CFGContexts,
+        grid: tuple[int, int],
+        guidance: Guidance,
+        *,
+        batched: bool,
+    ) -> None:
+        self.model, self.contexts, self.grid = model, contexts, grid
+        self.guidance, self.batched = guidance, batched
+        self._prepared: dict[tuple[int, int], DenoiseContext] = {}
+
+    def _context(self, start: int, stop: int) -> DenoiseContext:
+        """The denoise context of cache rows [start, stop), made on first use."""
+        if (start, stop) not in self._prepared:
+            rows = self.contexts.cache.rows(start, stop)
+            self._prepared[start, stop] = self.model.denoise_context(rows, self.grid)
+        return self._prepared[start, stop]
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, want_text: bool, want_img: bool
+    ) -> StepVelocities:
+        """Velocities at ``t`` (0-dim tensor) for noise tokens ``x`` [m, 64]. The rows a step
+        needs are always a prefix (image CFG only runs with text CFG), so batched CFG is one
+        forward over rows [0, k)."""
+        c = self.contexts
+        text_row = c.text_row if want_text else None
+        img_row = c.img_row if want_img else None
+        k = 1 + (text_row is not None) + (img_row is not None)
+        if self.batched:
+            v = self.model.velocity(x, t, self._context(0, k))
+        else:
+            v = torch.cat([self.model.velocity(x, t, self._context(r, r + 1)) for r in range(k)])
+        cond = v[0]
+        v_text = (cond if text_row is None else v[text_row]) if want_text else None
+        v_img = (cond if img_row is None else v[img_row]) if want_img else None
+        return StepVelocities(guide(cond, v_text, v_img, self.guidance), cond, v_text, v_img, k)

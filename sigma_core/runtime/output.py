@@ -1,0 +1,77 @@
+"""What a run returns, and the guards every run goes through (cancel, out of memory)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sigma_core.errors import GenerationCancelled, SigmaInputError, SigmaOutOfMemoryError
+from sigma_core.inputs.composition import Composition
+from sigma_core.inputs.preset import write_png
+from sigma_core.inputs.settings import Settings
+from sigma_core.planning.sequence import Plan
+
+PREVIEW_NOTICE = "preview engine (random weights)"
+
+
+@dataclass
+class SigmaOutput:
+    """The result of one run. ``composition`` carries the seed actually used, so saving it
+    reproduces the image."""
+
+    images: list[Image.Image] | np.ndarray | None
+    latents: torch.Tensor  # [1, z, H/8, W/8], fp32
+    seed: int
+    composition: Composition
+    plan: Plan
+    preview: bool = False
+    num_passes: int = 0  # LLM passes over the noise block, all steps and branches
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return self.composition.settings
+
+    @property
+    def notice(self) -> str | None:
+        return PREVIEW_NOTICE if self.preview else None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """PNG with the composition (references embedded) in its metadata."""
+        if not isinstance(self.images, list) or not self.images:
+            raise SigmaInputError("save: this result has no PIL image (use output_type='pil')")
+        return write_png(self.images[0], self.composition, path, notice=self.notice)
+
+
+class CancelToken(Protocol):
+    """Anything with ``is_set()``: a ``threading.Event`` is one. Each run takes its own."""
+
+    def is_set(self) -> bool: ...
+
+
+def check_cancel(cancel: CancelToken | None, done: int, total: int) -> None:
+    """Stop between steps when the run's token is set."""
+    if cancel is not None and cancel.is_set():
+        where = f"after step {done} of {total}" if done else f"before step 1 of {total}"
+        raise GenerationCancelled(f"cancelled {where}", step=done)
+
+
+@contextmanager
+def out_of_memory(where: str, device: torch.device) -> Iterator[None]:
+    """Out of memory, on any device, as a :class:`SigmaOutOfMemoryError` with advice."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError):
+        raise SigmaOutOfMemoryError(where, str(device)) from None
+    except RuntimeError as e:
+        if "not enough memory" in str(e) or "can't allocate memory" in str(e):
+            raise SigmaOutOfMemoryError(where, str(device)) from None
+        raise

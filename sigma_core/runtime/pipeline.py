@@ -1,0 +1,212 @@
+"""SigmaPipeline: composition in, image out, in diffusers' conventions.
+
+What an inferencer does, and only that: plan the sequence, encode the references, prefill the
+CFG contexts, run the Euler loop, decode. Embeddings, expert routing and the KV cache's books are
+the model's (:mod:`sigma_core.model.bagel`); the contexts and the guided step are in
+:mod:`sigma_core.runtime.contexts`. A run keeps all its state to itself, so one pipeline serves
+several threads, each with its own cancel token.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sigma_core.errors import SigmaInputError
+from sigma_core.inputs.composition import Composition
+from sigma_core.inputs.settings import Settings
+from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
+from sigma_core.model.vae import FluxVAE
+from sigma_core.planning.sequence import build_plan
+from sigma_core.planning.tokenizer import load_tokenizer
+from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, prefill_contexts
+from sigma_core.runtime.loader import (
+    AE_FILE,
+    BASE_PATTERNS,
+    SIGMA_PATTERNS,
+    LoadReport,
+    is_preview_checkpoint,
+    load_generator,
+    resolve_checkpoint,
+)
+from sigma_core.runtime.output import CancelToken, SigmaOutput, check_cancel, out_of_memory
+from sigma_core.runtime.references import ReferenceEncoder
+from sigma_core.runtime.sampler import Guidance, euler_step, initial_noise, timesteps
+from sigma_core.runtime.tiny import preview_checkpoint
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+StepCallback = Callable[["SigmaPipeline", int, torch.Tensor, dict[str, Any]], Any]
+
+
+class SigmaPipeline:
+    """Runs SIGMA compositions on a BAGEL-compatible checkpoint."""
+
+    def __init__(
+        self,
+        model: BagelGenerator,
+        vae: FluxVAE,
+        tokenizer: Any,
+        *,
+        preview: bool = False,
+        load_report: LoadReport | None = None,
+    ) -> None:
+        self.model, self.vae, self.tokenizer = model, vae, tokenizer
+        self.preview = preview
+        self.load_report = load_report
+        self.encode_references = ReferenceEncoder(vae)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        *,
+        sigma_weights: str | os.PathLike | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> SigmaPipeline:
+        """Load a BAGEL folder or hub repo; ``sigma_weights`` (folder or repo) overrides its
+        ema.safetensors. Defaults: cuda with bf16 when available, else cpu with fp32."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        base = resolve_checkpoint(path_or_repo_id, patterns=BASE_PATTERNS)
+        sigma = (
+            resolve_checkpoint(sigma_weights, patterns=SIGMA_PATTERNS) if sigma_weights else None
+        )
+        tokenizer = load_tokenizer(base)
+        model, report = load_generator(
+            base, tokenizer, sigma_folder=sigma, dtype=dtype, device=device
+        )
+        vae = FluxVAE.from_file(base / AE_FILE, dtype=dtype, device=device)
+        return cls(model, vae, tokenizer, preview=is_preview_checkpoint(base), load_report=report)
+
+    @classmethod
+    def preview_engine(cls, *, device: str | torch.device | None = None) -> SigmaPipeline:
+        """The offline preview: a tiny random checkpoint written once into the user cache.
+        Its results are marked as previews everywhere."""
+        return cls.from_pretrained(
+            preview_checkpoint(), device=device or "cpu", dtype=torch.float32
+        )
+
+    def check_inputs(
+        self, settings: Settings, num_inference_steps: int | None, output_type: str,
+        tensor_inputs: Sequence[str],
+    ) -> Settings:  # fmt: skip
+        """Refuse bad call arguments before any work; the settings the run uses."""
+        problems = []
+        if num_inference_steps is not None and (
+            not isinstance(num_inference_steps, int) or num_inference_steps < 2
+        ):
+            problems.append(f"num_inference_steps: {num_inference_steps!r} must be >= 2")
+        if output_type not in OUTPUT_TYPES:
+            problems.append(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        unknown = [name for name in tensor_inputs if name not in CALLBACK_TENSORS]
+        if unknown:
+            problems.append(
+                f"callback_on_step_end_tensor_inputs: {', '.join(map(repr, unknown))} not in "
+                f"{', '.join(CALLBACK_TENSORS)}"
+            )
+        if problems:
+            raise SigmaInputError("\n".join(problems))
+        if num_inference_steps is None:
+            return settings
+        return settings.replace(num_timesteps=num_inference_steps)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        composition: Composition,
+        *,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        cancel: CancelToken | None = None,
+        batch_cfg: bool = False,
+    ) -> SigmaOutput:
+        """Generate. ``num_inference_steps`` overrides the settings' num_timesteps (BAGEL counts
+        timesteps: N give N-1 Euler steps). ``latents`` is the initial noise [1, 16, H/8, W/8].
+
+        After each step the callback gets (pipe, step, t, tensors) with the tensors named in
+        ``callback_on_step_end_tensor_inputs`` (see :data:`CALLBACK_TENSORS`) and may return
+        {"latents": ...} to replace them. Setting ``cancel`` (e.g. a threading.Event) stops the
+        run before its next step, the first included, with :class:`GenerationCancelled`.
+        ``batch_cfg`` runs a step's CFG branches as one batched forward instead of one by one
+        (the default, faster on CPU by benchmarks/bench_engine.py: padded attention over the
+        short cfg_img context costs more than batching saves).
+        """
+        t0 = time.perf_counter()
+        settings = self.check_inputs(
+            composition.settings, num_inference_steps, output_type,
+            callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        images = composition.load_images()
+        plan = build_plan(composition, self.tokenizer, {s: im.size for s, im in images.items()})
+        noise = plan.noise
+        x, seed = initial_noise(
+            noise.size, generator=generator, latents=latents, seed=settings.seed, device=self.device
+        )
+        composition = replace(composition, settings=settings.replace(seed=seed))
+        guidance = Guidance.from_settings(settings)
+        ts = timesteps(settings.num_timesteps, settings.timestep_shift, self.device)
+        branches = [guidance.branches(t) for t in ts[:-1].tolist()]  # once, on the host
+        check_cancel(cancel, 0, len(branches))
+        with out_of_memory("encoding the references", self.device):
+            refs = self.encode_references(plan, images)
+        t1 = time.perf_counter()
+        with out_of_memory("prefilling the context", self.device):
+            ctx = prefill_contexts(
+                self.model, plan, refs, need_text=any(b[0] for b in branches),
+                need_img=any(b[1] for b in branches),
+                attribute_projection=settings.attribute_projection,
+            )  # fmt: skip
+        t2 = time.perf_counter()
+        denoise = Denoiser(self.model, ctx, noise.grid, guidance, batched=batch_cfg)
+        passes = 0
+        with out_of_memory("denoising", self.device):
+            for i, (want_text, want_img) in enumerate(branches):
+                v = denoise(x, ts[i], want_text, want_img)
+                passes += v.passes
+                x = euler_step(x, v.guided, ts[i], ts[i + 1])
+                if callback_on_step_end is not None:
+                    tensors = v.callback_tensors(
+                        callback_on_step_end_tensor_inputs, x, ts[i], ts[i + 1], noise.grid
+                    )
+                    out = callback_on_step_end(self, i, ts[i], tensors) or {}
+                    if "latents" in out:
+                        x = patchify(out["latents"].to(x))
+                check_cancel(cancel, i + 1, len(branches))
+        t3 = time.perf_counter()
+        final = unpatchify(x, noise.grid, self.model.latent_channels)
+        with out_of_memory("decoding", self.device):
+            decoded = None if output_type == "latent" else self._decode(final, output_type)
+        timings = {"encode_s": t1 - t0, "prefill_s": t2 - t1, "denoise_s": t3 - t2}
+        return SigmaOutput(
+            images=decoded, latents=final, seed=seed, composition=composition, plan=plan,
+            preview=self.preview, num_passes=passes,
+            timings={**timings, "total_s": time.perf_counter() - t0},
+        )  # fmt: skip
+
+    def _decode(self, latent: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray:
+        img = self.vae.decode(latent).float()
+        img = (img * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [1, H, W, 3]
+        if output_type == "np":
+            return img.cpu().numpy()
+        return [Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())]

@@ -1,0 +1,66 @@
+"""Reference images to VAE latent tokens, cached by pixel content and safe to share across runs
+and threads."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sigma_core.inputs.images import vae_resize
+from sigma_core.model.bagel import patchify
+from sigma_core.model.vae import FluxVAE
+from sigma_core.planning.sequence import Plan
+
+LATENT_CACHE_SIZE = 32
+
+
+class ReferenceEncoder:
+    """Encodes each placed reference once: BAGEL's resize, pixels to [-1, 1], posterior mean.
+
+    Latents are kept by pixel hash (the last :data:`LATENT_CACHE_SIZE`), so regenerating with
+    the same references skips the VAE. A lock guards the cache; encoding runs outside it, so
+    two runs encode in parallel (at worst the same image twice, with the same result).
+    """
+
+    def __init__(self, vae: FluxVAE, *, capacity: int = LATENT_CACHE_SIZE) -> None:
+        self.vae = vae
+        self.capacity = capacity
+        self._latents: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        """Forget every cached latent."""
+        with self._lock:
+            self._latents.clear()
+
+    def __call__(self, plan: Plan, images: dict[int, Image.Image]) -> dict[int, torch.Tensor]:
+        """Latent tokens [h*w, 64] (fp32) per slot placed in ``plan``."""
+        out = {}
+        for seg in plan.segments:
+            if seg.kind != "image" or seg.slot in out:
+                continue
+            img = vae_resize(images[seg.slot])
+            if img.size != seg.size:
+                raise RuntimeError(f"slot {seg.slot}: resized to {img.size}, planned {seg.size}")
+            out[seg.slot] = self._encode(img)
+        return out
+
+    def _encode(self, img: Image.Image) -> torch.Tensor:
+        key = hashlib.sha256(img.tobytes()).hexdigest() + f"{img.size}"
+        with self._lock:
+            if key in self._latents:
+                self._latents.move_to_end(key)
+                return self._latents[key]
+        pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        pixels = pixels.float().div(255).sub(0.5).div(0.5)[None]
+        latent = patchify(self.vae.encode(pixels).float())
+        with self._lock:
+            self._latents[key] = latent
+            while len(self._latents) > self.capacity:
+                self._latents.popitem(last=False)
+        return latent
