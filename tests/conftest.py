@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests never touch the network."""
+"""Shared fixtures. Tests never touch the network.
+
+Markers: ``slow`` (compilation, installs; runs in CI) and ``gpu`` (needs CUDA: skipped, and
+reported as skipped, where there is none).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 
 from sigma_core.planning import load_tokenizer, make_tiny_tokenizer
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ The stored numbers pin the engine: a refactor or a speed change that moves them 
 ``test_golden.py``. When a change of numbers is intended, regenerate the file and say why in the
 commit:
 
-    python tests/golden_cases.py --write
+    python -m tests.golden_cases --write        (from the repository root)
 
 Each case is a tiny random checkpoint (official layout, fp32 on CPU), a composition with
 code-drawn references, fixed noise and a few steps; 64x64 outputs keep the file at a few KB.
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 GOLDEN_FILE = Path(__file__).with_name("data") / "golden_latents.safetensors"
-REGENERATE = "python tests/golden_cases.py --write"
+REGENERATE = "python -m tests.golden_cases --write"
 
 
 def _image(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -63,7 +63,9 @@ def noise(index: int) -> torch.Tensor:
     return torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1000 + index))
 
 
-def run_cases(folder: Path) -> dict[str, torch.Tensor]:
+def run_cases(
+    folder: Path, *, batch_cfg: bool = False, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Final latents [1, 16, 8, 8] of every case, on tiny checkpoints written into ``folder``."""
     from sigma_core import SigmaPipeline
     from sigma_core.runtime.tiny import make_tiny_checkpoint
@@ -71,13 +73,15 @@ def run_cases(folder: Path) -> dict[str, torch.Tensor]:
     pipes = {
         wtau: SigmaPipeline.from_pretrained(
             make_tiny_checkpoint(folder / f"wtau{int(wtau)}", seed=0, attribute_embed=wtau),
-            device="cpu",
+            device=device,
+            dtype=torch.float32,
         )
         for wtau in (False, True)
     }
     out = {}
     for i, (name, (wtau, prompt, settings)) in enumerate(CASES.items()):
-        result = pipes[wtau](composition(prompt, settings), latents=noise(i), output_type="latent")
+        comp = composition(prompt, settings)
+        result = pipes[wtau](comp, latents=noise(i), output_type="latent", batch_cfg=batch_cfg)
         out[name] = result.latents.float().contiguous()
     return out
 

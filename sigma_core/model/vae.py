@@ -189,7 +189,7 @@ class FluxVAE(torch.nn.Module):
         model = _meta_autoencoder(cfg)
         # Cast before loading: AutoencoderKL.to(dtype) logs a spurious float32 warning.
         model.load_state_dict(state, strict=True, assign=True)
-        return cls(model.requires_grad_(False).eval())
+        return cls(model.requires_grad_(False)).eval()
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,56 @@
+"""The engine on a CUDA GPU: the stored numbers, batched CFG, and no host sync in the loop.
+
+Skipped (and reported as skipped) without CUDA. Tiny checkpoints in fp32 with TF32 off, so the
+numbers are comparable with the CPU's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sigma_core import SigmaPipeline, build_plan
+from sigma_core.runtime import Denoiser, Guidance, euler_step, prefill_contexts, timesteps
+from tests.golden_cases import GOLDEN_FILE, composition, run_cases
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+@pytest.mark.parametrize("batch_cfg", [False, True], ids=["sequential", "batched"])
+def test_seeded_runs_match_the_stored_latents_on_cuda(tmp_path, batch_cfg: bool) -> None:
+    stored = load_file(str(GOLDEN_FILE))
+    for name, value in run_cases(tmp_path, batch_cfg=batch_cfg, device="cuda").items():
+        torch.testing.assert_close(value.cpu(), stored[name], atol=1e-3, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_denoising_loop_never_syncs_with_the_host(tiny_checkpoint, batched: bool) -> None:
+    pipe = SigmaPipeline.from_pretrained(tiny_checkpoint, device="cuda", dtype=torch.float32)
+    comp = composition("Put [1] on a beach next to [2] at sunset", {})
+    images = comp.load_images()
+    plan = build_plan(comp, pipe.tokenizer, {s: im.size for s, im in images.items()})
+    g = Guidance.from_settings(comp.settings)
+    ts = timesteps(6, 3.0, pipe.device)
+    branches = [g.branches(t) for t in ts[:-1].tolist()]
+    x = torch.randn(plan.noise.grid[0] * plan.noise.grid[1], 64, device="cuda")
+    with torch.no_grad():
+        ctx = prefill_contexts(pipe.model, plan, pipe.encode_references(plan, images))
+        denoise = Denoiser(pipe.model, ctx, plan.noise.grid, g, batched=batched)
+        denoise(x, ts[0], *branches[0])  # the first step of a row set prepares its context
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for i, (want_text, want_img) in enumerate(branches):
+                x = euler_step(x, denoise(x, ts[i], want_text, want_img).guided, ts[i], ts[i + 1])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x).all()
