@@ -130,11 +130,13 @@ def bench_cpu(steps: int) -> str:
 def bench_full(steps: int) -> str:
     from diffusers import AutoencoderKL
 
-    from sigma_core.model import BagelGenerator, FluxVAE
-    from sigma_core.model.bagel import sincos_2d_table
-    from sigma_core.model.vae import flux_vae_config
-    from sigma_core.planning import TokenIds, load_tokenizer, make_tiny_tokenizer
-    from sigma_core.planning.tokenizer import QWEN25_BASE_VOCAB
+    from sigma_core.model import BagelGenerator, FluxVAE, flux_vae_config, sincos_2d_table
+    from sigma_core.planning import (
+        QWEN25_BASE_VOCAB,
+        TokenIds,
+        load_tokenizer,
+        make_tiny_tokenizer,
+    )
 
     if not torch.cuda.is_available():
         return "summary: --full needs a CUDA GPU; none found"

@@ -16,16 +16,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sigma_core.errors import SigmaError, SigmaInputError
+from sigma_core import SigmaError, SigmaInputError
 from sigma_core.inputs import load_composition
 from sigma_core.planning import (
+    QWEN25_BASE_VOCAB,
     TokenIds,
     build_plan,
     load_tiny_tokenizer,
     load_tokenizer,
     make_tiny_tokenizer,
 )
-from sigma_core.planning.tokenizer import QWEN25_BASE_VOCAB
 from sigma_core.report import attributes_table, plan_report, render_report
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2

@@ -68,7 +68,7 @@ def run_cases(
 ) -> dict[str, torch.Tensor]:
     """Final latents [1, 16, 8, 8] of every case, on tiny checkpoints written into ``folder``."""
     from sigma_core import SigmaPipeline
-    from sigma_core.runtime.tiny import make_tiny_checkpoint
+    from sigma_core.runtime import make_tiny_checkpoint
 
     pipes = {
         wtau: SigmaPipeline.from_pretrained(

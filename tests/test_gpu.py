@@ -35,17 +35,16 @@ def test_seeded_runs_match_the_stored_latents_on_cuda(tmp_path, batch_cfg: bool)
 @pytest.mark.parametrize("batched", [False, True])
 def test_denoising_loop_never_syncs_with_the_host(tiny_checkpoint, batched: bool) -> None:
     pipe = SigmaPipeline.from_pretrained(tiny_checkpoint, device="cuda", dtype=torch.float32)
-    comp = composition("Put [1] on a beach next to [2] at sunset", {})
+    comp = composition("Put [1] on a beach next to [2] at sunset", {"cfg_interval": (0.4, 1.0)})
     images = comp.load_images()
     plan = build_plan(comp, pipe.tokenizer, {s: im.size for s, im in images.items()})
     g = Guidance.from_settings(comp.settings)
-    ts = timesteps(6, 3.0, pipe.device)
+    ts = timesteps(6, 3.0, pipe.device)  # cfg_interval (0.4, 1]: the row set changes mid-run
     branches = [g.branches(t) for t in ts[:-1].tolist()]
     x = torch.randn(plan.noise.grid[0] * plan.noise.grid[1], 64, device="cuda")
     with torch.no_grad():
         ctx = prefill_contexts(pipe.model, plan, pipe.encode_references(plan, images))
-        denoise = Denoiser(pipe.model, ctx, plan.noise.grid, g, batched=batched)
-        denoise(x, ts[0], *branches[0])  # the first step of a row set prepares its context
+        denoise = Denoiser(pipe.model, ctx, plan.noise.grid, g, batched=batched, steps=branches)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:

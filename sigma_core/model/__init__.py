@@ -2,11 +2,17 @@
 connectors and the FLUX VAE. Module and parameter names follow the official ``Bagel`` class, so the
 published ``ema.safetensors`` loads unchanged."""
 
-from sigma_core.model.bagel import BagelGenerator, DenoiseContext, patchify, unpatchify
+from sigma_core.model.bagel import (
+    BagelGenerator,
+    DenoiseContext,
+    patchify,
+    sincos_2d_table,
+    unpatchify,
+)
 from sigma_core.model.cache import CacheMark, KVCache
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.mot import Routing, Span
-from sigma_core.model.vae import FluxVAE
+from sigma_core.model.vae import FluxVAE, flux_vae_config
 from sigma_core.model.weights import check_tensors, header_shapes
 
 __all__ = [
@@ -19,7 +25,9 @@ __all__ = [
     "Routing",
     "Span",
     "check_tensors",
+    "flux_vae_config",
     "header_shapes",
     "patchify",
+    "sincos_2d_table",
     "unpatchify",
 ]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, MAX_LATENT_GRID
+from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, MAX_LATENT_GRID, MAX_SIDE
 from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.model.cache import KVCache
 from sigma_core.model.config import LLMConfig
@@ -145,7 +145,7 @@ class BagelGenerator(nn.Module):
         if rows > self.max_latent_size or cols > self.max_latent_size:
             raise ValueError(
                 f"a {rows}x{cols} latent grid exceeds the {self.max_latent_size}-token position "
-                "table; images are at most 1024 px per side"
+                f"table; images are at most {MAX_SIDE} px per side"
             )
         i = torch.arange(rows, device=self.device)[:, None]
         j = torch.arange(cols, device=self.device)[None, :]

@@ -4,6 +4,7 @@ engine uses. Pure functions of a composition and a tokenizer; no model, no weigh
 from sigma_core.planning.mask import SegmentMask, dense_mask, mask_mod, segment_masks
 from sigma_core.planning.sequence import Expert, Plan, Segment, TokenType, build_plan
 from sigma_core.planning.tokenizer import (
+    QWEN25_BASE_VOCAB,
     QWEN25_SIGMA_FIRST_ID,
     TokenIds,
     add_sigma_tokens,
@@ -13,6 +14,7 @@ from sigma_core.planning.tokenizer import (
 )
 
 __all__ = [
+    "QWEN25_BASE_VOCAB",
     "QWEN25_SIGMA_FIRST_ID",
     "Expert",
     "Plan",

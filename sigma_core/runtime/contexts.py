@@ -119,7 +119,13 @@ class StepVelocities:
 
 
 class Denoiser:
-    """The guided velocity of each step over prefilled contexts, for one output grid."""
+    """The guided velocity of each step over prefilled contexts, for one output grid.
+
+    The rows a step needs are always a prefix (image CFG only runs with text CFG): batched CFG
+    is one forward over rows [0, k), sequential CFG one forward per row. The denoise context of
+    each row set is made before the loop for the ``steps`` announced, so the loop itself makes
+    no tensor from host data.
+    """
 
     def __init__(
         self,
@@ -129,32 +135,37 @@ class Denoiser:
         guidance: Guidance,
         *,
         batched: bool,
+        steps: Sequence[tuple[bool, bool]] = (),
     ) -> None:
         self.model, self.contexts, self.grid = model, contexts, grid
         self.guidance, self.batched = guidance, batched
         self._prepared: dict[tuple[int, int], DenoiseContext] = {}
+        for want_text, want_img in set(steps):
+            for rows in self._row_sets(self._rows(want_text, want_img)[0]):
+                self._context(rows)
 
-    def _context(self, start: int, stop: int) -> DenoiseContext:
-        """The denoise context of cache rows [start, stop), made on first use."""
-        if (start, stop) not in self._prepared:
-            rows = self.contexts.cache.rows(start, stop)
-            self._prepared[start, stop] = self.model.denoise_context(rows, self.grid)
-        return self._prepared[start, stop]
+    def _rows(self, want_text: bool, want_img: bool) -> tuple[int, int | None, int | None]:
+        """How many rows a step runs, and which of them are cfg_text and cfg_img."""
+        text_row = self.contexts.text_row if want_text else None
+        img_row = self.contexts.img_row if want_img else None
+        return 1 + (text_row is not None) + (img_row is not None), text_row, img_row
+
+    def _row_sets(self, k: int) -> list[tuple[int, int]]:
+        return [(0, k)] if self.batched else [(r, r + 1) for r in range(k)]
+
+    def _context(self, rows: tuple[int, int]) -> DenoiseContext:
+        """The denoise context of cache rows [start, stop), made once."""
+        if rows not in self._prepared:
+            view = self.contexts.cache.rows(*rows)
+            self._prepared[rows] = self.model.denoise_context(view, self.grid)
+        return self._prepared[rows]
 
     def __call__(
         self, x: torch.Tensor, t: torch.Tensor, want_text: bool, want_img: bool
     ) -> StepVelocities:
-        """Velocities at ``t`` (0-dim tensor) for noise tokens ``x`` [m, 64]. The rows a step
-        needs are always a prefix (image CFG only runs with text CFG), so batched CFG is one
-        forward over rows [0, k)."""
-        c = self.contexts
-        text_row = c.text_row if want_text else None
-        img_row = c.img_row if want_img else None
-        k = 1 + (text_row is not None) + (img_row is not None)
-        if self.batched:
-            v = self.model.velocity(x, t, self._context(0, k))
-        else:
-            v = torch.cat([self.model.velocity(x, t, self._context(r, r + 1)) for r in range(k)])
+        """Velocities at ``t`` (0-dim tensor) for noise tokens ``x`` [m, 64]."""
+        k, text_row, img_row = self._rows(want_text, want_img)
+        v = torch.cat([self.model.velocity(x, t, self._context(r)) for r in self._row_sets(k)])
         cond = v[0]
         v_text = (cond if text_row is None else v[text_row]) if want_text else None
         v_img = (cond if img_row is None else v[img_row]) if want_img else None

@@ -178,7 +178,7 @@ class SigmaPipeline:
                 attribute_projection=settings.attribute_projection,
             )  # fmt: skip
         t2 = time.perf_counter()
-        denoise = Denoiser(self.model, ctx, noise.grid, guidance, batched=batch_cfg)
+        denoise = Denoiser(self.model, ctx, noise.grid, guidance, batched=batch_cfg, steps=branches)
         passes = 0
         with out_of_memory("denoising", self.device):
             for i, (want_text, want_img) in enumerate(branches):
