@@ -26,7 +26,6 @@ from sigma_core import (
     SigmaPipeline,
     build_plan,
 )
-from sigma_core import cli as _cli_module  # noqa: F401  (the CLI imports cleanly)
 from sigma_core.errors import SigmaResourceError
 from sigma_core.model import patchify, unpatchify
 from sigma_core.runtime import CALLBACK_TENSORS, Denoiser, Guidance, guide, prefill_contexts
