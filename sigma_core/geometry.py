@@ -13,7 +13,6 @@ from sigma_core.errors import ImageInputError
 VAE_DOWNSAMPLE = 8  # pixels per latent cell (FLUX VAE)
 LATENT_CHANNELS = 16  # FLUX VAE latent channels
 LATENT_PATCH = 2  # latent cells per token side
-TOKEN_DIM = LATENT_PATCH * LATENT_PATCH * LATENT_CHANNELS  # 64 values per latent token
 TOKEN_STRIDE = VAE_DOWNSAMPLE * LATENT_PATCH  # 16 px per token side; sizes are multiples of it
 MAX_SIDE = 1024  # BAGEL's VAE transform: longest side
 MIN_SHORT_SIDE = 512  # BAGEL's VAE transform: shortest side, where the pixel cap allows
