@@ -15,9 +15,9 @@ MoT, the VAE); ``runtime`` (loading, sampling, the pipeline); ``report`` (what u
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
+
+from sigma_core.lazy import lazy_exports
 
 
 class _DropBitsandbytesKernelNotice(logging.Filter):
@@ -61,13 +61,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'sigma_core' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

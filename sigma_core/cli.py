@@ -10,23 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sigma_core import SigmaError, SigmaInputError
-from sigma_core.inputs import load_composition
-from sigma_core.planning import (
-    QWEN25_BASE_VOCAB,
-    TokenIds,
-    build_plan,
-    load_tiny_tokenizer,
-    load_tokenizer,
-    make_tiny_tokenizer,
-)
-from sigma_core.report import attributes_table, plan_report, render_report
+from sigma_core.errors import PresetError, SigmaError, SigmaInputError, SigmaResourceError
+from sigma_core.limits import MAX_SEED, MAX_TIMESTEPS, MAX_TINY_LAYERS, MIN_TIMESTEPS
+
+# Commands import what they use when they run, so `validate` and `attributes` never load torch.
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 TINY_NOTE = (
@@ -37,28 +32,38 @@ TINY_NOTE = (
 
 def _tokenizer(path: str | None) -> tuple[Any, str | None]:
     """The tokenizer to plan with, and the caveat to print with its numbers."""
+    from sigma_core.planning import load_fast_tokenizer, load_tiny_tokenizer
+
     if path is not None:
-        return load_tokenizer(path), None
+        return load_fast_tokenizer(path), None
     return load_tiny_tokenizer(), TINY_NOTE
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check every preset and report each; one bad file makes the exit code 2."""
+    """Check every preset and report each; one bad file makes the exit code 2, and every file
+    is still checked and counted in the summary."""
+    from sigma_core.inputs import load_composition
+    from sigma_core.planning import build_plan
+
     tokenizer, _ = _tokenizer(args.tokenizer)
     bad = 0
     for path in args.presets:
         try:
             plan = build_plan(load_composition(path), tokenizer)
-        except SigmaInputError as e:
+        except SigmaError as e:
             bad += 1
             print(f"{path}: FAILED", file=sys.stderr)
             for line in _without_prefix(str(e), path).splitlines():
                 print(f"  {line}", file=sys.stderr)
             continue
-        refs = f"{plan.num_groups} reference{'' if plan.num_groups == 1 else 's'}"
+        refs = _plural(plan.num_references, "reference")
         print(f"{path}: OK ({plan.length} tokens, {refs})")
         for warning in plan.warnings:
             print(f"  warning: {warning}")
@@ -75,6 +80,10 @@ def _without_prefix(message: str, path: str) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print the interleaved sequence the model would read, and optionally draw its mask."""
+    from sigma_core.inputs import load_composition
+    from sigma_core.planning import build_plan
+    from sigma_core.report import plan_report, render_report
+
     comp = load_composition(args.preset)  # bad input fails before the tokenizer loads
     tokenizer, note = _tokenizer(args.tokenizer)
     plan = build_plan(comp, tokenizer)
@@ -89,12 +98,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         try:
             report["mask_png"] = str(mask_png(plan, args.mask_png))
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or e
             raise SigmaInputError(
-                f"--mask-png: cannot write {args.mask_png} ({e.strerror or e})"
+                f"--mask-png: cannot write {args.mask_png!r} ({reason})"
             ) from None
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(json.dumps(report, indent=2))  # ASCII: bidi controls reach no terminal raw
     else:
         print(render_report(report))
         if args.mask_png:
@@ -104,12 +114,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_make_tokenizer(args: argparse.Namespace) -> int:
     """Write the tiny tokenizer and show the ids the plan will use."""
+    from sigma_core.planning import QWEN25_BASE_VOCAB, TokenIds, load_tokenizer, make_tiny_tokenizer
+
     try:
         out = make_tiny_tokenizer(
             args.out_dir, pad_base_vocab_to=QWEN25_BASE_VOCAB if args.qwen_ids else None
         )
-    except OSError as e:
-        raise SigmaInputError(f"OUT_DIR: cannot write {args.out_dir} ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise SigmaInputError(f"OUT_DIR: cannot write {args.out_dir!r} ({reason})") from None
     tokenizer = load_tokenizer(out)
     ids = TokenIds.from_tokenizer(tokenizer)
     print(f"wrote a tiny Qwen2-layout tokenizer ({len(tokenizer)} entries) to {out}")
@@ -129,64 +142,139 @@ def cmd_make_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    """Write a tiny random checkpoint in the official BAGEL layout."""
+    """Write a tiny random checkpoint in the official BAGEL layout: into a private folder
+    first, moved in place when complete, so a failure never leaves half a checkpoint."""
+    from sigma_core.inputs.fields import shown
+
+    out = Path(args.out_dir)
+    # The runtime checks these too; checked here first, they fail before torch loads (seconds).
+    if not 1 <= args.layers <= MAX_TINY_LAYERS:
+        raise SigmaInputError(f"layers: {shown(args.layers)} must be from 1 to {MAX_TINY_LAYERS}")
+    if not 0 <= args.seed < MAX_SEED:
+        raise SigmaInputError(f"seed: {shown(args.seed)} must be 0 <= seed < 2^63")
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SigmaInputError(
+                f"OUT_DIR: {args.out_dir!r} already exists and is not an empty folder; "
+                "choose a new folder"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise SigmaInputError(f"OUT_DIR: cannot write {args.out_dir!r} ({reason})") from None
     from sigma_core.runtime import make_tiny_checkpoint
 
     try:
-        out = make_tiny_checkpoint(
-            args.out_dir, seed=args.seed, layers=args.layers, attribute_embed=args.attribute_embed
+        make_tiny_checkpoint(
+            staging, seed=args.seed, layers=args.layers, attribute_embed=args.attribute_embed
         )
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
     except OSError as e:
-        raise SigmaInputError(f"OUT_DIR: cannot write {args.out_dir} ({e.strerror or e})") from None
+        raise SigmaInputError(
+            f"OUT_DIR: cannot write {args.out_dir!r} ({e.strerror or e})"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     files = ", ".join(sorted(p.name for p in out.iterdir()))
     print(f"wrote a tiny random BAGEL checkpoint (seed {args.seed}) to {out}: {files}")
     return EXIT_OK
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Generate an image from a preset, with progress, and save it with its composition."""
+    """Generate an image from a preset, with progress, and save it with its composition.
+
+    Everything the user gave (options, preset, output location, device) is checked before the
+    model loads; the plan's warnings are printed before the first step.
+    """
+    from sigma_core.inputs import check_output_path, load_composition
+
+    if args.sigma_weights and not args.checkpoint:
+        raise SigmaInputError(
+            "--sigma-weights needs --checkpoint (the BAGEL folder that supplies the configs, the "
+            "VAE and the tokenizer); the preview engine has no real weights to override"
+        )
+    comp = load_composition(args.preset)
+    comp = replace(comp, settings=_settings_with_options(comp.settings, args))
+    out_path = check_output_path(args.out, overwrite=args.overwrite)
+
     import torch
 
-    from sigma_core import SigmaPipeline
+    from sigma_core.runtime import resolve_device
 
-    comp = load_composition(args.preset)
-    changes = {"seed": args.seed} if args.seed is not None else {}
-    if args.size is not None:
-        changes["size"] = _parse_size(args.size)
-    comp = replace(comp, settings=comp.settings.replace(**changes))
+    device = resolve_device(args.device)  # before the pipeline's imports (diffusers: seconds)
+
+    from sigma_core.runtime import SigmaPipeline
+
+    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if args.checkpoint:
-        dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         pipe = SigmaPipeline.from_pretrained(
-            args.checkpoint, sigma_weights=args.sigma_weights, device=args.device,
+            args.checkpoint, sigma_weights=args.sigma_weights, device=device,
             dtype=dtype[args.dtype],
         )  # fmt: skip
     else:
         print("no --checkpoint: using the preview engine (random weights)", file=sys.stderr)
-        pipe = SigmaPipeline.preview_engine(device=args.device)
+        pipe = SigmaPipeline.preview_engine(device=args.device, dtype=dtype[args.dtype])
+    for warning in pipe.plan(comp).warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
-    total = (args.steps or comp.settings.num_timesteps) - 1
+    total = comp.settings.num_timesteps - 1
+    live = sys.stderr.isatty()
 
     def progress(p: SigmaPipeline, step: int, t: Any, kwargs: dict[str, Any]) -> None:
-        print(f"\rstep {step + 1}/{total}", end="", file=sys.stderr, flush=True)
+        line = f"step {step + 1}/{total} (t={float(t):.3f})"
+        print(f"\r{line}" if live else line, end="" if live else "\n", file=sys.stderr, flush=True)
 
-    out = pipe(comp, num_inference_steps=args.steps, callback_on_step_end=progress)
-    print(file=sys.stderr)
-    path = out.save(args.out)
+    out = pipe(comp, callback_on_step_end=progress)
+    if live:
+        print(file=sys.stderr)
     note = f" [{out.notice}]" if out.notice else ""
+    try:
+        path = out.save(out_path, overwrite=args.overwrite)
+    except SigmaError as e:  # the disk filled up or the folder went away during the run
+        rescue = Path(tempfile.gettempdir()) / f"sigma-{out.seed}-{os.getpid()}.png"
+        out.save(rescue)
+        kind = SigmaResourceError if isinstance(e, SigmaResourceError) else SigmaInputError
+        raise kind(f"{e}\nthe image was saved to {rescue} instead") from None
+    for warning in out.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {path} (seed {out.seed}, {out.timings['total_s']:.1f} s){note}")
     return EXIT_OK
+
+
+def _settings_with_options(settings: Any, args: argparse.Namespace) -> Any:
+    """The preset's settings with --steps, --seed and --size applied, checked as the preset's
+    own values are; a message names the option."""
+    changes: dict[str, Any] = {}
+    if args.steps is not None:
+        changes["num_timesteps"] = args.steps
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.size is not None:
+        changes["size"] = _parse_size(args.size)
+    try:
+        return settings.replace(**changes)
+    except PresetError as e:
+        text = str(e)
+        for option, name in (("--steps", "num_timesteps"), ("--seed", "seed"), ("--size", "size")):
+            text = text.replace(f"settings.{name}:", f"{option} (settings.{name}):")
+        raise PresetError(text) from None
 
 
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SigmaInputError(f"--size: {text!r} is not WIDTHxHEIGHT, e.g. 1024x768") from None
+        raise SigmaInputError(f"--size: {text[:40]!r} is not WIDTHxHEIGHT, e.g. 1024x768") from None
     return (w, h)
 
 
 def cmd_attributes(args: argparse.Namespace) -> int:
     """List SIGMA's tokens, their ids in a SIGMA checkpoint and the names accepted for them."""
+    from sigma_core.report import attributes_table
+
     print(attributes_table())
     return EXIT_OK
 
@@ -244,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         "make-tiny", parents=[common], help="write a tiny random checkpoint (official layout)"
     )
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 <= S < 2^63 (default 0)")
+    p.add_argument(
+        "--layers", type=int, default=2, help=f"decoder layers, 1 to {MAX_TINY_LAYERS} (default 2)"
+    )
     p.add_argument(
         "--attribute-embed", action="store_true", help="include a W_tau attribute projection"
     )
@@ -253,15 +343,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", parents=[common], help="generate an image from a preset")
     p.add_argument("preset", metavar="PRESET.json")
-    p.add_argument("--out", "-o", default="sigma.png", metavar="OUT.png")
+    p.add_argument(
+        "--out",
+        "-o",
+        default="sigma.png",
+        metavar="OUT.png",
+        help="where to write (default sigma.png)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace OUT.png if it exists (default: refuse)"
+    )
     p.add_argument(
         "--checkpoint", metavar="DIR_OR_REPO", help="BAGEL folder or hub id (default: preview)"
     )
-    p.add_argument("--sigma-weights", metavar="DIR_OR_REPO", help="SIGMA ema.safetensors")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    p.add_argument("--steps", type=int, default=None, help="timesteps (default: the preset's)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--sigma-weights",
+        metavar="DIR_OR_REPO",
+        help="SIGMA's ema.safetensors (needs --checkpoint)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 or mps (default: cuda if present, else cpu)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="weights and compute (default: bf16 on a GPU, fp32 on cpu)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"timesteps, {MIN_TIMESTEPS} to {MAX_TIMESTEPS} (default: the preset's)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="0 <= S < 2^63 (default: the preset's)")
     p.add_argument("--size", default=None, metavar="WxH", help="output size, e.g. 1024x768")
     p.set_defaults(func=cmd_generate)
 
@@ -278,10 +395,16 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_INPUT
     debug = getattr(args, "debug", False) or os.environ.get("SIGMA_DEBUG") == "1"
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except SigmaError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -70,7 +70,7 @@ def test_validate_bad_preset_names_the_field(capsys, tmp_path: Path) -> None:
     assert code == 2
     assert f"{bad}: FAILED" in err
     assert "references[0].attributes[0]: '<idd>' is not an attribute; did you mean '<id>'" in err
-    assert "settings.num_timesteps: 1 must be an integer >= 2" in err
+    assert "settings.num_timesteps: 1 must be an integer from 2 to 1000" in err
     assert f"{LAYOUT}: OK" in out  # the good file is still checked and reported
     assert "1 of 2 presets are valid" in out
 
@@ -116,9 +116,9 @@ def test_inspect_shows_segments_groups_positions(capsys, tokenizer) -> None:
     lines = out.splitlines()
     for i, s in enumerate(plan.segments):
         row = next(ln for ln in lines if ln.split()[:2] == [str(i), s.kind])
-        assert f"{s.start}-{s.end - 1}" in row and str(s.length) in row
+        assert f"[{s.start}, {s.end})" in row and str(s.length) in row
         if s.kind == "text":
-            assert f"{s.position}-{s.position + s.length - 1}" in row
+            assert f"[{s.position}, {s.position + s.length})" in row
             assert json.dumps(s.text) in row
         else:
             assert f" {s.position} " in row  # one rope position for the whole block
@@ -247,16 +247,18 @@ def test_attributes(capsys) -> None:
 
 
 def test_tiny_tokenizer_is_cached(monkeypatch, tmp_path: Path) -> None:
+    from sigma_core.planning import tokenizer as tk
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    first = cli.load_tiny_tokenizer()
+    first = tk.load_tiny_tokenizer()
     (cached,) = (tmp_path / "sigma-studio").iterdir()
     assert cached.name.startswith("tiny-tokenizer-")
 
     def no_rewrite(*args, **kwargs):
         raise AssertionError("the cached tokenizer was written again")
 
-    monkeypatch.setattr(cli, "make_tiny_tokenizer", no_rewrite)
-    assert cli.load_tiny_tokenizer().get_vocab() == first.get_vocab()
+    monkeypatch.setattr(tk, "make_tiny_tokenizer", no_rewrite)
+    assert tk.load_tiny_tokenizer().get_vocab() == first.get_vocab()
 
 
 # ----------------------------------------------------------------------------- exit codes
@@ -266,7 +268,9 @@ def test_internal_error_exits_1_without_traceback(capsys, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "build_plan", boom)
+    import sigma_core.planning
+
+    monkeypatch.setattr(sigma_core.planning, "build_plan", boom)
     code, _, err = run(capsys, "inspect", COMBINE)
     assert code == 1
     assert "internal error: RuntimeError: boom" in err

@@ -83,8 +83,13 @@ def test_settings_defaults_are_sigmas():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"num_timesteps": 1}, "settings.num_timesteps: 1 must be an integer >= 2"),
-        ({"cfg_text_scale": -1.0}, "settings.cfg_text_scale: -1.0 must be a number >= 0"),
+        ({"num_timesteps": 1}, "settings.num_timesteps: 1 must be an integer from 2 to 1000"),
+        ({"num_timesteps": 10**9}, "settings.num_timesteps: 1000000000 must be an integer from"),
+        ({"cfg_text_scale": -1.0}, "settings.cfg_text_scale: -1.0 must be a number from 0 to 20"),
+        ({"cfg_text_scale": 1e308}, "settings.cfg_text_scale: 1e+308 must be a number from 0"),
+        ({"cfg_img_scale": 10**400}, "cfg_img_scale: an integer of about 400 digits must be"),
+        ({"timestep_shift": 10**5000}, "timestep_shift: an integer of about 5000 digits"),
+        ({"timestep_shift": 21.0}, "timestep_shift: 21.0 must be a number from 0.05 to 20.0"),
         ({"cfg_img_scale": -0.5}, "settings.cfg_img_scale"),
         ({"cfg_interval": (0.5, 1.5)}, "settings.cfg_interval"),
         ({"cfg_interval": (0.8, 0.2)}, "0 <= start <= end <= 1"),

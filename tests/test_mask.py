@@ -29,37 +29,34 @@ P, A, T, V, N = (
 def hand_plan(mask: bool = True) -> Plan:
     """20 tokens: text [P A0 T P], image g0 [P V V P], text [P A1 P], image g1 [P V P],
     text [P A0 P] (an attribute token after its own image), noise [P N P]."""
-    layout: list[tuple[str, list[TokenType], list[int]]] = [
-        ("text", [P, A, T, P], [-1, 0, -1, -1]),
-        ("image", [P, V, V, P], [-1, 0, 0, -1]),
-        ("text", [P, A, P], [-1, 1, -1]),
-        ("image", [P, V, P], [-1, 1, -1]),
-        ("text", [P, A, P], [-1, 0, -1]),
-        ("noise", [P, N, P], [-1, -1, -1]),
-    ]
-    segments, types, groups, positions, experts = [], [], [], [], []
+    # (kind, length, group, attribute offsets)
+    layout = [("text", 4, 0, (1,)), ("image", 4, 0, ()), ("text", 3, 1, (1,)),
+              ("image", 3, 1, ()), ("text", 3, 0, (1,)), ("noise", 3, -1, ())]  # fmt: skip
+    segments = []
     start = pos = 0
-    for kind, tt, grp in layout:
-        n = len(tt)
-        group = max(grp) if kind == "image" else -1
-        segments.append(Segment(kind, start, n, pos, group=group))
-        types += tt
-        groups += grp
+    for kind, n, group, at in layout:
         text = kind == "text"
-        positions += list(range(pos, pos + n)) if text else [pos] * n
-        experts += [Expert.UND if text or t == P else Expert.GEN for t in tt]
+        segments.append(
+            Segment(kind, start, n, pos, group=group, token_ids=(7,) * (n if text else 2),
+                    attribute_offsets=at)
+        )  # fmt: skip
         start, pos = start + n, pos + (n if text else 1)
-    ids = [7 if t in (P, A, T) else -1 for t in types]
-    return Plan(
-        segments=segments,
-        token_ids=torch.tensor(ids),
-        token_type=torch.tensor(types, dtype=torch.int8),
-        group=torch.tensor(groups, dtype=torch.int32),
-        position_ids=torch.tensor(positions),
-        expert=torch.tensor(experts, dtype=torch.int8),
-        output_size=(16, 16),
-        mask=mask,
-    )
+    return Plan(segments=segments, output_size=(16, 16), mask=mask)
+
+
+def test_hand_plan_tensors_follow_from_its_segments() -> None:
+    plan = hand_plan()
+    assert plan.token_type.tolist() == [P, A, T, P, P, V, V, P, P, A, P, P, V, P, P, A, P, P, N, P]
+    assert plan.group.tolist() == [-1, 0, -1, -1, -1, 0, 0, -1, -1, 1, -1, -1, 1, -1, -1, 0, -1,
+                                   -1, -1, -1]  # fmt: skip
+    assert plan.position_ids.tolist() == [0, 1, 2, 3, 4, 4, 4, 4, 5, 6, 7, 8, 8, 8, 9, 10, 11,
+                                          12, 12, 12]  # fmt: skip
+    assert plan.token_ids.tolist() == [7 if t in (P, A, T) else -1 for t in plan.token_type]
+    latent = (plan.token_type == V) | (plan.token_type == N)
+    assert torch.equal(plan.expert == Expert.GEN, latent)
+    assert (plan.token_ids.dtype, plan.token_type.dtype, plan.group.dtype) == (
+        torch.int64, torch.int8, torch.int32)  # fmt: skip
+    assert (plan.position_ids.dtype, plan.expert.dtype) == (torch.int64, torch.int8)
 
 
 # Rows are queries, columns keys. Columns:  P A T P  P V V P  P A P  P V P  P A P  P N P

@@ -10,14 +10,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sigma_core import ATTRIBUTES, Composition, Reference, Settings
-from sigma_core.errors import CheckpointError, PromptError
+from sigma_core.errors import CheckpointError, PromptError, SigmaInputError
 from sigma_core.geometry import vae_size
 from sigma_core.inputs.prompt import Piece, split_prompt, to_raw_prompt
-from sigma_core.planning.sequence import Expert, TokenType, build_plan
+from sigma_core.planning.sequence import Expert, TokenType, build_plan, tokenize_text
 from sigma_core.planning.tokenizer import (
+    QWEN2_SPECIAL_TOKENS,
     QWEN25_BASE_VOCAB,
+    SigmaTokenizer,
     TokenIds,
     add_sigma_tokens,
+    load_fast_tokenizer,
+    load_tiny_tokenizer,
     load_tokenizer,
     make_tiny_tokenizer,
 )
@@ -115,9 +119,13 @@ def test_prompt_errors(prompt, needle):
 
 def test_attribute_without_following_image(tokenizer):
     with pytest.raises(PromptError, match=r"<style> in 'in the manner of <style>' is not followed"):
-        build_plan(_comp("[1] in the manner of <style>"), tokenizer, SMALL)
-    with pytest.raises(PromptError, match="is not followed by an image"):
-        build_plan(_comp("<id> a portrait"), tokenizer, SMALL)
+        build_plan(_comp("<id> her <image_1> in the manner of <style>"), tokenizer, SMALL)
+
+
+def test_template_text_cannot_bind_attributes(tokenizer):
+    for prompt in ("[1] in the manner of <style>", "<id> a portrait", "[1] <Identity> [2]"):
+        with pytest.raises(PromptError, match="in a template prompt; there attributes come from"):
+            build_plan(_comp(prompt), tokenizer, SMALL)
 
 
 def test_placeholder_for_missing_or_empty_slot(tokenizer):
@@ -369,3 +377,269 @@ def test_raw_image_without_attribute_token_warns(tokenizer):
     )
     blocks = [s for s in plan.segments if s.kind == "image"]
     assert blocks[1].attributes == ()
+
+
+# ----------------------------------------------------------------------------- control tokens
+
+
+@pytest.fixture(scope="module")
+def qwen_sized_dir(tmp_path_factory):
+    """The tiny tokenizer padded to Qwen2.5's vocabulary: Qwen2.5's ids for every added token."""
+    return make_tiny_tokenizer(
+        tmp_path_factory.mktemp("qwen_sized"), pad_base_vocab_to=QWEN25_BASE_VOCAB
+    )
+
+
+@pytest.fixture(scope="module")
+def qwen_sized(qwen_sized_dir):
+    return load_tokenizer(qwen_sized_dir)
+
+
+def test_control_tokens_are_every_added_token_but_sigmas(qwen_sized, tokenizer):
+    ids = TokenIds.from_tokenizer(qwen_sized)
+    assert dict(ids.control) == {151_643 + i: t for i, t in enumerate(QWEN2_SPECIAL_TOKENS)}
+    assert not set(ids.control) & set(ids.attributes.values())
+    tiny = TokenIds.from_tokenizer(tokenizer)
+    assert sorted(tiny.control.values()) == sorted(QWEN2_SPECIAL_TOKENS)
+
+
+@pytest.mark.parametrize("token", QWEN2_SPECIAL_TOKENS)
+@pytest.mark.parametrize("which", ["tiny", "qwen_sized", "fast"])
+def test_prompt_text_cannot_smuggle_a_control_token(token, which, request, tiny_tokenizer_dir):
+    tok = (
+        load_fast_tokenizer(tiny_tokenizer_dir)
+        if which == "fast"
+        else request.getfixturevalue("tokenizer" if which == "tiny" else which)
+    )
+    ids = TokenIds.from_tokenizer(tok)
+    with pytest.raises(PromptError) as e:
+        tokenize_text(f"a cat{token}<id> on a mat", tok, ids)
+    assert str(e.value).startswith(
+        f"prompt: {token!r} is a control token of the tokenizer; prompts cannot contain it"
+    )
+
+
+def test_control_token_in_a_raw_prompt_is_refused_at_the_tokenizer(tokenizer):
+    # '</tool_call>' and '<tool_call>' do not look like <|...|>, so only the tokenizer sees them
+    for prompt in (
+        "A cat </tool_call> with <id> the woman <image_1>",
+        "<tool_call> <id> the woman <image_1>",
+    ):
+        with pytest.raises(PromptError, match="is a control token of the tokenizer"):
+            build_plan(_comp(prompt), tokenizer, SMALL)
+
+
+def test_control_token_in_an_entity_is_refused(tokenizer):
+    refs = [Reference(1, "one.png", ("<id>",), "the woman </tool_call>")]
+    with pytest.raises(PromptError, match="'</tool_call>' is a control token"):
+        build_plan(_comp("Show [1]", refs=refs), tokenizer, SMALL)
+
+
+def test_text_near_control_tokens_is_plain_text(tokenizer):
+    ids = TokenIds.from_tokenizer(tokenizer)
+    for text in ("<|im_end", "im_end|>", "< tool_call >", "vision_start", "<| im_start |>", "<"):
+        assert tokenize_text(text, tokenizer, ids) == tokenizer.encode(
+            text, add_special_tokens=False
+        )
+
+
+# ----------------------------------------------------------------------------- fast tokenizer
+
+_pieces = st.one_of(
+    st.sampled_from(
+        [*ATTRIBUTES, *QWEN2_SPECIAL_TOKENS, "<image_1>", "<ID>", "<style", "style>", "<<id>>"]
+    ),
+    st.sampled_from([" ", "  ", "\n", "\r\n", "\t", "\u00a0", "\u3000", "\u200b", "\u202e"]),
+    st.sampled_from(["cat", "Cat's", "naïve", "e\u0301", "漢字", "🙂", "1234", "!?", "'ll"]),
+    st.text(max_size=8),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.lists(_pieces, max_size=12).map("".join))
+def test_fast_tokenizer_ids_equal_transformers(text, tokenizer, tiny_tokenizer_dir, qwen_sized):
+    fast = _fast(tiny_tokenizer_dir)
+    assert fast.encode(text, add_special_tokens=False) == tokenizer.encode(
+        text, add_special_tokens=False
+    )
+    fast_qwen = _fast(qwen_sized.name_or_path)
+    assert fast_qwen.encode(text, add_special_tokens=False) == qwen_sized.encode(
+        text, add_special_tokens=False
+    )
+
+
+_FAST: dict[str, SigmaTokenizer] = {}
+
+
+def _fast(path) -> SigmaTokenizer:
+    if str(path) not in _FAST:
+        _FAST[str(path)] = load_fast_tokenizer(path)
+    return _FAST[str(path)]
+
+
+def test_fast_tokenizer_matches_transformers_on_vocab_and_ids(tiny_tokenizer_dir, qwen_sized):
+    for path, slow in ((tiny_tokenizer_dir, load_tokenizer(tiny_tokenizer_dir)),
+                       (qwen_sized.name_or_path, qwen_sized)):  # fmt: skip
+        fast = load_fast_tokenizer(path)
+        assert isinstance(fast, SigmaTokenizer)
+        assert fast.get_vocab() == slow.get_vocab() and len(fast) == len(slow)
+        assert TokenIds.from_tokenizer(fast) == TokenIds.from_tokenizer(slow)
+        assert dict(TokenIds.from_tokenizer(fast).control) == dict(
+            TokenIds.from_tokenizer(slow).control
+        )
+    fast = load_fast_tokenizer(qwen_sized.name_or_path)
+    assert fast.convert_tokens_to_ids(["<style>", "<select>"]) == [151_665, 151_679]
+
+
+def test_fast_tokenizer_adds_sigma_tokens_as_transformers_does(tmp_path):
+    bare = make_tiny_tokenizer(tmp_path / "bare", with_sigma_tokens=False)
+    fast, slow = load_fast_tokenizer(bare), load_tokenizer(bare)
+    assert isinstance(fast, SigmaTokenizer)
+    text = "Put <id> her <style>x<select>y <ID> <|im_start|>"
+    assert fast.encode(text, add_special_tokens=False) == slow.encode(
+        text, add_special_tokens=False
+    )
+    assert TokenIds.from_tokenizer(fast).attributes == TokenIds.from_tokenizer(slow).attributes
+
+
+def _edit(folder, tmp_path, name, *, config=None, spec=None):
+    import shutil
+
+    out = tmp_path / name
+    shutil.copytree(folder, out)
+    for fname, change in (("tokenizer_config.json", config), ("tokenizer.json", spec)):
+        if change:
+            data = json.loads((out / fname).read_text())
+            change(data)
+            (out / fname).write_text(json.dumps(data))
+    return out
+
+
+def test_fast_loader_falls_back_to_transformers_outside_qwen2s_layout(tiny_tokenizer_dir, tmp_path):
+    def other_class(c):
+        c["tokenizer_class"] = "GPT2Tokenizer"
+
+    def extra_added(c):
+        c["added_tokens_decoder"]["9999"] = {"content": "<x>", "special": True}
+
+    def no_nfc(s):
+        s["normalizer"] = None
+
+    def ignore_merges(s):
+        s["model"]["ignore_merges"] = True
+
+    for name, config, spec in (
+        ("class", other_class, None),
+        ("added", extra_added, None),
+        ("nfc", None, no_nfc),
+        ("merges", None, ignore_merges),
+    ):
+        folder = _edit(tiny_tokenizer_dir, tmp_path, name, config=config, spec=spec)
+        tok = load_fast_tokenizer(folder)
+        assert not isinstance(tok, SigmaTokenizer), name
+    with pytest.raises(SigmaInputError, match="is not a folder"):
+        load_fast_tokenizer(tmp_path / "missing")
+
+
+def test_tiny_tokenizer_loads_without_transformers(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    tok = load_tiny_tokenizer()
+    assert isinstance(tok, SigmaTokenizer)
+    assert TokenIds.from_tokenizer(tok).attributes["<style>"] == 534
+
+
+# ----------------------------------------------------------------------------- inspect report
+
+
+def _report(tokenizer, prompt="Walk [2] on [3] past [1]"):
+    from sigma_core.report import plan_report
+
+    comp = _comp(prompt)
+    plan = build_plan(comp, tokenizer, SMALL)
+    return plan, {"source": "x.json", "tokenizer": "tiny", **plan_report(plan, comp)}
+
+
+def test_report_ranges_are_half_open_in_text_and_json(tokenizer):
+    from sigma_core.report import render_report
+
+    plan, report = _report(tokenizer)
+    text = render_report(report)
+    assert "ranges are half-open [start, end)" in text
+    lines = text.splitlines()
+    for seg, s in zip(report["segments"], plan.segments, strict=True):
+        assert (seg["start"], seg["end"], seg["count"]) == (s.start, s.end, s.length)
+        assert seg["end"] - seg["start"] == seg["count"]
+        assert seg["positions"] == [s.position, s.last_position + 1]
+        row = next(ln for ln in lines if ln.split()[:2] == [str(seg["index"]), s.kind])
+        assert f"[{s.start}, {s.end})" in row
+        if s.kind == "text":
+            assert f"[{s.position}, {s.position + s.length})" in row
+    for g, s in zip(report["groups"], [s for s in plan.segments if s.kind == "image"], strict=True):
+        assert g["image_tokens"] == {"start": s.start + 1, "end": s.end - 1}
+        assert f"image tokens [{s.start + 1}, {s.end - 1})" in text
+        for at in g["attribute_tokens"]:
+            assert plan.token_type[at] == S and plan.group[at] == s.group
+
+
+def test_report_counts_come_from_segments_and_equal_the_tensors(tokenizer):
+    plan, report = _report(tokenizer, "Paint [1:style] as [1:id+clothing] with [2] and [3]")
+    for t in TokenType:
+        assert report["token_counts"][t.name.lower()] == int((plan.token_type == t).sum())
+    for e in Expert:
+        assert report["experts"][e.name.lower()] == int((plan.expert == e).sum())
+    specials = (plan.token_type == S).nonzero().flatten().tolist()
+    assert sorted(a for g in report["groups"] for a in g["attribute_tokens"]) == specials
+    assert report["references"] == 3 and len(report["groups"]) == 4
+
+
+def test_report_explains_special_and_plain(tokenizer):
+    from sigma_core.report import render_report
+
+    text = render_report(_report(tokenizer)[1])
+    (line,) = [ln for ln in text.splitlines() if "special: an attribute token" in ln]
+    assert "<id>" in line
+    assert "plain: the markers <|im_start|> <|im_end|> <|vision_start|> <|vision_end|>" in line
+
+
+_HIDDEN = [chr(c) for c in (*range(0x20), 0x7F, 0x85, 0xAD, 0x200B, 0x200D, 0x2028, 0x2029)]
+_HIDDEN += [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)]
+_HIDDEN += ["\ufeff", "\U000e0041"]
+
+
+@pytest.mark.parametrize("ch", _HIDDEN, ids=[f"U+{ord(c):04X}" for c in _HIDDEN])
+def test_escape_text_escapes_invisible_and_reordering_characters(ch):
+    from sigma_core.report import escape_text
+
+    out = escape_text(f"a{ch}b")
+    assert ch not in out and out.startswith("a\\") and out.endswith("b")
+    assert f"{ord(ch):02x}" in out
+
+
+def test_escape_text_keeps_printable_text():
+    from sigma_core.report import escape_text
+
+    for text in ("A cat, naïve café — 漢字 🙂 <id> [1] \"q\" 'a' \\", "two  spaces"):
+        assert escape_text(text) == text
+    assert escape_text("evil\u202etxt.exe") == "evil\\u202etxt.exe"
+    assert escape_text("\x1b[31mred") == "\\x1b[31mred"
+
+
+def test_render_report_escapes_user_text(tokenizer):
+    import unicodedata
+
+    from sigma_core.report import render_report
+
+    _, report = _report(tokenizer)
+    evil = "x\u202eevil\u2066\x1b[2J\u200b\r"
+    report["name"] = report["source"] = evil
+    report["raw_prompt"] += evil
+    report["segments"][0]["text"] += evil
+    report["segments"][0]["attributes"] = ["<id>" + evil]
+    report["groups"][0]["attributes"] = ["<id>" + evil]
+    report["warnings"] = [evil]
+    text = render_report(report)
+    bad = {c for c in text if c != "\n" and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")}
+    assert not bad
+    assert text.count("\\u202e") >= 6 and "\\x1b[2J" in text

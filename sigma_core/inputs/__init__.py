@@ -9,7 +9,8 @@ from sigma_core.inputs.attributes import (
     normalize_attribute,
 )
 from sigma_core.inputs.composition import PROJECT_ASSETS, Composition, Reference
-from sigma_core.inputs.images import ImageLimits, load_image, vae_resize
+from sigma_core.inputs.images import ImageLimits, embeddable_bytes, load_image, vae_resize
+from sigma_core.inputs.outfile import check_output_path
 from sigma_core.inputs.preset import (
     PRESET_FORMAT,
     PRESET_VERSION,
@@ -17,6 +18,7 @@ from sigma_core.inputs.preset import (
     load_composition,
     load_preset,
     loads_preset,
+    parse_json,
     read_png_composition,
     save_preset,
     write_png,
@@ -38,13 +40,16 @@ __all__ = [
     "ImageLimits",
     "Reference",
     "Settings",
+    "check_output_path",
     "dumps_preset",
+    "embeddable_bytes",
     "find_attribute_tokens",
     "load_composition",
     "load_image",
     "load_preset",
     "loads_preset",
     "normalize_attribute",
+    "parse_json",
     "read_png_composition",
     "save_preset",
     "split_prompt",

@@ -25,8 +25,17 @@ from sigma_core.inputs.images import (
     load_image,
     read_image_bytes,
 )
-from sigma_core.inputs.prompt import placed_slots
+from sigma_core.inputs.prompt import check_entity, placed_slots
 from sigma_core.inputs.settings import Settings
+from sigma_core.limits import (
+    MAX_ASPECT,
+    MAX_ENTITY_CHARS,
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    MAX_PLACEMENTS,
+    MAX_PROMPT_CHARS,
+    MAX_REFERENCES,
+)
 
 PROJECT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -59,6 +68,9 @@ class Reference:
             raise PresetError(f"reference slot {self.slot!r} must be an integer >= 1")
         if isinstance(self.crop, list):
             object.__setattr__(self, "crop", tuple(self.crop))
+        name = f"references[slot {self.slot}].entity"
+        _check_text(self.entity, name, MAX_ENTITY_CHARS)
+        check_entity(self.entity, name)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,18 @@ class Composition:
     def __post_init__(self) -> None:
         object.__setattr__(self, "references", tuple(self.references))
         object.__setattr__(self, "asset_dirs", tuple(self.asset_dirs))
+        _check_text(self.prompt, "prompt", MAX_PROMPT_CHARS)
+        _check_text(self.name, "name", MAX_NAME_CHARS)
+        if len(self.references) > MAX_REFERENCES:
+            raise PresetError(
+                f"references: {len(self.references)} slots, over the limit of {MAX_REFERENCES}"
+            )
+        placements = len(placed_slots(self.prompt))
+        if placements > MAX_PLACEMENTS:
+            raise PresetError(
+                f"prompt: places images {placements} times, over the limit of {MAX_PLACEMENTS}; "
+                "each placement adds a whole image block to the sequence"
+            )
         slots = [r.slot for r in self.references]
         dupes = sorted({s for s in slots if slots.count(s) > 1})
         if dupes:
@@ -108,7 +132,14 @@ class Composition:
             src = read_image_bytes(
                 self.resolve_path(src, field_name=name), limits=limits, name=name
             )
-        return load_image(src, limits=limits, crop=ref.crop, name=name)
+        image = load_image(src, limits=limits, crop=ref.crop, name=name)
+        w, h = image.size
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            raise ImageInputError(
+                f"{name}: {w}x{h} is more than {MAX_ASPECT}:1 (long side to short side), which "
+                "the model's position table cannot hold; crop it closer to square"
+            )
+        return image
 
     def load_images(self, *, limits: ImageLimits = DEFAULT_LIMITS) -> dict[int, Image.Image]:
         """The images of the slots the prompt places, by slot, each read once."""
@@ -144,6 +175,16 @@ def resolve_image_path(rel: str, roots: Sequence[Path], *, field_name: str = "im
     and symlinks that lead outside, before anything is read."""
     if not rel or not isinstance(rel, str):
         raise PresetError(f"{field_name}: expected a relative path or a data URI")
+    if len(rel) > MAX_PATH_CHARS:
+        raise PresetError(
+            f"{field_name}: the path is {len(rel):,} characters long, over the limit of "
+            f"{MAX_PATH_CHARS:,}"
+        )
+    if any(ord(c) < 32 or c == "\x7f" for c in rel):
+        raise PresetError(
+            f"{field_name}: {rel!r} contains a control character (a NUL byte, a newline ...); "
+            "no image file is named like that"
+        )
     if "\\" in rel:
         raise PresetError(f"{field_name}: {rel!r} uses backslashes; write paths with '/'")
     pure = PurePosixPath(rel)
@@ -160,14 +201,17 @@ def resolve_image_path(rel: str, roots: Sequence[Path], *, field_name: str = "im
     looked = []
     for root in roots:
         root_real = root.resolve()
-        candidate = root_real / pure
-        real = candidate.resolve()
+        try:
+            real = (root_real / pure).resolve()
+            found = real.is_relative_to(root_real) and real.is_file()
+        except OSError as e:  # a name too long for the file system, a loop of links ...
+            raise PresetError(f"{field_name}: {rel!r} cannot be opened ({e.strerror})") from None
         if not real.is_relative_to(root_real):
             raise PresetError(
                 f"{field_name}: {rel!r} is a link that leads outside {root_real}; "
                 "copy the image into the folder instead"
             )
-        if real.is_file():
+        if found:
             return real
         looked.append(str(root_real))
     raise PresetError(
@@ -179,3 +223,10 @@ def _normalize_attributes(attrs: Any) -> tuple[str, ...]:
     if isinstance(attrs, str):
         attrs = (attrs,)
     return tuple(dict.fromkeys(normalize_attribute(a) for a in attrs))
+
+
+def _check_text(value: Any, field_name: str, limit: int) -> None:
+    if not isinstance(value, str):
+        raise PresetError(f"{field_name}: expected a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise PresetError(f"{field_name}: {len(value):,} characters, over the limit of {limit:,}")

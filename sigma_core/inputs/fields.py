@@ -39,6 +39,15 @@ def is_number(v: Any) -> bool:
         return False
 
 
+def shown(v: Any, width: int = 60) -> str:
+    """A value as a message quotes it: its repr, shortened. Huge integers are described, not
+    printed (their repr is slow and, past 4,300 digits, an error)."""
+    if is_int(v) and abs(v).bit_length() > 100:
+        return f"an integer of about {int(abs(v).bit_length() * 0.30103)} digits"
+    text = repr(v)
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
 def is_pair(v: Any, types: type | tuple[type, ...]) -> bool:
     """A 2-item list or tuple of ``types`` (bools excluded)."""
     return (

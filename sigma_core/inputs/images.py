@@ -51,18 +51,20 @@ _DATA_URI_MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 # 16/32-bit single-channel modes, all read as 16-bit grey (0..65535); see to_rgb.
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_PNG_MODES = frozenset({"1", "L", "P", "RGB"})  # stored by PNG as they are, when opaque
 
 _MB = 1024 * 1024
 
 
-def _size_text(n: int) -> str:
-    """Byte counts in MB, or in bytes when MB would round to nothing."""
+def size_text(n: int) -> str:
+    """Byte counts in MB, or in bytes when MB would round to nothing (so every limit message,
+    here and in the PNG and preset readers, shows sizes the same way)."""
     return f"{n / _MB:.1f} MB" if n >= _MB // 10 else f"{n:,} bytes"
 
 
 def _too_many_bytes(name: str, what: str, size: int, limits: ImageLimits) -> ImageInputError:
     return ImageInputError(
-        f"{name}: {what} is {_size_text(size)}, over the limit of {_size_text(limits.max_bytes)}"
+        f"{name}: {what} is {size_text(size)}, over the limit of {size_text(limits.max_bytes)}"
     )
 
 
@@ -237,7 +239,9 @@ def _has_alpha(img: Image.Image) -> bool:
     )
 
 
-def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+def _storable(img: Image.Image, name: str) -> Image.Image:
+    """The image in a mode PNG stores losslessly and :func:`to_rgb` reads the same way: 1, L, P
+    and RGB stay as they are (compact); transparency becomes RGBA; anything else 8-bit RGB."""
     if img.mode in _WIDE_GREY_MODES:
         # 16-bit grey keeps its top byte (65535 -> 255, 32768 -> 128); 'I' and 'F' are read the
         # same way, since PIL gives those modes to 16-bit sources: values outside 0..65535 clip.
@@ -245,18 +249,24 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
         if wide.dtype.kind == "f":
             wide = np.nan_to_num(wide)
         img = Image.fromarray((np.clip(wide, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8))
+    if not _has_alpha(img) and img.mode in _PNG_MODES:
+        return img
     try:
-        if _has_alpha(img):
-            # As BAGEL's pil_img2rgb: composite on white, with alpha as the paste mask.
-            rgba = img.convert("RGBA")
-            white = Image.new("RGB", rgba.size, (255, 255, 255))
-            white.paste(rgba, mask=rgba.getchannel("A"))
-            return white
-        return img.convert("RGB")
+        return img.convert("RGBA" if _has_alpha(img) else "RGB")
     except ValueError as exc:
         raise ImageInputError(
             f"{name}: cannot convert image mode {img.mode} to RGB ({exc})"
         ) from None
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    img = _storable(img, name)
+    if img.mode != "RGBA":
+        return img.convert("RGB")
+    # As BAGEL's pil_img2rgb: composite on white, with alpha as the paste mask.
+    white = Image.new("RGB", img.size, (255, 255, 255))
+    white.paste(img, mask=img.getchannel("A"))
+    return white
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -304,31 +314,61 @@ def load_image(
     ``source`` is a data URI or file path (str), a path, encoded bytes, a PIL image or a numpy
     array. EXIF orientation is applied first, so ``crop`` is in pixels of the upright image.
     """
+    img = _to_rgb(_upright(_read_source(source, limits, name), limits, name), name)
+    if crop is not None:
+        img = crop_image(img, crop, name=f"{name} crop")
+    return img
+
+
+def embeddable_bytes(
+    source: ImageSource, *, limits: ImageLimits = DEFAULT_LIMITS, name: str = "image"
+) -> bytes:
+    """The bytes to embed for ``source`` in a preset or PNG (data URIs take PNG, JPEG or WebP).
+
+    PNG, JPEG and WebP files and bytes are embedded as they are. Anything else (GIF, BMP, TIFF,
+    a PIL image, an array) is re-encoded as lossless PNG: upright, since a stored crop is in
+    pixels after EXIF orientation, and with its transparency, so it loads back to the same RGB.
+    """
+    data = _read_source(source, limits, name)
+    if isinstance(data, bytes) and image_format(data) is not None:
+        return data
+    buf = io.BytesIO()
+    _storable(_upright(data, limits, name), name).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _read_source(
+    source: ImageSource, limits: ImageLimits, name: str
+) -> bytes | Image.Image | np.ndarray:
+    """Data URIs and files as their encoded bytes (checked, not decoded); other sources as is."""
+    if isinstance(source, str) and is_data_uri(source):
+        return _decode_data_uri(source, limits, name)
+    if isinstance(source, str | os.PathLike):
+        return _read_file(source, limits, name)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    return source
+
+
+def _upright(
+    source: bytes | Image.Image | np.ndarray, limits: ImageLimits, name: str
+) -> Image.Image:
+    """Decode (limits checked first) and apply the EXIF orientation."""
     if isinstance(source, Image.Image):
         img = _decode(source, limits, name)
     elif isinstance(source, np.ndarray):
         img = _from_array(source, limits, name)
-    elif isinstance(source, bytes | bytearray | memoryview):
-        img = _decode(_open_bytes(bytes(source), limits, name), limits, name)
-    elif isinstance(source, str) and is_data_uri(source):
-        data = _decode_data_uri(source, limits, name)
-        img = _decode(_open_bytes(data, limits, name), limits, name)
-    elif isinstance(source, str | os.PathLike):
-        data = _read_file(source, limits, name)
-        img = _decode(_open_bytes(data, limits, name), limits, name)
+    elif isinstance(source, bytes):
+        img = _decode(_open_bytes(source, limits, name), limits, name)
     else:
         raise ImageInputError(
             f"{name}: unsupported image source of type {type(source).__name__}; expected a file "
             "path, a data URI, bytes, a PIL image or a numpy array"
         )
     try:
-        img = ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(img)
     except Exception as exc:
         raise ImageInputError(f"{name}: image has unreadable EXIF data ({exc})") from None
-    img = _to_rgb(img, name)
-    if crop is not None:
-        img = crop_image(img, crop, name=f"{name} crop")
-    return img
 
 
 def vae_resize(img: Image.Image) -> Image.Image:

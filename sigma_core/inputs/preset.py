@@ -7,8 +7,8 @@ is canonical (save, load, save gives the same bytes). Older versions are migrate
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -18,17 +18,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sigma_core.errors import PresetError
+from sigma_core.errors import ImageInputError, PresetError
 from sigma_core.inputs.attributes import UnknownAttributeError, normalize_attribute
 from sigma_core.inputs.composition import PROJECT_ASSETS, Composition, Reference
 from sigma_core.inputs.fields import Problems, check_keys, is_int, kind_of
-from sigma_core.inputs.images import encode_data_uri, is_data_uri, read_image_bytes
+from sigma_core.inputs.images import embeddable_bytes, encode_data_uri, is_data_uri, size_text
+from sigma_core.inputs.outfile import write_atomic
 from sigma_core.inputs.png import find_png_text, save_png_with_text
 from sigma_core.inputs.settings import Settings
+from sigma_core.limits import MAX_COMPOSITION_BYTES, MAX_JSON_DEPTH
 
 PRESET_FORMAT = "sigma-studio/preset"
 PRESET_VERSION = 1
-MAX_PRESET_BYTES = 200 * 2**20
 PNG_METADATA_KEY = "sigma-studio"
 PNG_NOTICE_KEY = "sigma-studio-notice"
 
@@ -70,43 +71,49 @@ def dumps_preset(composition: Composition, *, embed_images: bool = False) -> str
 
 
 def save_preset(
-    composition: Composition, path: str | os.PathLike, *, embed_images: bool = False
+    composition: Composition,
+    path: str | os.PathLike,
+    *,
+    embed_images: bool = False,
+    max_bytes: int = MAX_COMPOSITION_BYTES,
 ) -> Path:
-    """Write a preset. Without embedding, image paths are rewritten relative to the new folder
-    (or to assets/), so the preset still loads after it moves; an image outside both is an error."""
+    """Write a preset, atomically: a failed save never destroys the previous preset.
+
+    Without embedding, image paths are rewritten relative to the new folder (or to assets/), so
+    the preset still loads after it moves; an image outside both is an error. A preset over
+    ``max_bytes`` is refused, since loading it would be.
+    """
     path = Path(path)
     comp = composition
     if not embed_images:
         comp = _rebase(composition, path.resolve().parent)
-    text = dumps_preset(comp, embed_images=embed_images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # atomic: a failed save never destroys the previous preset
-    return path
+    data = dumps_preset(comp, embed_images=embed_images).encode("utf-8")
+    if len(data) > max_bytes:
+        raise PresetError(
+            f"{path}: the preset would be {size_text(len(data))}, larger than the "
+            f"{size_text(max_bytes)} limit; embed fewer or smaller images"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PresetError(f"{path}: cannot create its folder ({e.strerror or e})") from None
+    return write_atomic(path, lambda f: f.write(data), overwrite=True)
 
 
 def _image_field(comp: Composition, ref: Reference, embed: bool) -> str | None:
     src, name = ref.image, f"references[slot {ref.slot}].image"
     if src is None:
         return None
-    if isinstance(src, str):
-        if is_data_uri(src) or not embed:
-            return src
-        return encode_data_uri(read_image_bytes(comp.resolve_path(src, field_name=name)))
+    if isinstance(src, str) and (is_data_uri(src) or not embed):
+        return src
     if not embed:
         raise PresetError(
             f"{name}: this image has no file in the preset's folder or assets/; "
             "save with embedded images"
         )
-    if isinstance(src, bytes):
-        return encode_data_uri(src)
-    if isinstance(src, os.PathLike):
-        return encode_data_uri(read_image_bytes(src))
-    img = src if isinstance(src, Image.Image) else Image.fromarray(np.asarray(src))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return encode_data_uri(buf.getvalue())
+    if isinstance(src, str):
+        src = comp.resolve_path(src, field_name=name)
+    return encode_data_uri(embeddable_bytes(src, name=name))
 
 
 def _rebase(comp: Composition, new_dir: Path) -> Composition:
@@ -182,6 +189,75 @@ def preset_from_dict(
     return comp
 
 
+def parse_json(text: str, where: str) -> Any:
+    """JSON from a stranger, parsed only when it is safe to: nesting is measured first (deep
+    nesting overflows Python's stack inside ``json.loads``), and numbers are strict (no NaN or
+    Infinity, no integer too long for Python to convert). ``where`` prefixes the messages."""
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise PresetError(
+            f"{where}: objects and lists are nested {depth} levels deep, over the limit of "
+            f"{MAX_JSON_DEPTH} levels (a preset needs 4)"
+        )
+    try:
+        return json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_whole_int
+        )
+    except json.JSONDecodeError as e:
+        raise PresetError(
+            f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+    except PresetError as e:
+        raise PresetError(f"{where}: {e}") from None
+
+
+# Bytes that are not a quote or a bracket, which nesting does not depend on.
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_OPENERS, _CLOSERS = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+_MARK_CHUNK = 2**20  # marks per step: a file of brackets is measured in little memory
+
+
+def json_depth(text: str) -> int:
+    """How deep objects and lists nest in JSON text, in linear time, without parsing it.
+
+    Escaped backslashes and quotes are dropped first; then every quote left opens or closes a
+    string, and the brackets that count are those outside strings.
+    """
+    escapes_gone = text.replace("\\\\", "").replace('\\"', "")
+    marks = escapes_gone.encode("utf-8", "surrogatepass").translate(None, _NOT_MARKS)
+    codes = np.frombuffer(marks, np.uint8)
+    quotes = depth = deepest = 0
+    for start in range(0, len(codes), _MARK_CHUNK):
+        chunk = codes[start : start + _MARK_CHUNK]
+        quote_count = quotes + np.cumsum(chunk == ord('"'))
+        step = np.isin(chunk, _OPENERS).astype(np.int64) - np.isin(chunk, _CLOSERS)
+        step[quote_count % 2 == 1] = 0  # inside a string
+        levels = depth + np.cumsum(step)
+        deepest = max(deepest, int(levels.max()))
+        quotes, depth = int(quote_count[-1]), int(levels[-1])
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise PresetError(f"{name} is not a number a preset accepts; write a finite number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise PresetError(f"the number {literal[:40]} is too large (it reads as infinity)")
+    return value
+
+
+def _whole_int(digits: str) -> int:
+    try:
+        return int(digits)
+    except ValueError:  # Python refuses to convert very long digit strings (quadratic time)
+        raise PresetError(
+            f"an integer of {len(digits.lstrip('-'))} digits is too long to read"
+        ) from None
+
+
 def loads_preset(
     text: str,
     *,
@@ -191,12 +267,7 @@ def loads_preset(
     where: str = "preset",
 ) -> Composition:
     """A composition from preset JSON text; ``where`` (a file name) prefixes the messages."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PresetError(
-            f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-        ) from None
+    data = parse_json(text, where)
     try:
         return preset_from_dict(
             data, base_dir=base_dir, asset_dirs=asset_dirs, check_images=check_images
@@ -222,9 +293,9 @@ def load_preset(
         raise PresetError(f"{where}: cannot read the preset ({e.strerror})") from None
     if not path.is_file():
         raise PresetError(f"{where}: not a file")
-    if size > MAX_PRESET_BYTES:
+    if size > MAX_COMPOSITION_BYTES:
         raise PresetError(
-            f"{where}: {size / 2**20:.1f} MB is larger than the {MAX_PRESET_BYTES >> 20} MB "
+            f"{where}: {size_text(size)} is larger than the {size_text(MAX_COMPOSITION_BYTES)} "
             "preset limit"
         )
     try:
@@ -348,31 +419,82 @@ def write_png(
     *,
     embed_images: bool = True,
     notice: str | None = None,
+    overwrite: bool = False,
+    max_bytes: int = MAX_COMPOSITION_BYTES,
+    warnings: list[str] | None = None,
 ) -> Path:
-    """Save ``image`` as PNG with the composition in a compressed iTXt chunk.
+    """Save ``image`` as PNG with the composition in a compressed iTXt chunk; returns the path
+    written (see :func:`~sigma_core.inputs.outfile.write_atomic`: an existing file is kept and
+    the image goes to ``stem-2.png`` unless ``overwrite``).
 
-    References are embedded by default so the PNG alone restores the whole composition.
-    ``notice`` (e.g. that a preview engine made the image) goes in a readable text chunk.
+    Only the references the prompt places are stored: the PNG records what the image was made
+    from, and a file named in an unused slot is never copied into it. They are embedded by
+    default, so the PNG alone restores the composition. When the images cannot be embedded (the
+    result would be over ``max_bytes``, which the reader refuses, or a file is gone), the
+    composition is stored without them rather than losing the image. Such notes are appended to
+    ``warnings``. ``notice`` (e.g. that a preview engine made the image) goes in a readable text
+    chunk.
     """
-    texts = {PNG_METADATA_KEY: dumps_preset(composition, embed_images=embed_images)}
+    placed = set(composition.referenced_slots())
+    comp = replace(
+        composition, references=tuple(r for r in composition.references if r.slot in placed)
+    )
+    notes = warnings if warnings is not None else []
+    text = _stored_text(comp, embed_images, max_bytes, notes)
+    texts = {PNG_METADATA_KEY: text}
     if notice:
         texts[PNG_NOTICE_KEY] = notice
-    return save_png_with_text(image, path, texts, compressed={PNG_METADATA_KEY})
+    written = save_png_with_text(
+        image, path, texts, compressed={PNG_METADATA_KEY}, overwrite=overwrite
+    )
+    if written != Path(path):
+        notes.append(
+            f"{path} appeared while the image was made; it is kept, and the image "
+            f"was saved as {written}"
+        )
+    return written
+
+
+def _stored_text(comp: Composition, embed: bool, max_bytes: int, notes: list[str]) -> str:
+    """The composition's JSON for a PNG, within ``max_bytes``: without its images if need be."""
+    try:
+        text = dumps_preset(comp, embed_images=embed)
+        size = len(text.encode("utf-8"))
+        if size <= max_bytes:
+            return text
+        reason = (
+            f"{size_text(size)} is over the {size_text(max_bytes)} limit for a PNG's composition"
+        )
+    except (ImageInputError, PresetError) as e:
+        reason = str(e)
+    bare = replace(comp, references=tuple(replace(r, image=None) for r in comp.references))
+    text = dumps_preset(bare)
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise PresetError(
+            f"the composition is {size_text(size)} even without its images, over the "
+            f"{size_text(max_bytes)} limit for a PNG's composition"
+        )
+    notes.append(
+        f"the references are not embedded: {reason}; the PNG keeps the prompt and settings, "
+        "keep the reference images to reproduce it"
+    )
+    return text
 
 
 def read_png_composition(
-    path: str | os.PathLike, *, asset_dirs: Sequence[Path] | None = None
+    path: str | os.PathLike,
+    *,
+    asset_dirs: Sequence[Path] | None = None,
+    max_bytes: int = MAX_COMPOSITION_BYTES,
 ) -> Composition:
     """The composition stored by :func:`write_png`, read without decoding pixels."""
     path = Path(path)
-    text = find_png_text(path, PNG_METADATA_KEY)
+    text = find_png_text(path, PNG_METADATA_KEY, max_bytes=max_bytes)
     if text is None:
         raise PresetError(
             f"{path}: this PNG holds no SIGMA Studio composition (only images saved by SIGMA "
             "Studio carry one)"
         )
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PresetError(f"{path}: the stored composition is malformed JSON ({e.msg})") from None
+    data = parse_json(text, f"{path} (stored composition)")
     return preset_from_dict(data, base_dir=path.resolve().parent, asset_dirs=asset_dirs)

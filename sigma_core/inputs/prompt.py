@@ -28,6 +28,7 @@ IMAGE_PLACEHOLDER = re.compile(r"<image(?:[_\s]+)(\d+)>")
 SLOT_REFERENCE = re.compile(r"\[(\d+)(?::([^\]]*))?\]")
 _LOOSE_PLACEHOLDER = re.compile(r"<\s*image[^>]{0,8}>", re.IGNORECASE)
 _ANGLE_WORD = re.compile(r"<([A-Za-z][A-Za-z_ ]{0,30})>")
+CONTROL_TOKEN = re.compile(r"<\|[^<>|]{0,40}\|>")  # Qwen2's <|im_end|>, <|vision_start|> ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,55 @@ def is_raw(prompt: str) -> bool:
     return IMAGE_PLACEHOLDER.search(prompt) is not None
 
 
+def _is_attribute_word(word: str) -> bool:
+    try:
+        normalize_attribute(word)
+    except UnknownAttributeError:
+        return False
+    return True
+
+
+def markup_in(text: str) -> list[str]:
+    """What in ``text`` the sequence would read as structure rather than words: image
+    placeholders, slot references, attribute tokens (aliases too) and tokenizer control tokens."""
+    found = [m.group(0) for p in (IMAGE_PLACEHOLDER, SLOT_REFERENCE) for m in p.finditer(text)]
+    found += [m.group(0) for m in _ANGLE_WORD.finditer(text) if _is_attribute_word(m.group(0))]
+    return found + [m.group(0) for m in CONTROL_TOKEN.finditer(text)]
+
+
+def check_entity(entity: str, field_name: str) -> None:
+    """An entity phrase is plain words between a slot's attributes and its image: it cannot
+    place an image, bind an attribute or smuggle a control token into the sequence."""
+    found = markup_in(entity)
+    if found:
+        raise PromptError(
+            f"{field_name}: {', '.join(map(repr, dict.fromkeys(found)))} in the entity phrase "
+            "would be read as part of the sequence, not as words (it could bind this slot's "
+            "attributes to another image); an entity is plain text such as 'woman with brown hair'"
+        )
+
+
+def _check_prompt_text(prompt: str, template: bool) -> None:
+    """Control tokens never; in a template, attribute tokens only through the slots."""
+    control = CONTROL_TOKEN.search(prompt)
+    if control:
+        raise PromptError(
+            f"prompt: {control.group(0)!r} is a control token of the tokenizer; prompts cannot "
+            "contain it (it would be read as a sequence marker, not as text)"
+        )
+    if not template:
+        return
+    body = SLOT_REFERENCE.sub(" ", prompt)
+    attr = next((m for m in _ANGLE_WORD.finditer(body) if _is_attribute_word(m.group(0))), None)
+    if attr:
+        name = normalize_attribute(attr.group(0)).strip("<>")
+        raise PromptError(
+            f"prompt: {attr.group(0)!r} in a template prompt; there attributes come from the "
+            f"slots, so write [k:{name}] for the slot k it belongs to (or write the whole prompt "
+            "in raw SIGMA syntax with <image_k> placeholders)"
+        )
+
+
 def to_raw_prompt(composition: Composition) -> tuple[str, list[str]]:
     """The prompt in raw SIGMA syntax, and warnings. Template prompts ([k]) are expanded to
     SIGMA's triple ``<attr...> phrase <image_k>``; raw prompts are checked and aliases
@@ -61,6 +111,7 @@ def to_raw_prompt(composition: Composition) -> tuple[str, list[str]]:
         raise PromptError(
             "prompt: mixes [k] slot references with <image_k> placeholders; use one syntax"
         )
+    _check_prompt_text(prompt, template=not has_raw)
     warnings: list[str] = []
     if not has_raw:
         prompt = _expand_template(prompt, composition)

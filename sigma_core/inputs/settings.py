@@ -20,11 +20,19 @@ from sigma_core.inputs.fields import (
     is_number,
     is_pair,
     kind_of,
+    shown,
+)
+from sigma_core.limits import (
+    MAX_CFG_SCALE,
+    MAX_SEED,
+    MAX_SHIFT,
+    MAX_TIMESTEPS,
+    MIN_SHIFT,
+    MIN_TIMESTEPS,
 )
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 FOLLOW_LAST_REFERENCE = "last-reference"
-MAX_SEED = 2**63  # seeds are 0 <= seed < 2^63, what torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -117,39 +125,43 @@ def _check_size(s: Settings) -> list[str]:
 
 
 def _check_steps(s: Settings) -> list[str]:
-    if not is_int(s.num_timesteps) or s.num_timesteps < 2:
-        return [f"num_timesteps: {s.num_timesteps!r} must be an integer >= 2"]
+    if not is_int(s.num_timesteps) or not MIN_TIMESTEPS <= s.num_timesteps <= MAX_TIMESTEPS:
+        return [
+            f"num_timesteps: {shown(s.num_timesteps)} must be an integer from {MIN_TIMESTEPS} "
+            f"to {MAX_TIMESTEPS}"
+        ]
     return []
 
 
 def _check_scales(s: Settings) -> list[str]:
-    out = [
-        f"{name}: {getattr(s, name)!r} must be a number >= 0"
-        for name in ("cfg_text_scale", "cfg_img_scale", "cfg_renorm_min")
-        if not is_number(getattr(s, name)) or getattr(s, name) < 0
+    bounds = {"cfg_text_scale": MAX_CFG_SCALE, "cfg_img_scale": MAX_CFG_SCALE, "cfg_renorm_min": 1}
+    return [
+        f"{name}: {shown(getattr(s, name))} must be a number from 0 to {top}"
+        for name, top in bounds.items()
+        if not is_number(getattr(s, name)) or not 0 <= getattr(s, name) <= top
     ]
-    if is_number(s.cfg_renorm_min) and s.cfg_renorm_min > 1:
-        out.append(f"cfg_renorm_min: {s.cfg_renorm_min!r} must be <= 1")
-    return out
 
 
 def _check_interval(s: Settings) -> list[str]:
     iv = s.cfg_interval
     if not is_pair(iv, (int, float)) or not all(map(is_number, iv)) or not 0 <= iv[0] <= iv[1] <= 1:
-        return [f"cfg_interval: {iv!r} must be [start, end] with 0 <= start <= end <= 1"]
+        return [f"cfg_interval: {shown(iv)} must be [start, end] with 0 <= start <= end <= 1"]
     return []
 
 
 def _check_shift(s: Settings) -> list[str]:
-    if not is_number(s.timestep_shift) or s.timestep_shift <= 0:
-        return [f"timestep_shift: {s.timestep_shift!r} must be a number > 0"]
+    if not is_number(s.timestep_shift) or not MIN_SHIFT <= s.timestep_shift <= MAX_SHIFT:
+        return [
+            f"timestep_shift: {shown(s.timestep_shift)} must be a number from {MIN_SHIFT} "
+            f"to {MAX_SHIFT}"
+        ]
     return []
 
 
 def _check_renorm_type(s: Settings) -> list[str]:
     if s.cfg_renorm_type not in RENORM_TYPES:
         return [
-            f"cfg_renorm_type: {s.cfg_renorm_type!r} is not one of {', '.join(RENORM_TYPES)}"
+            f"cfg_renorm_type: {shown(s.cfg_renorm_type)} is not one of {', '.join(RENORM_TYPES)}"
             + did_you_mean(s.cfg_renorm_type, RENORM_TYPES)
         ]
     return []
@@ -157,13 +169,13 @@ def _check_renorm_type(s: Settings) -> list[str]:
 
 def _check_seed(s: Settings) -> list[str]:
     if s.seed is not None and (not is_int(s.seed) or not 0 <= s.seed < MAX_SEED):
-        return [f"seed: {s.seed!r} must be null (random) or 0 <= seed < 2^63"]
+        return [f"seed: {shown(s.seed)} must be null (random) or 0 <= seed < 2^63"]
     return []
 
 
 def _check_flags(s: Settings) -> list[str]:
     return [
-        f"{name}: {getattr(s, name)!r} must be true or false"
+        f"{name}: {shown(getattr(s, name))} must be true or false"
         for name in ("mask", "attribute_projection")
         if not isinstance(getattr(s, name), bool)
     ]

@@ -38,12 +38,20 @@ class LLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "llm_config.json") -> LLMConfig:
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: expected a JSON object")
         names = {f.name for f in fields(cls)} - {"qk_norm"}
         required = {f.name for f in fields(cls) if f.default is MISSING}
         missing = sorted(required - data.keys())
         if missing:
             raise CheckpointError(f"{source}: missing {', '.join(missing)}")
+        for name in names & data.keys():
+            _check_value(name, data[name], source)
         cfg = cls(**{k: data[k] for k in names if k in data})
+        if cfg.head_dim % 2:
+            raise CheckpointError(
+                f"{source}: the head size {cfg.head_dim} is odd (rope needs even)"
+            )
         if cfg.hidden_size % cfg.num_attention_heads:
             raise CheckpointError(f"{source}: hidden_size is not a multiple of the head count")
         if cfg.num_attention_heads % cfg.num_key_value_heads:
@@ -78,3 +86,17 @@ class LLMConfig:
             "rope_scaling": None,
             "torch_dtype": "bfloat16",
         }
+
+
+def _check_value(name: str, value: Any, source: str) -> None:
+    """Sizes are positive integers, eps and theta positive finite numbers: a config that says
+    otherwise is refused before a model is built from it."""
+    if name == "hidden_act":
+        ok = isinstance(value, str)
+    elif name in ("rms_norm_eps", "rope_theta"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and 0 < value < float("inf")
+    else:
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
+    if not ok:
+        raise CheckpointError(f"{source}: {name} = {value!r:.40} is not a valid value")

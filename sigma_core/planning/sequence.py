@@ -5,6 +5,10 @@ order the prompt places them, then the generated (noise) image block. The plan r
 every token, its type, group, BAGEL position id and expert, which is all the mask and the engine
 need. Splitting and packing follow SIGMA's training code exactly (``change_format``), so token ids
 match the official implementation.
+
+The plan is compact: its segments carry their token ids (text) and sizes (blocks), and the
+per-token tensors are built from them on first use. Planning, and this module, do not import
+torch; the tensors do.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import torch
+import numpy as np
 
 from sigma_core.errors import PromptError
 from sigma_core.geometry import DEFAULT_OUTPUT_SIZE, latent_grid, vae_size
@@ -22,7 +27,11 @@ from sigma_core.inputs.attributes import find_attribute_tokens
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.prompt import Piece, is_raw, require_slot, split_prompt, to_raw_prompt
 from sigma_core.inputs.settings import Settings
+from sigma_core.limits import MAX_PLAN_TOKENS, MAX_POSITIONS
 from sigma_core.planning.tokenizer import TokenIds
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TokenType(IntEnum):
@@ -45,7 +54,12 @@ class Expert(IntEnum):
 @dataclass(frozen=True)
 class Segment:
     """A contiguous run of tokens: a packed text piece, a reference image block or the noise
-    block. Image and noise blocks include their two vision markers."""
+    block. Image and noise blocks include their two vision markers.
+
+    A segment holds all that its per-token data follows from: a text segment its token ids
+    (``<|im_start|> ... <|im_end|>``), the offsets of its attribute tokens and the group they
+    bind to; a block its two marker ids, grid and group.
+    """
 
     kind: Literal["text", "image", "noise"]
     start: int
@@ -53,26 +67,30 @@ class Segment:
     position: int  # rope position of the first token (shared by a whole image block)
     text: str = ""
     slot: int | None = None
-    group: int = -1  # reference occurrence, for image blocks
+    group: int = -1  # image blocks: the reference occurrence; text: its attribute tokens' group
     attributes: tuple[str, ...] = ()  # attribute tokens bound to this image block
     size: tuple[int, int] | None = None  # (width, height) after BAGEL's VAE resize
     grid: tuple[int, int] | None = None  # (rows, cols) of latent tokens
+    # text: every token id, markers included; blocks: the ids of the two vision markers
+    token_ids: tuple[int, ...] = field(default=(), repr=False)
+    attribute_offsets: tuple[int, ...] = ()  # text: where its attribute tokens are, from start
 
     @property
     def end(self) -> int:
         return self.start + self.length
 
+    @property
+    def last_position(self) -> int:
+        """The rope position of the segment's last token."""
+        return self.position + (self.length - 1 if self.kind == "text" else 0)
+
 
 @dataclass(frozen=True)
 class Plan:
-    """The interleaved sequence: segments plus per-token tensors of length L."""
+    """The interleaved sequence: segments, and per-token tensors of length L built from them
+    on first use (``token_ids``, ``token_type``, ``group``, ``position_ids``, ``expert``)."""
 
     segments: list[Segment]
-    token_ids: torch.Tensor  # int64 [L]; -1 for latent tokens
-    token_type: torch.Tensor  # int8 [L]; TokenType
-    group: torch.Tensor  # int32 [L]; -1 for tokens outside any group
-    position_ids: torch.Tensor  # int64 [L]
-    expert: torch.Tensor  # int8 [L]; Expert
     output_size: tuple[int, int]  # (width, height) of the generated image
     mask: bool = True  # whether SIGMA's intra-group mask applies
     raw_prompt: str = ""
@@ -80,27 +98,125 @@ class Plan:
 
     @property
     def length(self) -> int:
-        return int(self.token_ids.shape[0])
+        return self.segments[-1].end if self.segments else 0
 
     @property
     def num_groups(self) -> int:
+        """Image placements (groups); a slot placed twice counts twice."""
         return sum(1 for s in self.segments if s.kind == "image")
+
+    @property
+    def num_references(self) -> int:
+        """Distinct reference slots placed; a slot placed twice counts once."""
+        return len({s.slot for s in self.segments if s.kind == "image"})
+
+    @property
+    def max_position(self) -> int:
+        """The largest rope position in the plan (-1 when empty)."""
+        return max((s.last_position for s in self.segments), default=-1)
 
     @property
     def noise(self) -> Segment:
         """The generated block, always last."""
         return self.segments[-1]
 
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """int64 [L]; -1 for latent tokens."""
+        return self._tensors[0]
+
+    @property
+    def token_type(self) -> torch.Tensor:
+        """int8 [L]; TokenType."""
+        return self._tensors[1]
+
+    @property
+    def group(self) -> torch.Tensor:
+        """int32 [L]; -1 for tokens outside any group."""
+        return self._tensors[2]
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """int64 [L]."""
+        return self._tensors[3]
+
+    @property
+    def expert(self) -> torch.Tensor:
+        """int8 [L]; Expert."""
+        return self._tensors[4]
+
+    @cached_property
+    def arrays(self) -> PerToken:
+        """The per-token data as numpy arrays, built from the segments on first use (no torch);
+        the tensor properties share their memory."""
+        return _per_token_arrays(self.segments)
+
+    @cached_property
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        return tuple(torch.from_numpy(a) for a in self.arrays)
+
+
+class PerToken(NamedTuple):
+    """A plan's per-token data, each an array of length L."""
+
+    token_ids: np.ndarray  # int64; -1 for latent tokens
+    token_type: np.ndarray  # int8; TokenType
+    group: np.ndarray  # int32; -1 outside any group
+    position_ids: np.ndarray  # int64
+    expert: np.ndarray  # int8; Expert
+
+
+def _per_token_arrays(segments: list[Segment]) -> PerToken:
+    """token_ids, token_type, group, position_ids and expert of the whole sequence."""
+    n = sum(s.length for s in segments)
+    out = PerToken(
+        np.full(n, -1, dtype=np.int64),
+        np.empty(n, dtype=np.int8),
+        np.full(n, -1, dtype=np.int32),
+        np.empty(n, dtype=np.int64),
+        np.empty(n, dtype=np.int8),
+    )
+    for seg in segments:
+        blk = slice(seg.start, seg.end)
+        if seg.kind == "text":
+            # <|im_start|> text <|im_end|>: causal, understanding expert, +1 position per token
+            out.token_ids[blk] = seg.token_ids
+            out.token_type[blk] = TokenType.TEXT
+            special = seg.start + np.asarray(seg.attribute_offsets, dtype=np.int64)
+            out.token_type[special] = TokenType.SPECIAL
+            out.group[special] = seg.group
+            out.position_ids[blk] = np.arange(seg.position, seg.position + seg.length)
+            out.expert[blk] = Expert.UND
+        else:
+            # <|vision_start|> + h*w latent tokens + <|vision_end|>, all at one rope position
+            out.token_ids[[seg.start, seg.end - 1]] = seg.token_ids
+            out.token_type[blk] = TokenType.IMAGE if seg.kind == "image" else TokenType.NOISE
+            out.group[seg.start + 1 : seg.end - 1] = seg.group
+            out.position_ids[blk] = seg.position
+            out.expert[blk] = Expert.GEN
+            out.expert[[seg.start, seg.end - 1]] = Expert.UND
+        out.token_type[[seg.start, seg.end - 1]] = TokenType.PLAIN
+    return out
+
 
 def build_plan(
     composition: Composition,
     tokenizer: Any,
     image_sizes: Mapping[int, tuple[int, int]] | None = None,
+    *,
+    max_positions: int = MAX_POSITIONS,
 ) -> Plan:
     """Build the interleaved plan.
 
     ``image_sizes`` maps slot -> (width, height) of the source image (after crop); when omitted
     the images are read. Block sizes follow BAGEL's VAE resize of those sizes.
+
+    A plan longer than ``MAX_PLAN_TOKENS`` tokens, or whose rope positions reach
+    ``max_positions`` (the model's ``max_position_embeddings``), is refused with a
+    :class:`PromptError` before any per-token data is built. So is prompt text that tokenizes
+    to one of the tokenizer's control tokens (``<|im_end|>``, ``<tool_call>`` ...).
     """
     if image_sizes is None:
         image_sizes = {slot: im.size for slot, im in composition.load_images().items()}
@@ -113,11 +229,10 @@ def build_plan(
     text_ids, group_attrs = _bind_attributes(pieces, next_group, tokenizer, ids)
 
     b = _Builder(ids)
-    special = set(ids.attributes.values())
     last_size: tuple[int, int] | None = None
     for i, piece in enumerate(pieces):
         if piece.kind == "text":
-            b.text(text_ids[i], piece.text, next_group[i], special)
+            b.text(text_ids[i], piece.text, next_group[i])
             continue
         ref = require_slot(composition, piece.slot, f"<image_{piece.slot}>")
         if piece.slot not in image_sizes:
@@ -131,6 +246,7 @@ def build_plan(
 
     out_size = _output_size(composition.settings, last_size, warnings)
     b.image_block("noise", out_size)
+    check_bounds(b.segments, max_positions=max_positions)
     used = {p.slot for p in pieces if p.kind == "image"}
     warnings += [
         f"slot {ref.slot} has an image but the prompt never uses it; add [{ref.slot}] "
@@ -138,9 +254,31 @@ def build_plan(
         for ref in composition.references
         if ref.image is not None and ref.slot not in used
     ]
-    return b.finish(
-        output_size=out_size, mask=composition.settings.mask, raw_prompt=raw, warnings=warnings
+    return Plan(
+        b.segments,
+        output_size=out_size,
+        mask=composition.settings.mask,
+        raw_prompt=raw,
+        warnings=warnings,
     )
+
+
+def check_bounds(segments: list[Segment], *, max_positions: int = MAX_POSITIONS) -> None:
+    """Refuse a sequence over ``MAX_PLAN_TOKENS`` tokens or with a rope position at or past
+    ``max_positions``; the message names the limit and the value."""
+    tokens = sum(s.length for s in segments)
+    if tokens > MAX_PLAN_TOKENS:
+        raise PromptError(
+            f"prompt: the sequence needs {tokens:,} tokens, over the limit of "
+            f"{MAX_PLAN_TOKENS:,}; use fewer or smaller references or a shorter prompt"
+        )
+    positions = max((s.last_position for s in segments), default=-1) + 1
+    if positions > max_positions:
+        raise PromptError(
+            f"prompt: the sequence needs {positions:,} rope positions, over the model's limit "
+            f"of {max_positions:,} (max_position_embeddings); use a shorter prompt or fewer "
+            "references"
+        )
 
 
 def _next_groups(pieces: list[Piece]) -> list[int]:
@@ -156,6 +294,23 @@ def _next_groups(pieces: list[Piece]) -> list[int]:
     return out
 
 
+def tokenize_text(text: str, tokenizer: Any, ids: TokenIds) -> list[int]:
+    """The token ids of one text piece (without its markers), refusing control tokens.
+
+    Only SIGMA's attribute tokens may come out of prompt text as added tokens: any other added
+    or special token of the tokenizer (``<|im_end|>``, ``<|vision_start|>``, ``<|endoftext|>``,
+    ``<tool_call>`` ...) would rewire the sequence, so it is refused by name.
+    """
+    body = list(tokenizer.encode(text, add_special_tokens=False))
+    bad = next((t for t in body if t in ids.control), None)
+    if bad is not None:
+        raise PromptError(
+            f"prompt: {ids.control[bad]!r} is a control token of the tokenizer; prompts cannot "
+            "contain it (it would be read as a sequence marker, not as text)"
+        )
+    return body
+
+
 def _bind_attributes(
     pieces: list[Piece], next_group: list[int], tokenizer: Any, ids: TokenIds
 ) -> tuple[dict[int, list[int]], dict[int, list[str]]]:
@@ -167,7 +322,7 @@ def _bind_attributes(
     for i, piece in enumerate(pieces):
         if piece.kind != "text":
             continue
-        body = tokenizer.encode(piece.text, add_special_tokens=False)
+        body = tokenize_text(piece.text, tokenizer, ids)
         found = [attr_of_id[t] for t in body if t in attr_of_id]
         if found != [m.group(0) for m in find_attribute_tokens(piece.text)]:
             raise PromptError(
@@ -219,39 +374,34 @@ def _output_size(
 
 
 class _Builder:
-    """Appends segments and their per-token tensors, tracking offset and rope position."""
+    """Appends segments, tracking offset and rope position."""
 
     def __init__(self, ids: TokenIds) -> None:
         self.ids = ids
+        self.special = set(ids.attributes.values())
         self.segments: list[Segment] = []
-        self.parts: list[tuple[torch.Tensor, ...]] = []
         self.start = self.pos = self.num_groups = 0
 
-    def _add(self, seg: Segment, *tensors: torch.Tensor, advance: int) -> None:
+    def _add(self, seg: Segment, *, advance: int) -> None:
         self.segments.append(seg)
-        self.parts.append(tensors)
         self.start += seg.length
         self.pos += advance
 
-    def text(self, tok_ids: list[int], text: str, group: int, special_ids: set[int]) -> None:
+    def text(self, tok_ids: list[int], text: str, group: int) -> None:
         """<|im_start|> text <|im_end|>: causal, understanding expert, +1 position per token."""
         n = len(tok_ids)
-        special = torch.tensor([t in special_ids for t in tok_ids], dtype=torch.bool)
-        ttype = torch.full((n,), TokenType.TEXT, dtype=torch.int8)
-        ttype[special] = TokenType.SPECIAL
-        ttype[0] = ttype[-1] = TokenType.PLAIN
-        grp = torch.full((n,), -1, dtype=torch.int32)
-        grp[special] = group
-        seg = Segment("text", self.start, n, self.pos, text=text)
-        self._add(
-            seg,
-            torch.tensor(tok_ids, dtype=torch.long),
-            ttype,
-            grp,
-            torch.arange(self.pos, self.pos + n),
-            torch.full((n,), Expert.UND, dtype=torch.int8),
-            advance=n,
+        at = tuple(k for k in range(1, n - 1) if tok_ids[k] in self.special)
+        seg = Segment(
+            "text",
+            self.start,
+            n,
+            self.pos,
+            text=text,
+            group=group if at else -1,
+            token_ids=tuple(tok_ids),
+            attribute_offsets=at,
         )
+        self._add(seg, advance=n)
 
     def image_block(
         self,
@@ -266,33 +416,18 @@ class _Builder:
         the block then advances the position by one."""
         w, h = size
         grid = latent_grid(size)
-        n = grid[0] * grid[1] + 2
-        tok = torch.full((n,), -1, dtype=torch.long)
-        tok[0], tok[-1] = self.ids.vision_start, self.ids.vision_end
-        latent = TokenType.IMAGE if kind == "image" else TokenType.NOISE
-        ttype = torch.full((n,), latent, dtype=torch.int8)
-        ttype[0] = ttype[-1] = TokenType.PLAIN
-        grp = torch.full((n,), group, dtype=torch.int32)
-        grp[0] = grp[-1] = -1
-        expert = torch.full((n,), Expert.GEN, dtype=torch.int8)
-        expert[0] = expert[-1] = Expert.UND
         seg = Segment(
             kind,
             self.start,
-            n,
+            grid[0] * grid[1] + 2,
             self.pos,
             slot=slot,
             group=group,
             attributes=attributes,
             size=(w, h),
             grid=grid,
+            token_ids=(self.ids.vision_start, self.ids.vision_end),
         )
-        self._add(
-            seg, tok, ttype, grp, torch.full((n,), self.pos, dtype=torch.long), expert, advance=1
-        )
+        self._add(seg, advance=1)
         if kind == "image":
             self.num_groups += 1
-
-    def finish(self, **kwargs: Any) -> Plan:
-        ids, ttype, grp, pos, expert = (torch.cat(t) for t in zip(*self.parts, strict=True))
-        return Plan(self.segments, ids, ttype, grp, pos, expert, **kwargs)

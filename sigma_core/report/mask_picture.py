@@ -2,7 +2,7 @@
 
 Rows are queries, columns keys; strips along both axes give each token's type and group, and
 the cells the mask M blocks are red. Long plans are drawn on a non-uniform axis, one token per
-pixel, so the L x L matrix is never built.
+pixel, so the L x L matrix is never built. Drawn with numpy from the plan's arrays: no torch.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sigma_core.planning.mask import formula_terms, token_blocks
 from sigma_core.planning.sequence import Plan, TokenType
 
 RGB = tuple[int, int, int]
@@ -98,16 +96,7 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
             "use a larger max_px"
         )
     rep, scale = _axis(plan, side)
-
-    causal, m, same = formula_terms(
-        plan, token_blocks(plan), rep[:, None], rep[None, :], guard=True
-    )
-    allowed = (causal & m) | same if plan.mask else causal | same
-    cells = np.zeros(allowed.shape, dtype=np.uint8)  # 0: blocked by causality
-    cells[allowed.numpy()] = 1
-    cells[(causal & ~allowed).numpy()] = 2  # blocked by M
-    if not plan.mask:
-        cells[(causal & ~m & ~same).numpy()] = 3
+    cells = mask_cells(plan, rep)
     palette = np.array([BLOCKED_CAUSAL, ALLOWED, BLOCKED_MASK, LEAK], dtype=np.uint8)
     matrix = np.repeat(np.repeat(palette[cells], scale, axis=0), scale, axis=1)
     if scale >= _GRID_FROM:
@@ -115,10 +104,10 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
         matrix[:, scale - 1 :: scale] = _BACKGROUND
 
     types = np.array([TYPE_COLORS[TokenType(t)] for t in range(len(TokenType))], dtype=np.uint8)
-    grp = plan.group[rep].numpy()
+    grp = plan.arrays.group[rep]
     group_strip = np.array(GROUP_COLORS, dtype=np.uint8)[grp % len(GROUP_COLORS)]
     group_strip[grp < 0] = NO_GROUP
-    strips = [types[plan.token_type[rep].long().numpy()], group_strip]
+    strips = [types[plan.arrays.token_type[rep].astype(np.int64)], group_strip]
 
     n = matrix.shape[0]
     x0, y0 = margin + lead, head + lead
@@ -151,6 +140,31 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
     return path
+
+
+def mask_cells(plan: Plan, rep: np.ndarray) -> np.ndarray:
+    """uint8 [n, n]: what B does at query rep[i], key rep[j]: 0 blocked by causality, 1 may
+    attend, 2 blocked by SIGMA's M, 3 seen only because ``plan.mask`` is off.
+
+    B = (C and M) or S, as :func:`sigma_core.planning.mask.dense_mask` computes it (tested equal),
+    evaluated only at the drawn tokens.
+    """
+    tt, grp = plan.arrays.token_type, plan.arrays.group
+    blocks = np.full(plan.length, -1, dtype=np.int32)
+    for i, seg in enumerate(plan.segments):
+        if seg.kind != "text":
+            blocks[seg.start : seg.end] = i
+    q, k = rep[:, None], rep[None, :]
+    causal = k <= q
+    same = (blocks[q] == blocks[k]) & (blocks[q] >= 0)
+    m = ~((tt[q] == TokenType.SPECIAL) & (tt[k] == TokenType.IMAGE) & (grp[q] != grp[k]))
+    allowed = (causal & m) | same if plan.mask else causal | same
+    cells = np.zeros(allowed.shape, dtype=np.uint8)
+    cells[allowed] = 1
+    cells[causal & ~allowed] = 2
+    if not plan.mask:
+        cells[causal & ~m & ~same] = 3
+    return cells
 
 
 def _title(plan: Plan, downsampled: bool) -> list[str]:
@@ -227,7 +241,7 @@ def _layout(
     return used_w, y + row_h, placed
 
 
-def _axis(plan: Plan, budget: int) -> tuple[torch.Tensor, int]:
+def _axis(plan: Plan, budget: int) -> tuple[np.ndarray, int]:
     """The token drawn at each pixel of an axis at most ``budget`` px long, and the cell size.
 
     Short plans get one cell of ``scale`` px per token. Longer ones share pixels: every
@@ -237,7 +251,7 @@ def _axis(plan: Plan, budget: int) -> tuple[torch.Tensor, int]:
     """
     n = plan.length
     if n <= budget:
-        return torch.arange(n), max(1, min(budget // n, _MAX_CELL))
+        return np.arange(n), max(1, min(budget // n, _MAX_CELL))
     runs = _runs(plan, emphasis=max(1, min(_MAX_EMPHASIS, budget // 160)))
     px = [r.least for r in runs]
     left = budget - sum(px)
@@ -252,11 +266,11 @@ def _axis(plan: Plan, budget: int) -> tuple[torch.Tensor, int]:
                 px[i] += g
             left -= sum(got)
     reps = [
-        r.start + (2 * torch.arange(p) + 1) * r.length // (2 * p)
+        r.start + (2 * np.arange(p, dtype=np.int64) + 1) * r.length // (2 * p)
         for r, p in zip(runs, px, strict=True)
         if p
     ]
-    return torch.cat(reps), 1
+    return np.concatenate(reps), 1
 
 
 def _runs(plan: Plan, emphasis: int) -> list[_Run]:
@@ -275,7 +289,7 @@ def _runs(plan: Plan, emphasis: int) -> list[_Run]:
             ]
             continue
         start = seg.start
-        special = (plan.token_type[seg.start : seg.end] == TokenType.SPECIAL).tolist()
+        special = (plan.arrays.token_type[seg.start : seg.end] == TokenType.SPECIAL).tolist()
         for t in range(seg.start, seg.end):
             if special[t - seg.start]:
                 if t > start:

@@ -1,5 +1,10 @@
 """The plan as a report: plain data for ``inspect --json`` and the studio, and its text view
-(rendered from the data, so the two never disagree); and the attribute table."""
+(rendered from the data, so the two never disagree); and the attribute table.
+
+Every range, in both views, is half-open: ``[start, end)`` holds start and stops before end,
+like a Python slice. Neither the report nor this module imports torch: the counts come from the
+plan's segments.
+"""
 
 from __future__ import annotations
 
@@ -8,67 +13,36 @@ from typing import Any
 
 from sigma_core.inputs.attributes import ALIASES, ATTRIBUTES, DESCRIPTIONS, find_attribute_tokens
 from sigma_core.inputs.composition import Composition
-from sigma_core.planning.sequence import Expert, Plan, TokenType
-from sigma_core.planning.tokenizer import QWEN25_SIGMA_FIRST_ID
+from sigma_core.planning.sequence import Expert, Plan, Segment, TokenType
+from sigma_core.planning.tokenizer import MARKER_TOKENS, QWEN25_SIGMA_FIRST_ID
+
+TOKEN_TYPES_NOTE = "special: an attribute token such as <id>; plain: the markers " + " ".join(
+    MARKER_TOKENS
+)
 
 
 def plan_report(plan: Plan, comp: Composition) -> dict[str, Any]:
     """Everything ``inspect`` shows, as plain data; the text view is rendered from it so the
-    two never disagree."""
-    ttype, group = plan.token_type, plan.group
-    special = ttype == TokenType.SPECIAL
-    segments = []
-    for i, s in enumerate(plan.segments):
-        is_text = s.kind == "text"
-        if is_text:
-            bound = group[s.start : s.end][special[s.start : s.end]].unique().tolist()
-            seg_group = bound[0] if bound else None
-            attrs = [m.group(0) for m in find_attribute_tokens(s.text)]
-        else:
-            seg_group = s.group if s.group >= 0 else None
-            attrs = list(s.attributes)
-        segments.append(
-            {
-                "index": i,
-                "kind": s.kind,
-                "start": s.start,
-                "end": s.end,
-                "count": s.length,
-                "positions": [s.position, s.position + (s.length - 1 if is_text else 0)],
-                "slot": s.slot,
-                "group": seg_group,
-                "attributes": attrs,
-                "size": list(s.size) if s.size else None,
-                "grid": list(s.grid) if s.grid else None,
-                "text": s.text if is_text else None,
-                "token_ids": plan.token_ids[s.start : s.end].tolist() if is_text else None,
-            }
-        )
-    groups = [
-        {
-            "group": s.group,
-            "slot": s.slot,
-            "attributes": list(s.attributes),
-            "attribute_tokens": (special & (group == s.group)).nonzero().flatten().tolist(),
-            "image_tokens": {"start": s.start + 1, "end": s.end - 1},  # inside the markers
-        }
-        for s in plan.segments
-        if s.kind == "image"
-    ]
+    two never disagree. Token ranges (``start``/``end``, ``image_tokens``) and rope
+    ``positions`` are half-open ``[start, end)``."""
+    groups = _groups(plan)
     if comp.settings.size is not None:
         size_from = "settings.size"
     elif groups:
         size_from = "the last reference in the prompt"
     else:
         size_from = "the default (no reference in the prompt)"
+    types, experts = _counts(plan.segments)
     return {
         "name": comp.name,
         "raw_prompt": plan.raw_prompt,
         "length": plan.length,
-        "segments": segments,
+        "ranges": "half-open [start, end)",
+        "references": plan.num_references,
+        "segments": [_segment(i, s) for i, s in enumerate(plan.segments)],
         "groups": groups,
-        "token_counts": {t.name.lower(): int((ttype == t).sum()) for t in TokenType},
-        "experts": {e.name.lower(): int((plan.expert == e).sum()) for e in Expert},
+        "token_counts": {t.name.lower(): types[t] for t in TokenType},
+        "experts": {e.name.lower(): experts[e] for e in Expert},
         "output_size": list(plan.output_size),
         "output_size_from": size_from,
         "mask": plan.mask,
@@ -76,19 +50,103 @@ def plan_report(plan: Plan, comp: Composition) -> dict[str, Any]:
     }
 
 
+def _segment(index: int, s: Segment) -> dict[str, Any]:
+    """One segment of the report."""
+    is_text = s.kind == "text"
+    if is_text:
+        group = s.group if s.attribute_offsets else None
+        attrs = [m.group(0) for m in find_attribute_tokens(s.text)]
+    else:
+        group = s.group if s.group >= 0 else None
+        attrs = list(s.attributes)
+    return {
+        "index": index,
+        "kind": s.kind,
+        "start": s.start,
+        "end": s.end,
+        "count": s.length,
+        "positions": [s.position, s.last_position + 1],
+        "slot": s.slot,
+        "group": group,
+        "attributes": attrs,
+        "size": list(s.size) if s.size else None,
+        "grid": list(s.grid) if s.grid else None,
+        "text": s.text if is_text else None,
+        "token_ids": list(s.token_ids) if is_text else None,
+    }
+
+
+def _groups(plan: Plan) -> list[dict[str, Any]]:
+    """Each placed reference: its attribute tokens and its latent tokens (inside the markers)."""
+    texts = [s for s in plan.segments if s.kind == "text"]
+    return [
+        {
+            "group": s.group,
+            "slot": s.slot,
+            "attributes": list(s.attributes),
+            "attribute_tokens": [
+                t.start + k for t in texts if t.group == s.group for k in t.attribute_offsets
+            ],
+            "image_tokens": {"start": s.start + 1, "end": s.end - 1},
+        }
+        for s in plan.segments
+        if s.kind == "image"
+    ]
+
+
+def _counts(segments: list[Segment]) -> tuple[dict[TokenType, int], dict[Expert, int]]:
+    """Tokens per type and per expert, from the segments' layout alone."""
+    types = dict.fromkeys(TokenType, 0)
+    experts = dict.fromkeys(Expert, 0)
+    for s in segments:
+        markers = min(2, s.length)
+        types[TokenType.PLAIN] += markers
+        if s.kind == "text":
+            specials = len(s.attribute_offsets)
+            types[TokenType.SPECIAL] += specials
+            types[TokenType.TEXT] += s.length - markers - specials
+            experts[Expert.UND] += s.length
+        else:
+            types[TokenType.IMAGE if s.kind == "image" else TokenType.NOISE] += s.length - markers
+            experts[Expert.UND] += markers
+            experts[Expert.GEN] += s.length - markers
+    return types, experts
+
+
+def escape_text(text: Any) -> str:
+    """``text`` safe to print on a terminal: control characters, bidi overrides and isolates,
+    zero-width and other invisible or non-printable characters become escapes such as
+    ``\\u202e``, so user text cannot reorder, hide or restyle what is shown around it."""
+    return "".join(ch if ch == " " or ch.isprintable() else _escape(ch) for ch in str(text))
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _span(start: int, end: int) -> str:
+    return f"[{start}, {end})"
+
+
 def render_report(report: dict[str, Any]) -> str:
-    """The human-readable view of :func:`plan_report`."""
-    out = [f"preset: {report['source']}" + (f"  ({report['name']})" if report["name"] else "")]
-    out.append(f"tokenizer: {report['tokenizer']}")
-    if report["tokenizer_note"]:
-        out.append(f"note: {report['tokenizer_note']}")
-    out += ["", "raw SIGMA prompt:", f"  {report['raw_prompt']}", ""]
+    """The human-readable view of :func:`plan_report`; user text goes through
+    :func:`escape_text`."""
+    e = escape_text
+    name = f"  ({e(report['name'])})" if report.get("name") else ""
+    out = [f"preset: {e(report.get('source', '-'))}{name}"]
+    out.append(f"tokenizer: {e(report.get('tokenizer', '-'))}")
+    if report.get("tokenizer_note"):
+        out.append(f"note: {e(report['tokenizer_note'])}")
+    out += ["", "raw SIGMA prompt:", f"  {e(report['raw_prompt'])}", ""]
 
     rows = []
     for s in report["segments"]:
-        first, last = s["positions"]
+        first, end = s["positions"]
         if s["kind"] == "text":
-            content = json.dumps(s["text"], ensure_ascii=False)
+            content = e(json.dumps(s["text"], ensure_ascii=False))
         else:
             (w, h), (grid_h, grid_w) = s["size"], s["grid"]
             content = f"{w}x{h} px -> {grid_h}x{grid_w} latents"
@@ -98,28 +156,36 @@ def render_report(report: dict[str, Any]) -> str:
             [
                 str(s["index"]),
                 s["kind"],
-                f"{s['start']}-{s['end'] - 1}",
+                _span(s["start"], s["end"]),
                 str(s["count"]),
-                str(first) if first == last else f"{first}-{last}",
+                str(first) if end == first + 1 else _span(first, end),
                 _dash(s["slot"]),
                 _dash(s["group"]),
-                " ".join(s["attributes"]) or "-",
+                e(" ".join(s["attributes"])) or "-",
                 content,
             ]
         )
-    out.append(f"segments ({report['length']} tokens; ranges are inclusive):")
+    out.append(
+        f"segments ({report['length']} tokens; ranges are half-open [start, end): start is in "
+        "the range, end is not):"
+    )
     headers = ["#", "kind", "tokens", "count", "rope", "slot", "group", "attributes", "content"]
     out += format_table(headers, rows, right={0, 3})
     out.append("")
 
-    out.append("groups (with the mask on, an attribute token sees no other group's image):")
+    n_groups, n_refs = len(report["groups"]), report.get("references", len(report["groups"]))
+    out.append(
+        f"groups ({n_groups} placement{'s' * (n_groups != 1)} of {n_refs} "
+        f"reference{'s' * (n_refs != 1)}; with the mask on, an attribute token sees no other "
+        "group's image):"
+    )
     for g in report["groups"]:
-        attrs = " ".join(g["attributes"]) or "(no attribute)"
+        attrs = e(" ".join(g["attributes"])) or "(no attribute)"
         at = ", ".join(str(i) for i in g["attribute_tokens"]) or "none"
         img = g["image_tokens"]
         out.append(
             f"  group {g['group']}: slot {g['slot']} {attrs}; attribute tokens at {at}; "
-            f"image tokens {img['start']}-{img['end'] - 1}"
+            f"image tokens {_span(img['start'], img['end'])}"
         )
     if not report["groups"]:
         out.append("  none")
@@ -131,6 +197,7 @@ def render_report(report: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in counts.items())
         + f" (total {report['length']})"
     )
+    out.append(f"  ({TOKEN_TYPES_NOTE})")
     experts = report["experts"]
     out.append(
         f"experts: understanding {experts['und']}, generation {experts['gen']} tokens "
@@ -143,7 +210,7 @@ def render_report(report: dict[str, Any]) -> str:
         + ("on (SIGMA's intra-group mask)" if report["mask"] else "off (plain causal, as BAGEL)")
     )
     out.append("warnings:" + ("" if report["warnings"] else " none"))
-    out += [f"  - {line}" for line in report["warnings"]]
+    out += [f"  - {e(line)}" for line in report["warnings"]]
     return "\n".join(out)
 
 

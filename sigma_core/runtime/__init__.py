@@ -1,29 +1,32 @@
-"""The runtime: loading checkpoints, the sampler, the CFG contexts and :class:`SigmaPipeline`."""
+"""The runtime: loading checkpoints, the sampler, the CFG contexts and :class:`SigmaPipeline`.
 
-from sigma_core.runtime.contexts import CALLBACK_TENSORS, CFGContexts, Denoiser, prefill_contexts
-from sigma_core.runtime.loader import LoadReport, load_generator, resolve_checkpoint
-from sigma_core.runtime.output import PREVIEW_NOTICE, CancelToken, SigmaOutput
-from sigma_core.runtime.pipeline import OUTPUT_TYPES, SigmaPipeline
-from sigma_core.runtime.sampler import Guidance, euler_step, guide, timesteps
-from sigma_core.runtime.tiny import make_tiny_checkpoint, preview_checkpoint
+Names load on first use: :func:`resolve_device` needs only torch, the pipeline also diffusers.
+"""
 
-__all__ = [
-    "CALLBACK_TENSORS",
-    "OUTPUT_TYPES",
-    "PREVIEW_NOTICE",
-    "CFGContexts",
-    "CancelToken",
-    "Denoiser",
-    "Guidance",
-    "LoadReport",
-    "SigmaOutput",
-    "SigmaPipeline",
-    "euler_step",
-    "guide",
-    "load_generator",
-    "make_tiny_checkpoint",
-    "prefill_contexts",
-    "preview_checkpoint",
-    "resolve_checkpoint",
-    "timesteps",
-]
+from __future__ import annotations
+
+from sigma_core.lazy import lazy_exports
+
+_EXPORTS = {
+    "CALLBACK_TENSORS": "sigma_core.runtime.contexts",
+    "CFGContexts": "sigma_core.runtime.contexts",
+    "Denoiser": "sigma_core.runtime.contexts",
+    "prefill_contexts": "sigma_core.runtime.contexts",
+    "resolve_device": "sigma_core.runtime.device",
+    "LoadReport": "sigma_core.runtime.loader",
+    "load_generator": "sigma_core.runtime.loader",
+    "resolve_checkpoint": "sigma_core.runtime.loader",
+    "CancelToken": "sigma_core.runtime.output",
+    "PREVIEW_NOTICE": "sigma_core.runtime.output",
+    "SigmaOutput": "sigma_core.runtime.output",
+    "OUTPUT_TYPES": "sigma_core.runtime.pipeline",
+    "SigmaPipeline": "sigma_core.runtime.pipeline",
+    "Guidance": "sigma_core.runtime.sampler",
+    "euler_step": "sigma_core.runtime.sampler",
+    "guide": "sigma_core.runtime.sampler",
+    "timesteps": "sigma_core.runtime.sampler",
+    "make_tiny_checkpoint": "sigma_core.runtime.tiny",
+    "preview_checkpoint": "sigma_core.runtime.tiny",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -35,6 +35,7 @@ class SigmaOutput:
     preview: bool = False
     num_passes: int = 0  # LLM passes over the noise block, all steps and branches
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. what saving could not store
 
     @property
     def settings(self) -> Settings:
@@ -44,11 +45,21 @@ class SigmaOutput:
     def notice(self) -> str | None:
         return PREVIEW_NOTICE if self.preview else None
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """PNG with the composition (references embedded) in its metadata."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """PNG with the composition (the placed references embedded) in its metadata, written
+        atomically. Returns the path written: an existing file is kept unless ``overwrite``, and
+        the image goes to ``stem-2.png``; that, and references left out, are added to
+        ``warnings``."""
         if not isinstance(self.images, list) or not self.images:
             raise SigmaInputError("save: this result has no PIL image (use output_type='pil')")
-        return write_png(self.images[0], self.composition, path, notice=self.notice)
+        return write_png(
+            self.images[0],
+            self.composition,
+            path,
+            notice=self.notice,
+            overwrite=overwrite,
+            warnings=self.warnings,
+        )
 
 
 class CancelToken(Protocol):

@@ -17,16 +17,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.settings import Settings
 from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
 from sigma_core.model.vae import FluxVAE
-from sigma_core.planning.sequence import build_plan
+from sigma_core.planning.sequence import Plan, build_plan
 from sigma_core.planning.tokenizer import load_tokenizer
 from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, prefill_contexts
+from sigma_core.runtime.device import resolve_device
 from sigma_core.runtime.loader import (
     AE_FILE,
     BASE_PATTERNS,
@@ -36,7 +37,13 @@ from sigma_core.runtime.loader import (
     load_generator,
     resolve_checkpoint,
 )
-from sigma_core.runtime.output import CancelToken, SigmaOutput, check_cancel, out_of_memory
+from sigma_core.runtime.output import (
+    PREVIEW_NOTICE,
+    CancelToken,
+    SigmaOutput,
+    check_cancel,
+    out_of_memory,
+)
 from sigma_core.runtime.references import ReferenceEncoder
 from sigma_core.runtime.sampler import Guidance, euler_step, initial_noise, timesteps
 from sigma_core.runtime.tiny import preview_checkpoint
@@ -81,7 +88,7 @@ class SigmaPipeline:
     ) -> SigmaPipeline:
         """Load a BAGEL folder or hub repo; ``sigma_weights`` (folder or repo) overrides its
         ema.safetensors. Defaults: cuda with bf16 when available, else cpu with fp32."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         base = resolve_checkpoint(path_or_repo_id, patterns=BASE_PATTERNS)
@@ -89,18 +96,22 @@ class SigmaPipeline:
             resolve_checkpoint(sigma_weights, patterns=SIGMA_PATTERNS) if sigma_weights else None
         )
         tokenizer = load_tokenizer(base)
-        model, report = load_generator(
-            base, tokenizer, sigma_folder=sigma, dtype=dtype, device=device
-        )
-        vae = FluxVAE.from_file(base / AE_FILE, dtype=dtype, device=device)
+        with out_of_memory("loading the weights", device):
+            model, report = load_generator(
+                base, tokenizer, sigma_folder=sigma, dtype=dtype, device=device
+            )
+            vae = FluxVAE.from_file(base / AE_FILE, dtype=dtype, device=device)
         return cls(model, vae, tokenizer, preview=is_preview_checkpoint(base), load_report=report)
 
     @classmethod
-    def preview_engine(cls, *, device: str | torch.device | None = None) -> SigmaPipeline:
-        """The offline preview: a tiny random checkpoint written once into the user cache.
-        Its results are marked as previews everywhere."""
+    def preview_engine(
+        cls, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> SigmaPipeline:
+        """The offline preview: a tiny random checkpoint written once into the user cache, on
+        cpu in fp32 unless asked. Its results are marked as previews everywhere, in the pixels
+        too."""
         return cls.from_pretrained(
-            preview_checkpoint(), device=device or "cpu", dtype=torch.float32
+            preview_checkpoint(), device=device or "cpu", dtype=dtype or torch.float32
         )
 
     def check_inputs(
@@ -126,6 +137,16 @@ class SigmaPipeline:
         if num_inference_steps is None:
             return settings
         return settings.replace(num_timesteps=num_inference_steps)
+
+    def plan(self, composition: Composition, images: dict[int, Image.Image] | None = None) -> Plan:
+        """The sequence this pipeline would run, checked against its model's position budget;
+        its ``warnings`` are worth showing before a long run. ``images`` are the loaded
+        references by slot (read from the composition when omitted)."""
+        if images is None:
+            images = composition.load_images()
+        sizes = {slot: im.size for slot, im in images.items()}
+        budget = self.model.config.max_position_embeddings
+        return build_plan(composition, self.tokenizer, sizes, max_positions=budget)
 
     @torch.no_grad()
     def __call__(
@@ -158,7 +179,7 @@ class SigmaPipeline:
             callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         images = composition.load_images()
-        plan = build_plan(composition, self.tokenizer, {s: im.size for s, im in images.items()})
+        plan = self.plan(composition, images)
         noise = plan.noise
         x, seed = initial_noise(
             noise.size, generator=generator, latents=latents, seed=settings.seed, device=self.device
@@ -209,4 +230,20 @@ class SigmaPipeline:
         img = (img * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [1, H, W, 3]
         if output_type == "np":
             return img.cpu().numpy()
-        return [Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())]
+        image = Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())
+        return [_stamp_preview(image) if self.preview else image]
+
+
+def _stamp_preview(image: Image.Image) -> Image.Image:
+    """A visible label in the bottom-left corner, so a preview is never taken for a result
+    (metadata is lost on a screenshot). Narrow images get the short form."""
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for text in (PREVIEW_NOTICE, "preview engine", "preview"):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left + 4 <= image.width:
+            break
+    y = image.height - (bottom - top) - 4
+    draw.rectangle((0, y, right - left + 4, image.height), fill=(0, 0, 0))
+    draw.text((2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
+    return image

@@ -14,7 +14,8 @@ import torch
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import latent_shape
-from sigma_core.inputs.settings import MAX_SEED, Settings
+from sigma_core.inputs.settings import Settings
+from sigma_core.limits import MAX_SEED
 from sigma_core.model.bagel import patchify
 
 RENORM_EPS = 1e-8  # as in the official _forward_flow

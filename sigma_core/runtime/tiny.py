@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from sigma_core.errors import SigmaInputError
+from sigma_core.inputs.fields import is_int, shown
+from sigma_core.limits import MAX_SEED, MAX_TINY_LAYERS
 from sigma_core.model.bagel import BagelGenerator, sincos_2d_table
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.vae import TINY_VAE_CONFIG, write_random_flux_ae
@@ -51,6 +54,10 @@ def make_tiny_checkpoint(
     vit_hidden: int = 32,
 ) -> Path:
     """Write a random checkpoint folder; returns its path. Deterministic for a given seed."""
+    if not is_int(layers) or not 1 <= layers <= MAX_TINY_LAYERS:
+        raise SigmaInputError(f"layers: {shown(layers)} must be from 1 to {MAX_TINY_LAYERS}")
+    if not is_int(seed) or not 0 <= seed < MAX_SEED:
+        raise SigmaInputError(f"seed: {shown(seed)} must be 0 <= seed < 2^63")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make_tiny_tokenizer(out)

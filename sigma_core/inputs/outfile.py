@@ -1,0 +1,157 @@
+"""Output files: checked before a run, written atomically, never replaced by surprise.
+
+A generation takes minutes, so everything that would stop its result from being saved (a bad
+name, a missing folder, an existing file, a full disk) is refused before it starts. Writing goes
+through a temporary file in the same folder that is moved in place only when complete, so a
+failed save never leaves half a file or destroys the previous one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from sigma_core.errors import SigmaInputError, SigmaResourceError
+from sigma_core.geometry import MAX_SIDE
+from sigma_core.inputs.images import size_text
+
+# An uncompressed output of the largest size, and 1 MB for the metadata.
+DEFAULT_NEEDED_BYTES = MAX_SIDE * MAX_SIDE * 3 + 2**20
+
+# errno values of os.link on file systems without hard links (FAT, some network shares).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+# errno values that mean the disk (or the user's share of it) is full.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def check_output_path(
+    path: str | os.PathLike, *, overwrite: bool, needed_bytes: int = DEFAULT_NEEDED_BYTES
+) -> Path:
+    """``path`` as a Path, once it is sure a PNG can be written there; call it before a run.
+
+    Refuses an empty name, a name the OS cannot use, a folder, a name not ending in .png, a
+    folder that is missing, is a file or is not writable, an existing file unless ``overwrite``,
+    and a disk with less than ``needed_bytes`` free.
+    """
+    if os.fspath(path) == "":
+        raise SigmaInputError("output path is empty; give a file name ending in .png")
+    out = Path(path)
+    shown = repr(os.fspath(path))
+    existing = _stat(out, f"output path {shown}")
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        if stat.S_ISDIR(existing.st_mode):
+            raise SigmaInputError(
+                f"output path {shown} is a folder; give a file name in it, such as "
+                f"{str(out / 'image.png')!r}"
+            )
+        raise SigmaInputError(f"output path {shown} exists and is not a regular file")
+    if out.suffix.lower() != ".png":
+        raise SigmaInputError(
+            f"output path {shown} does not end in .png; the output is always a PNG image"
+        )
+    _check_folder(out.parent)
+    if existing is not None and not overwrite:
+        raise SigmaInputError(
+            f"output file {shown} already exists; pass --overwrite to replace it, or choose "
+            "another name"
+        )
+    free = shutil.disk_usage(out.parent).free
+    if free < needed_bytes:
+        raise SigmaResourceError(
+            f"not enough free disk space in {str(out.parent)!r}: {size_text(free)} free, about "
+            f"{size_text(needed_bytes)} needed; free some space or choose another folder"
+        )
+    return out
+
+
+def _stat(path: Path, what: str) -> os.stat_result | None:
+    """``path``'s status, or None when nothing is there; a name the OS refuses (a NUL byte,
+    too long) is a SigmaInputError."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise SigmaInputError(f"{what}: cannot be used ({e.strerror or e})") from None
+    except ValueError as e:  # an embedded NUL byte
+        raise SigmaInputError(f"{what}: cannot be used ({e})") from None
+
+
+def _check_folder(folder: Path) -> None:
+    shown = repr(str(folder))
+    try:
+        st = folder.stat()
+    except FileNotFoundError:
+        raise SigmaInputError(f"output folder {shown} does not exist; create it first") from None
+    except NotADirectoryError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise SigmaInputError(f"output folder {shown} is not a folder: a file is in the way")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SigmaInputError(f"output folder {shown} is not writable (permission denied)")
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], *, overwrite: bool) -> Path:
+    """Write a file through a temporary file in its folder, then move it in place.
+
+    With ``overwrite`` an existing file is replaced. Without, one is never replaced, even one
+    that appeared since :func:`check_output_path`: the result goes to the next free name
+    (``stem-2.png``, ``stem-3.png`` ...), so nothing is lost. Returns the path written. A disk
+    that fills up is a SigmaResourceError, any other OS error a SigmaInputError; either way no
+    temporary file is left.
+    """
+    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(6)}.tmp")
+    try:
+        # O_EXCL: never write into something already there; 0o666 lets the umask decide
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+            return path
+        target, n = path, 1
+        while not _claim(tmp, target):
+            n += 1
+            target = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        return target
+    except OSError as e:
+        raise _write_error(path, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _claim(tmp: Path, target: Path) -> bool:
+    """Put ``tmp``'s file at ``target`` unless something is there (then False), in one step."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        # No hard links here (FAT, some network shares): reserve the name, then replace it.
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return False
+        os.replace(tmp, target)
+    return True
+
+
+def _write_error(path: Path, e: OSError) -> SigmaInputError | SigmaResourceError:
+    if e.errno in _DISK_FULL:
+        return SigmaResourceError(
+            f"disk full while writing {str(path)!r}: free some space or choose another folder"
+        )
+    return SigmaInputError(f"cannot write {str(path)!r}: {e.strerror or e}")

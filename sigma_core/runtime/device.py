@@ -1,0 +1,51 @@
+"""Which device a run uses: what the user typed, checked before anything is loaded."""
+
+from __future__ import annotations
+
+import torch
+
+from sigma_core.errors import SigmaInputError
+
+DEVICE_HELP = "use cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to load onto: cuda when there is one and nothing is asked, else cpu.
+
+    A name that is not a device, ``meta`` (it holds no data), or a device this machine does not
+    have is refused with what there is instead.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SigmaInputError(
+            f"device: {str(device)[:60]!r} is not a device; {DEVICE_HELP}"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        return _cuda(dev)
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SigmaInputError("device: mps is not available on this machine; use cpu")
+        return dev
+    raise SigmaInputError(f"device: {dev.type!r} cannot run generation; {DEVICE_HELP}")
+
+
+def _cuda(dev: torch.device) -> torch.device:
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise SigmaInputError(
+            f"device: {dev} asked, but no CUDA GPU is available (torch {torch.__version__}, "
+            f"{build}); use --device cpu, or install the CUDA build of torch on a machine with "
+            "an NVIDIA GPU"
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise SigmaInputError(
+            f"device: {dev} asked, but this machine has {count} GPU{'s' * (count != 1)} "
+            f"(cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''})"
+        )
+    return dev
