@@ -254,6 +254,14 @@ def test_cuda_without_a_gpu(capsys, monkeypatch, tmp_path: Path) -> None:
     assert code == 2 and "no CUDA GPU is available" in err and "--device cpu" in err
 
 
+def test_unusable_checkpoint_and_tokenizer_paths(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "o.png"
+    code, _, err = run(capsys, "generate", COMBINE, "--checkpoint", "x" * 5000, "-o", out)
+    assert code == 2 and "not a usable path (File name too long)" in err
+    code, _, err = run(capsys, "inspect", COMBINE, "--tokenizer", tmp_path)
+    assert code == 2 and "has no tokenizer files" in err
+
+
 def test_broken_pipe_ends_quietly(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     proc = subprocess.Popen(

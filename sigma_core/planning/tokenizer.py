@@ -174,6 +174,11 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_dir():
         raise SigmaInputError(f"tokenizer: {path} is not a folder with tokenizer files")
+    if not ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
+        raise SigmaInputError(
+            f"tokenizer: {path} has no tokenizer files (tokenizer.json, or vocab.json and "
+            "merges.txt); pass the BAGEL checkpoint folder"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:

@@ -50,10 +50,15 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, *, patterns: list[str
     """A local folder as is, or a hub repo id through the standard cache (HF_HOME and
     HF_HUB_OFFLINE are honoured by huggingface_hub)."""
     path = Path(path_or_repo_id)
-    if path.is_dir():
-        return path
     text = str(path_or_repo_id)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+    try:
+        if path.is_dir():
+            return path
+        exists = path.exists()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte ...
+        reason = getattr(e, "strerror", None) or e
+        raise CheckpointError(f"{text[:80]!r}: not a usable path ({reason})") from None
+    if exists or text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise CheckpointError(
             f"{text}: not a checkpoint folder (expected a folder with {LLM_CONFIG_FILE}, "
             f"{WEIGHTS_FILE} and {AE_FILE}, or a hub repo id such as {BAGEL_REPO})"
