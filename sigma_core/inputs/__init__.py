@@ -23,7 +23,15 @@ from sigma_core.inputs.preset import (
     save_preset,
     write_png,
 )
-from sigma_core.inputs.prompt import IMAGE_PLACEHOLDER, SLOT_REFERENCE, split_prompt, to_raw_prompt
+from sigma_core.inputs.prompt import (
+    IMAGE_PLACEHOLDER,
+    SLOT_REFERENCE,
+    is_raw,
+    placed_slots,
+    renumber_slots,
+    split_prompt,
+    to_raw_prompt,
+)
 from sigma_core.inputs.settings import RENORM_TYPES, Settings
 
 __all__ = [
@@ -44,13 +52,16 @@ __all__ = [
     "dumps_preset",
     "embeddable_bytes",
     "find_attribute_tokens",
+    "is_raw",
     "load_composition",
     "load_image",
     "load_preset",
     "loads_preset",
     "normalize_attribute",
     "parse_json",
+    "placed_slots",
     "read_png_composition",
+    "renumber_slots",
     "save_preset",
     "split_prompt",
     "to_raw_prompt",

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +29,7 @@ IMAGE_PLACEHOLDER = re.compile(r"<image(?:[_\s]+)(\d+)>")
 SLOT_REFERENCE = re.compile(r"\[(\d+)(?::([^\]]*))?\]")
 _LOOSE_PLACEHOLDER = re.compile(r"<\s*image[^>]{0,8}>", re.IGNORECASE)
 _ANGLE_WORD = re.compile(r"<([A-Za-z][A-Za-z_ ]{0,30})>")
+_ANY_REFERENCE = re.compile(f"{IMAGE_PLACEHOLDER.pattern}|{SLOT_REFERENCE.pattern}")
 CONTROL_TOKEN = re.compile(r"<\|[^<>|]{0,40}\|>")  # Qwen2's <|im_end|>, <|vision_start|> ...
 
 
@@ -44,6 +46,32 @@ def placed_slots(prompt: str) -> list[int]:
     """Slots the prompt places, in order, repeats included (raw syntax wins if present)."""
     pattern = IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER.search(prompt) else SLOT_REFERENCE
     return [int(m.group(1)) for m in pattern.finditer(prompt)]
+
+
+def renumber_slots(prompt: str, mapping: Mapping[int, int]) -> str:
+    """The prompt with its slot references (``[k]``, ``[k:attrs]``, ``<image_k>``) renumbered
+    by ``mapping`` (old slot -> new slot; a slot not in it keeps its number), all at once, so a
+    swap ``{1: 2, 2: 1}`` works. Nothing else changes, so when a studio moves a slot the prompt
+    keeps its meaning. Two slots cannot be given one number: that would merge their images."""
+    bad = [k for pair in mapping.items() for k in pair if not isinstance(k, int) or k < 1]
+    if bad:
+        raise PromptError(f"renumber_slots: slot numbers are integers >= 1, got {bad[0]!r}")
+    targets: dict[int, int] = {}
+    for slot in {int(m.group(1) or m.group(2)) for m in _ANY_REFERENCE.finditer(prompt)}:
+        new = mapping.get(slot, slot)
+        if new in targets:
+            raise PromptError(
+                f"renumber_slots: slots {targets[new]} and {slot} would both become slot {new}"
+            )
+        targets[new] = slot
+
+    def rename(m: re.Match[str]) -> str:
+        group = 1 if m.group(1) is not None else 2
+        new = mapping.get(int(m.group(group)), int(m.group(group)))
+        start, end = m.start(group) - m.start(), m.end(group) - m.start()
+        return f"{m.group(0)[:start]}{new}{m.group(0)[end:]}"
+
+    return _ANY_REFERENCE.sub(rename, prompt)
 
 
 def is_raw(prompt: str) -> bool:

@@ -225,6 +225,18 @@ class SigmaPipeline:
             timings={**timings, "total_s": time.perf_counter() - t0},
         )  # fmt: skip
 
+    def live_preview(
+        self, tensors: dict[str, Any], *, size: tuple[int, int] | str = "latent"
+    ) -> Image.Image:
+        """A step's estimate of the final image, for a step callback that asked for "latents",
+        "velocity" and "t_next": x0 = latents - t_next * velocity shown through a linear
+        latent-to-RGB map fitted to this pipeline's VAE, without decoding. ``size`` is "latent"
+        (H/8 x W/8), "output" (H x W) or (width, height). Thread-safe; the first call for a VAE
+        with no stored factors fits them once (a few encodes, see runtime.live_preview)."""
+        from sigma_core.runtime.live_preview import previewer_for
+
+        return previewer_for(self.vae).preview_step(tensors, size=size)
+
     def _decode(self, latent: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray:
         img = self.vae.decode(latent).float()
         img = (img * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [1, H, W, 3]

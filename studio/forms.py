@@ -1,0 +1,253 @@
+"""What the studio's controls hold, as plain frozen data, and its translation to and from a
+sigma_core Composition.
+
+The UI's slots are positional: slot k is the k-th slot on screen, and ``[k]`` / ``<image_k>``
+in the prompt name it. Every check of a value is sigma_core's; this module only turns control
+values (text boxes, sliders) into the types sigma_core checks, naming the field that is wrong
+in the same ``references[slot k].field`` / ``settings.field`` form the core uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import sigma_core
+from sigma_core import Composition, Reference, Settings, SigmaInputError
+
+FOLLOW_LAST = "last-reference"
+SIZE_CHOICES: tuple[tuple[str, str], ...] = (
+    ("Follow the last reference", FOLLOW_LAST),
+    ("1:1 (1024×1024)", "1024x1024"),
+    ("4:3 (1024×768)", "1024x768"),
+    ("3:4 (768×1024)", "768x1024"),
+    ("3:2 (1024×688)", "1024x688"),
+    ("2:3 (688×1024)", "688x1024"),
+    ("16:9 (1024×576)", "1024x576"),
+    ("9:16 (576×1024)", "576x1024"),
+    ("1:1 small (512×512)", "512x512"),
+)
+SEED_MODES = ("random", "fixed")
+MAX_IMAGES_PER_RUN = 4
+_DEFAULTS = Settings()
+
+
+@dataclass(frozen=True)
+class SlotForm:
+    """One reference slot's controls. ``image`` is a file path (an upload, a restored image)
+    or a data URI; ``crop`` is the text "left, top, right, bottom" or empty."""
+
+    image: str | None = None
+    attributes: tuple[str, ...] = ()
+    entity: str = ""
+    crop: str = ""
+
+
+@dataclass(frozen=True)
+class SettingsForm:
+    """The settings accordion's controls; defaults are SIGMA's."""
+
+    size: str = FOLLOW_LAST
+    steps: int = _DEFAULTS.num_timesteps
+    cfg_text: float = _DEFAULTS.cfg_text_scale
+    cfg_img: float = _DEFAULTS.cfg_img_scale
+    cfg_start: float = _DEFAULTS.cfg_interval[0]
+    cfg_end: float = _DEFAULTS.cfg_interval[1]
+    shift: float = _DEFAULTS.timestep_shift
+    renorm_type: str = _DEFAULTS.cfg_renorm_type
+    renorm_min: float = _DEFAULTS.cfg_renorm_min
+    seed_mode: str = "fixed"
+    seed: str = str(_DEFAULTS.seed)
+    images_per_run: int = 1
+    mask: bool = _DEFAULTS.mask
+    attribute_projection: bool = _DEFAULTS.attribute_projection
+
+
+@dataclass(frozen=True)
+class Draft:
+    """The whole composition as the controls hold it."""
+
+    prompt: str = ""
+    slots: tuple[SlotForm, ...] = (SlotForm(),)
+    settings: SettingsForm = field(default_factory=SettingsForm)
+    name: str = ""
+
+
+def to_composition(draft: Draft) -> Composition:
+    """The composition the controls describe; a SigmaError names the first wrong field.
+    A random seed stays None here: each run draws its own."""
+    references = tuple(slot_reference(k, slot) for k, slot in enumerate(draft.slots, start=1))
+    return Composition(
+        prompt=draft.prompt,
+        references=references,
+        settings=to_settings(draft.settings),
+        name=draft.name,
+    )
+
+
+def slot_reference(slot: int, form: SlotForm) -> Reference:
+    """Slot ``slot``'s controls as a Reference (checked by sigma_core)."""
+    return Reference(
+        slot=slot,
+        image=image_source(form.image),
+        attributes=form.attributes,
+        entity=form.entity,
+        crop=parse_crop(form.crop, slot),
+    )
+
+
+def image_source(image: str | None) -> str | Path | None:
+    """A control's image as a Reference takes it: data URIs as they are, files as Paths (a
+    string path in a Reference means "relative to a preset", which uploads are not)."""
+    if not image:
+        return None
+    return image if image.startswith("data:") else Path(image)
+
+
+def parse_crop(text: str, slot: int) -> tuple[int, int, int, int] | None:
+    """ "left, top, right, bottom" in pixels, or empty for no crop; the box is checked by the
+    core against the image."""
+    if not text or not text.strip():
+        return None
+    parts = [p for p in re.split(r"[\s,;]+", text.strip()) if p]
+    if len(parts) != 4 or not all(re.fullmatch(r"-?\d{1,6}", p) for p in parts):
+        raise SigmaInputError(
+            f"references[slot {slot}].crop: {text.strip()[:40]!r} is not four whole numbers; "
+            "write left, top, right, bottom in pixels (e.g. 0, 0, 512, 512), or leave it empty"
+        )
+    left, top, right, bottom = (int(p) for p in parts)
+    return (left, top, right, bottom)
+
+
+def to_settings(form: SettingsForm) -> Settings:
+    """Settings from the accordion; sigma_core checks every bound."""
+    seed = None if form.seed_mode == "random" else parse_seed(form.seed)
+    return Settings(
+        size=parse_size(form.size),
+        num_timesteps=_whole(form.steps),
+        cfg_text_scale=float(form.cfg_text),
+        cfg_img_scale=float(form.cfg_img),
+        cfg_interval=(float(form.cfg_start), float(form.cfg_end)),
+        timestep_shift=float(form.shift),
+        cfg_renorm_type=form.renorm_type,
+        cfg_renorm_min=float(form.renorm_min),
+        seed=seed,
+        mask=bool(form.mask),
+        attribute_projection=bool(form.attribute_projection),
+    )
+
+
+def parse_seed(text: Any) -> int:
+    """The seed box holds text: browsers round integers past 2^53, seeds go to 2^63."""
+    value = str(text).strip()
+    if not re.fullmatch(r"\d{1,19}", value):
+        raise SigmaInputError(
+            f"settings.seed: {value[:30]!r} is not a whole number; write one from 0 to 2^63 - 1, "
+            "or choose a random seed"
+        )
+    return int(value)
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """ "WIDTHxHEIGHT", or "last-reference"; bounds are the core's."""
+    if text in (FOLLOW_LAST, "", None):
+        return None
+    match = re.fullmatch(r"\s*(\d{1,5})\s*[x×]\s*(\d{1,5})\s*", str(text))
+    if not match:
+        raise SigmaInputError(
+            f"settings.size: {str(text)[:30]!r} is not WIDTHxHEIGHT (e.g. 1024x768) or "
+            "'follow the last reference'"
+        )
+    return int(match[1]), int(match[2])
+
+
+def _whole(value: Any) -> Any:
+    """A slider's 30.0 as 30; anything else as it is, for the core to refuse."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def size_text(size: tuple[int, int] | None) -> str:
+    return FOLLOW_LAST if size is None else f"{size[0]}x{size[1]}"
+
+
+def settings_form(settings: Settings, images_per_run: int = 1) -> SettingsForm:
+    """The accordion's values for ``settings``."""
+    return SettingsForm(
+        size=size_text(settings.size),
+        steps=settings.num_timesteps,
+        cfg_text=settings.cfg_text_scale,
+        cfg_img=settings.cfg_img_scale,
+        cfg_start=settings.cfg_interval[0],
+        cfg_end=settings.cfg_interval[1],
+        shift=settings.timestep_shift,
+        renorm_type=settings.cfg_renorm_type,
+        renorm_min=settings.cfg_renorm_min,
+        seed_mode="random" if settings.seed is None else "fixed",
+        seed="" if settings.seed is None else str(settings.seed),
+        images_per_run=images_per_run,
+        mask=settings.mask,
+        attribute_projection=settings.attribute_projection,
+    )
+
+
+def to_draft(composition: Composition, files: Path, *, max_slots: int) -> Draft:
+    """The controls' values for a loaded composition (a preset, a PNG, a history entry).
+
+    Slots are renumbered 1..n in slot order (the prompt follows), each image is written to
+    ``files`` (content-addressed, so gradio can serve it), and a composition with more slots
+    than the studio shows is refused rather than cut.
+    """
+    refs = sorted(composition.references, key=lambda r: r.slot)
+    if len(refs) > max_slots:
+        raise SigmaInputError(
+            f"references: this composition has {len(refs)} slots; this studio shows at most "
+            f"{max_slots} (start it with --max-references {len(refs)})"
+        )
+    mapping = {r.slot: k for k, r in enumerate(refs, start=1)}
+    slots = tuple(
+        SlotForm(
+            image=_materialize(composition, r, files),
+            attributes=r.attributes,
+            entity=r.entity,
+            crop=", ".join(map(str, r.crop)) if r.crop else "",
+        )
+        for r in refs
+    )
+    return Draft(
+        prompt=sigma_core.renumber_slots(composition.prompt, mapping),
+        slots=slots or (SlotForm(),),
+        settings=settings_form(composition.settings),
+        name=composition.name,
+    )
+
+
+def _materialize(composition: Composition, ref: Reference, files: Path) -> str | None:
+    """The reference's original bytes as a file under ``files``; None for an empty slot."""
+    if ref.image is None:
+        return None
+    source = ref.image
+    if isinstance(source, str) and not source.startswith("data:"):
+        source = composition.resolve_path(source, field_name=f"references[slot {ref.slot}].image")
+    data = sigma_core.embeddable_bytes(source, name=f"references[slot {ref.slot}].image")
+    return str(write_content(files, data, f".{sigma_core.image_format(data)}"))
+
+
+def write_content(folder: Path, data: bytes, suffix: str) -> Path:
+    """``data`` under a name derived from its bytes: the same image is stored once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+    if not path.exists():
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def without_images(composition: Composition) -> Composition:
+    """The composition with empty slots: what browser storage keeps of a result."""
+    return replace(
+        composition, references=tuple(replace(r, image=None) for r in composition.references)
+    )

@@ -1,0 +1,313 @@
+"""Generation runs: streamed progress, cancel, the saved results and the history the browser
+keeps, and the comparisons (a result against a reference; the leakage A/B).
+
+A run is a generator of :class:`Progress` items ending with one :class:`Outcome`: the engine
+works in a thread and reports each step through a queue, so the caller (the gradio layout, a
+test) sees progress as it happens and a run that is abandoned midway is cancelled.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+import sigma_core
+from sigma_core import (
+    Composition,
+    GenerationCancelled,
+    SigmaError,
+    SigmaInputError,
+    SigmaOutOfMemoryError,
+    SigmaOutput,
+)
+from studio.engine import Engine, RunToken, Sessions
+from studio.forms import MAX_IMAGES_PER_RUN, Draft, to_composition, without_images
+
+log = logging.getLogger(__name__)
+HISTORY_LIMIT = 48  # results kept in the browser (thumbnails and compositions only)
+THUMB_SIDE = 192
+RESULTS = "results"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A step done: of image ``image`` (1-based) of ``images``, step ``step`` of ``steps``."""
+
+    image: int
+    images: int
+    step: int
+    steps: int
+    elapsed_s: float
+    preview: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: the history entries of the images made (newest first), and the
+    message to show when it stopped early (the composition on screen is never touched)."""
+
+    entries: tuple[dict[str, Any], ...] = ()
+    error: str | None = None
+    cancelled: bool = False
+
+
+RunItem = Progress | Outcome
+
+
+def run_seeds(seed: int | None, count: int) -> list[int]:
+    """``count`` consecutive seeds from ``seed``, or from a fresh random one."""
+    if not 1 <= count <= MAX_IMAGES_PER_RUN:
+        raise SigmaInputError(
+            f"settings.images_per_run: {count} must be from 1 to {MAX_IMAGES_PER_RUN}"
+        )
+    start = secrets.randbelow(sigma_core.MAX_SEED - count) if seed is None else seed
+    if start + count > sigma_core.MAX_SEED:
+        raise SigmaInputError(f"settings.seed: {start} + {count} images passes 2^63 - 1")
+    return list(range(start, start + count))
+
+
+def generate(
+    engine: Engine, sessions: Sessions, session: str, draft: Draft, *, files: Path,
+    time_limit_s: float,
+) -> Iterator[RunItem]:  # fmt: skip
+    """Run the draft: ``images_per_run`` images with consecutive seeds."""
+    try:
+        comp = to_composition(draft)
+        seeds = run_seeds(comp.settings.seed, int(draft.settings.images_per_run))
+    except SigmaError as e:
+        yield Outcome(error=str(e))
+        return
+    jobs = [replace(comp, settings=comp.settings.replace(seed=s)) for s in seeds]
+    yield from stream(engine, sessions, session, jobs, files=files, time_limit_s=time_limit_s)
+
+
+def stream(
+    engine: Engine, sessions: Sessions, session: str, compositions: Sequence[Composition], *,
+    files: Path, time_limit_s: float,
+) -> Iterator[RunItem]:  # fmt: skip
+    """Make one image per composition, in order, reporting every step."""
+    token = RunToken(sessions.token(session), time.monotonic() + time_limit_s)
+    events: queue.Queue[Any] = queue.Queue()
+    done = object()
+    start = time.monotonic()
+
+    def work() -> None:
+        try:
+            for i, comp in enumerate(compositions, start=1):
+
+                def on_step(step: int, steps: int, preview: Image.Image | None, i: int = i) -> None:
+                    elapsed = time.monotonic() - start
+                    events.put(Progress(i, len(compositions), step, steps, elapsed, preview))
+
+                out = engine.generate(comp, cancel=token, on_step=on_step)
+                events.put(save_result(out, files))
+        except Exception as e:  # every failure is reported to the consumer, bugs included
+            events.put(e)
+        finally:
+            events.put(done)
+
+    worker = threading.Thread(target=work, name=f"sigma-run-{session[:8]}", daemon=True)
+    worker.start()
+    entries: list[dict[str, Any]] = []
+    failure: BaseException | None = None
+    try:
+        while (item := events.get()) is not done:
+            if isinstance(item, Progress):
+                yield item
+            elif isinstance(item, dict):
+                entries.insert(0, item)
+            else:
+                failure = item
+    finally:
+        if worker.is_alive():  # the consumer went away (page closed): stop the engine
+            token.cancel.set()
+    yield Outcome(
+        entries=tuple(entries),
+        error=None if failure is None else describe_failure(failure, engine, token, time_limit_s),
+        cancelled=isinstance(failure, GenerationCancelled),
+    )
+
+
+def describe_failure(
+    error: BaseException, engine: Engine, token: RunToken, time_limit_s: float
+) -> str:
+    """The message for a run that stopped: what happened and what to do."""
+    if isinstance(error, GenerationCancelled):
+        if token.timed_out() and not token.cancel.is_set():
+            return (
+                f"stopped {str(error).removeprefix('cancelled ')}: the run took longer than this "
+                f"studio's time limit of {time_limit_s:g} s; use fewer steps or a smaller size"
+            )
+        return f"{error}; the composition is unchanged, press Generate to run it again"
+    if isinstance(error, SigmaOutOfMemoryError):
+        return f"{error}. {memory_advice(engine)}"
+    if isinstance(error, SigmaError):
+        return str(error)
+    log.error("engine error", exc_info=error)
+    return (
+        f"engine error ({type(error).__name__}: {error}); the studio keeps running and your "
+        f"composition is kept. If it happens again: {memory_advice(engine)}"
+    )
+
+
+def memory_advice(engine: Engine) -> str:
+    """What to change at start-up when memory runs out, given the precision in use."""
+    if engine.info.precision == "fp32":
+        lower = "restart the studio with --precision bf16 (half the memory of fp32)"
+    else:
+        lower = "use a smaller output size or fewer references"
+    return f"To fit, {lower}; CPU offload (--offload) and int8/nf4 come in a later version."
+
+
+def save_result(out: SigmaOutput, files: Path) -> dict[str, Any]:
+    """Save the PNG (composition embedded) and describe it for the history."""
+    folder = files / RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = out.save(folder / f"sigma-{stamp}-{out.seed}.png")
+    image = out.images[0]
+    return {
+        "file": path.name,
+        "thumb": thumbnail_uri(image),
+        "seed": out.seed,
+        "size": list(image.size),
+        "settings": out.settings.to_dict(),
+        "timings": {k: round(v, 3) for k, v in out.timings.items()},
+        "preview": out.preview,
+        "name": out.composition.name,
+        "prompt": out.composition.prompt,
+        "warnings": [*out.plan.warnings, *out.warnings],
+        "preset": sigma_core.dumps_preset(without_images(out.composition)),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def thumbnail_uri(image: Image.Image) -> str:
+    """A small JPEG data URI: what the browser's history keeps instead of the image."""
+    small = image.copy()
+    small.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def add_to_history(history: Any, entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New results first, the oldest dropped past :data:`HISTORY_LIMIT`."""
+    return [*entries, *valid_history(history)][:HISTORY_LIMIT]
+
+
+def valid_history(history: Any) -> list[dict[str, Any]]:
+    """The entries of a browser's history that are well formed (browser storage is the
+    user's to edit, so nothing in it is trusted)."""
+    if not isinstance(history, list):
+        return []
+    keys = {"file": str, "thumb": str, "seed": int, "preset": str}
+    return [
+        e
+        for e in history
+        if isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in keys.items())
+    ][:HISTORY_LIMIT]
+
+
+def result_file(entry: dict[str, Any], files: Path) -> Path | None:
+    """The saved PNG of a history entry, if this server still has it. Only a plain file name
+    inside the results folder is accepted: the entry comes from the browser."""
+    name = str(entry.get("file", ""))
+    folder = (files / RESULTS).resolve()
+    if not name or Path(name).name != name or name.startswith("."):
+        return None
+    path = (folder / name).resolve()
+    return path if path.parent == folder and path.is_file() else None
+
+
+def gallery_items(history: Any, files: Path) -> list[tuple[Image.Image | str, str]]:
+    """The results gallery: the full image while the server has it, else the thumbnail."""
+    items = []
+    for entry in valid_history(history):
+        path = result_file(entry, files)
+        try:
+            image = str(path) if path else sigma_core.load_image(entry["thumb"], name="thumb")
+        except SigmaError:
+            continue
+        items.append((image, caption(entry)))
+    return items
+
+
+def caption(entry: dict[str, Any]) -> str:
+    size = entry.get("size") or ["?", "?"]
+    note = " · preview engine" if entry.get("preview") else ""
+    return f"seed {entry['seed']} · {size[0]}×{size[1]}{note}"
+
+
+def placed_references(entry: dict[str, Any]) -> list[int]:
+    """The slots a result's prompt placed, each once: what it can be compared with."""
+    try:
+        prompt = json.loads(entry["preset"])["prompt"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return list(dict.fromkeys(sigma_core.placed_slots(prompt))) if isinstance(prompt, str) else []
+
+
+def entry_composition(entry: dict[str, Any], files: Path) -> Composition:
+    """A result's composition: from its PNG (references embedded) while the server has it,
+    else from the browser's copy (prompt, slots and settings, without the images)."""
+    path = result_file(entry, files)
+    if path is not None:
+        return sigma_core.read_png_composition(path)
+    return sigma_core.loads_preset(entry["preset"], where="history entry")
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def compare_with_reference(
+    entry: dict[str, Any], slot: int, files: Path
+) -> tuple[Image.Image, Image.Image]:
+    """(reference ``slot``, the result), the reference cropped and scaled to the result's
+    frame so the slider lines them up."""
+    path = result_file(entry, files)
+    if path is None:
+        raise SigmaInputError("compare: this result's image is no longer on the server")
+    comp = sigma_core.read_png_composition(path)
+    ref = comp.reference(slot)
+    if ref is None or ref.image is None:
+        placed = ", ".join(str(r.slot) for r in comp.references if r.image is not None)
+        raise SigmaInputError(
+            f"compare: the result has no reference {slot} (it was made from {placed or 'none'})"
+        )
+    result = sigma_core.load_image(path, name="result")
+    return ImageOps.fit(comp.load_image(ref), result.size), result
+
+
+def ab_compositions(entry: dict[str, Any], files: Path) -> list[Composition]:
+    """The leakage A/B's other half: the result's composition and seed with the mask flipped."""
+    comp = entry_composition(entry, files)
+    if result_file(entry, files) is None:
+        raise SigmaInputError("A/B: this result's image is no longer on the server; make it again")
+    settings = comp.settings.replace(seed=entry["seed"], mask=not comp.settings.mask)
+    return [replace(comp, settings=settings)]
+
+
+def ab_pair(entry: dict[str, Any], other: dict[str, Any], files: Path) -> tuple[str, str]:
+    """(mask on, mask off) image files of a result and its A/B twin."""
+    first, second = result_file(entry, files), result_file(other, files)
+    if first is None or second is None:
+        raise SigmaInputError("A/B: a result's image is no longer on the server")
+    mask_on = json.loads(entry["preset"])["settings"]["mask"]
+    return (str(first), str(second)) if mask_on else (str(second), str(first))

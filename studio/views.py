@@ -1,0 +1,145 @@
+"""What the handlers' data looks like on screen: small HTML and Markdown fragments. User text is
+always escaped, so a prompt or a file name cannot inject markup into the page."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import sigma_core
+from studio.compose import Check, Chip
+from studio.engine import EngineInfo
+from studio.runs import Progress
+
+CSS = """
+.sigma-banner { padding: 8px 12px; border-radius: 6px; background: #eef3f8; }
+.sigma-banner.preview { background: #b00020; color: #fff; font-weight: 600; }
+.sigma-problems { color: #b00020; }
+.sigma-warnings { color: #8a5a00; }
+.sigma-seq { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; }
+.sigma-chip { border-radius: 4px; padding: 2px 6px; font-size: 0.85em; border: 1px solid #999; }
+.sigma-chip.text { background: #e8f0fe; }
+.sigma-chip .attr { border-radius: 3px; padding: 0 3px; color: #fff; font-weight: 600; }
+.sigma-chip.image { color: #fff; }
+.sigma-chip.output { background: #9c27b0; color: #fff; }
+.sigma-chip small { opacity: 0.8; }
+"""
+
+
+def _rgb(group: int | None) -> str:
+    if group is None:
+        return "#888"
+    r, g, b = sigma_core.GROUP_COLORS[group % len(sigma_core.GROUP_COLORS)]
+    return f"rgb({r},{g},{b})"
+
+
+def banner(info: EngineInfo, memory: str) -> str:
+    """Which weights, precision, device and memory; the preview engine in red."""
+    weights = html.escape(info.weights)
+    facts = (
+        f"{html.escape(info.precision)} on {html.escape(info.device)} · weights "
+        f"{_size(info.weights_bytes)} · {html.escape(memory)}"
+    )
+    if info.preview:
+        return (
+            '<div class="sigma-banner preview">PREVIEW ENGINE: random weights, the images are '
+            f"noise, not SIGMA results ({weights}) · {facts}</div>"
+        )
+    return f'<div class="sigma-banner">Weights: {weights} · {facts}</div>'
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def messages(problems: list[str], warnings: list[str]) -> str:
+    """The problems and warnings shown next to one control (empty when there are none)."""
+    out = [f'<div class="sigma-problems">✖ {html.escape(p)}</div>' for p in problems]
+    out += [f'<div class="sigma-warnings">! {html.escape(w)}</div>' for w in warnings]
+    return "".join(out)
+
+
+def problems_panel(check: Check) -> str:
+    """Every problem and warning, each with where it is."""
+    if not check.problems and not check.warnings:
+        return '<div class="sigma-ok">✓ ready to generate</div>'
+    return messages(
+        [p.message for p in check.problems], [_located(w.where, w.message) for w in check.warnings]
+    )
+
+
+def _located(where: str, message: str) -> str:
+    """A warning with the control it concerns, unless it already starts with a field path."""
+    return (
+        message
+        if message.startswith(("prompt", "references", "settings"))
+        else (f"{where}: {message}")
+    )
+
+
+def _chip(chip: Chip) -> str:
+    count = f"<small> · {chip.tokens} tok</small>"
+    if chip.kind == "text":
+        inner = " ".join(
+            f'<span class="attr" style="background:{_rgb(p.group)}">{html.escape(p.text)}</span>'
+            if p.group is not None
+            else html.escape(p.text)
+            for p in chip.parts
+        )
+        return f'<span class="sigma-chip text">{inner}{count}</span>'
+    w, h = chip.size or (0, 0)
+    if chip.kind == "output":
+        return f'<span class="sigma-chip output">output {w}×{h}{count}</span>'
+    attrs = html.escape(" ".join(chip.attributes)) or "no attribute"
+    return (
+        f'<span class="sigma-chip image" style="background:{_rgb(chip.group)}">'
+        f"image [{chip.slot}] {attrs} · {w}×{h}{count}</span>"
+    )
+
+
+def sequence(check: Check) -> str:
+    """The interleaved sequence as chips coloured by group, with the token totals."""
+    if check.plan is None:
+        return (
+            '<div class="sigma-seq"><em>The sequence shows once the problems are fixed.</em></div>'
+        )
+    chips = "".join(_chip(c) for c in check.chips)
+    counts = ", ".join(f"{name} {n}" for name, n in check.token_counts)
+    w, h = check.output_size or (0, 0)
+    mask = "on" if check.plan.mask else "off"
+    return (
+        f'<div class="sigma-seq">{chips}</div><div><small>{check.length} tokens ({counts}); '
+        f"output {w}×{h}; SIGMA mask {mask}</small></div>"
+    )
+
+
+def progress(p: Progress) -> str:
+    """One line per step: where the run is, and how fast it goes."""
+    per_step = p.elapsed_s / max(1, (p.image - 1) * p.steps + p.step)
+    left = ((p.images - p.image) * p.steps + p.steps - p.step) * per_step
+    image = f"image {p.image}/{p.images} · " if p.images > 1 else ""
+    return f"{image}step {p.step}/{p.steps} · {per_step:.2f} s/step · about {left:.0f} s left"
+
+
+def result_info(entry: dict[str, Any]) -> str:
+    """A result's seed, settings, timings and warnings, as Markdown."""
+    s = entry.get("settings") or {}
+    t = entry.get("timings") or {}
+    size = entry.get("size") or ["?", "?"]
+    lines = [
+        f"**Seed {entry.get('seed')}** · {size[0]}×{size[1]}"
+        + (" · made by the **preview engine** (random weights)" if entry.get("preview") else ""),
+        f"steps {s.get('num_timesteps')} · cfg text {s.get('cfg_text_scale')} · cfg image "
+        f"{s.get('cfg_img_scale')} · interval {s.get('cfg_interval')} · shift "
+        f"{s.get('timestep_shift')} · renorm {s.get('cfg_renorm_type')} "
+        f"(min {s.get('cfg_renorm_min')}) · mask {'on' if s.get('mask') else 'off'} · W_tau "
+        f"{'on' if s.get('attribute_projection') else 'off'}",
+        "timings: "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in t.items() if _is_num(v)),
+    ]
+    lines += [f"warning: {w}" for w in entry.get("warnings") or []]
+    return "\n\n".join(html.escape(line, quote=False) for line in lines)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

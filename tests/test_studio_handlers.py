@@ -1,0 +1,600 @@
+"""The studio's handlers, without a browser: plain data in, plain data out.
+
+Runs use the tiny random checkpoint of conftest.py, 64x64 outputs and 3 timesteps, so each
+generation takes well under a second after the first.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import sigma_core
+from sigma_core import (
+    GenerationCancelled,
+    PresetError,
+    SigmaInputError,
+    SigmaOutOfMemoryError,
+)
+from studio import api, compose, presets, runs, slots, views
+from studio.engine import Engine, RunToken, Sessions
+from studio.forms import (
+    Draft,
+    SettingsForm,
+    SlotForm,
+    parse_crop,
+    parse_seed,
+    settings_form,
+    to_composition,
+    to_draft,
+    to_settings,
+)
+from studio.options import PRESETS_DIR
+
+FAST = SettingsForm(size="64x64", steps=3)
+
+
+@pytest.fixture(scope="module")
+def engine(pipe) -> Engine:
+    return Engine(pipe, weights="tiny test checkpoint")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, str]:
+    """Small reference images, and files that are not usable images."""
+    folder = tmp_path_factory.mktemp("images")
+    out = {}
+    for name, color, size in (("red", (200, 30, 30), (64, 48)), ("blue", (30, 30, 200), (48, 64))):
+        Image.new("RGB", size, color).save(folder / f"{name}.png")
+        out[name] = str(folder / f"{name}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out["text"] = str(folder / "notes.txt")
+    whole = (folder / "red.png").read_bytes()
+    (folder / "cut.png").write_bytes(whole[: len(whole) // 2])
+    out["truncated"] = str(folder / "cut.png")
+    with open(folder / "huge.png", "wb") as f:  # sparse: over the 50 MB limit, nothing written
+        f.truncate(51 * 2**20)
+    out["huge"] = str(folder / "huge.png")
+    return out
+
+
+def two_slots(images: dict[str, str], prompt: str = "A photo of [1] holding [2]") -> Draft:
+    return Draft(
+        prompt=prompt,
+        slots=(
+            SlotForm(images["red"], ("<id>",), "woman"),
+            SlotForm(images["blue"], ("<subject>",), "tabby cat"),
+        ),
+        settings=FAST,
+    )
+
+
+def finish(items) -> tuple[list[runs.Progress], runs.Outcome]:
+    items = list(items)
+    assert isinstance(items[-1], runs.Outcome)
+    return [i for i in items if isinstance(i, runs.Progress)], items[-1]
+
+
+# ----------------------------------------------------------------------------- forms
+
+
+def test_a_draft_becomes_the_composition_it_shows(images):
+    comp = to_composition(two_slots(images))
+    assert [r.slot for r in comp.references] == [1, 2]
+    assert comp.references[0].attributes == ("<id>",)
+    assert comp.references[1].entity == "tabby cat"
+    assert comp.settings.size == (64, 64)
+    assert comp.settings.num_timesteps == 3
+
+
+def test_settings_round_trip_through_the_accordion():
+    settings = sigma_core.Settings(size=(512, 768), seed=None, mask=False, cfg_interval=(0.2, 0.9))
+    assert to_settings(settings_form(settings)) == settings
+
+
+def test_seeds_are_text_so_large_ones_stay_exact():
+    assert parse_seed(str(2**63 - 1)) == 2**63 - 1
+    with pytest.raises(PresetError, match="seed"):
+        to_settings(replace(FAST, seed=str(2**63)))  # the core's bound
+    with pytest.raises(SigmaInputError, match=r"settings\.seed: '12a' is not a whole number"):
+        parse_seed("12a")
+
+
+def test_crop_text_is_four_numbers_or_nothing():
+    assert parse_crop(" 1, 2; 30 40 ", 1) == (1, 2, 30, 40)
+    assert parse_crop("", 1) is None
+    with pytest.raises(SigmaInputError, match=r"references\[slot 2\].crop"):
+        parse_crop("1, 2, 3", 2)
+
+
+def test_a_composition_with_gapped_slots_is_renumbered_into_the_form(tmp_path, images):
+    comp = sigma_core.Composition(
+        prompt="[2] beside [5]",
+        references=(
+            sigma_core.Reference(5, Path(images["blue"]), ("<subject>",)),
+            sigma_core.Reference(2, Path(images["red"]), ("<id>",)),
+        ),
+    )
+    draft = to_draft(comp, tmp_path, max_slots=8)
+    assert draft.prompt == "[1] beside [2]"
+    assert [s.attributes for s in draft.slots] == [("<id>",), ("<subject>",)]
+    assert all(Path(s.image).parent == tmp_path for s in draft.slots)
+    with pytest.raises(SigmaInputError, match="--max-references 2"):
+        to_draft(comp, tmp_path, max_slots=1)
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def test_a_valid_draft_plans_into_chips(engine, images):
+    result = compose.check(engine, two_slots(images))
+    assert result.ok, result.problems
+    kinds = [c.kind for c in result.chips]
+    assert kinds == ["text", "image", "text", "image", "output"]
+    first = result.chips[0]
+    assert [(p.text, p.group) for p in first.parts] == [
+        ("A photo of", None),
+        ("<id>", 0),
+        ("woman", None),
+    ]
+    assert result.chips[1].slot == 1 and result.chips[1].group == 0
+    assert result.chips[-1].size == (64, 64)
+    assert sum(c.tokens for c in result.chips) == result.length
+    assert dict(result.token_counts)["special"] == 2
+    html = views.sequence(result)
+    assert html.count("sigma-chip") == 5 and "64×64" in html
+
+
+@pytest.mark.parametrize(
+    ("prompt", "where", "text"),
+    [
+        ("A photo of [1] and [3]", "prompt", "slot 3, which does not exist"),
+        ("", "prompt", "is empty"),
+        ("<idd> woman <image_1>", "prompt", "did you mean '<id>'"),
+        ("[1] and <image_2>", "prompt", "use one syntax"),
+        ("[1] <style> and [2]", "prompt", "write [k:style]"),
+    ],
+)
+def test_prompt_problems_show_next_to_the_prompt(engine, images, prompt, where, text):
+    result = compose.check(engine, two_slots(images, prompt))
+    problems, _ = result.at(where)
+    assert any(text in p for p in problems), result.problems
+    assert not result.chips
+
+
+def test_a_template_naming_an_empty_slot_is_refused(engine, images):
+    draft = replace(two_slots(images), slots=(SlotForm(images["red"], ("<id>",)), SlotForm()))
+    problems, _ = compose.check(engine, draft).at("prompt")
+    assert any("slot 2, which has no image" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("image", "crop", "text"),
+    [
+        ("text", "", "is not an image"),
+        ("truncated", "", "truncated or corrupt"),
+        ("huge", "", "over the limit of 50.0 MB"),
+        ("red", "0, 0, 500, 10", "is outside the image"),
+        ("red", "a, b", "is not four whole numbers"),
+    ],
+)
+def test_bad_images_show_next_to_their_slot(engine, images, image, crop, text):
+    draft = two_slots(images)
+    bad = replace(draft.slots[1], image=images[image], crop=crop)
+    result = compose.check(engine, replace(draft, slots=(draft.slots[0], bad)))
+    problems, _ = result.at("slot 2")
+    assert any(text in p for p in problems), result.problems
+    assert result.at("slot 1") == ([], [])
+
+
+def test_every_problem_is_reported_at_once(engine, images):
+    draft = two_slots(images)
+    draft = replace(
+        draft,
+        slots=(
+            replace(draft.slots[0], entity="woman <image_2>"),
+            replace(draft.slots[1], crop="x"),
+        ),
+        settings=replace(FAST, seed="-1"),
+    )
+    result = compose.check(engine, draft)
+    assert {p.where for p in result.problems} == {"slot 1", "slot 2", "settings"}
+
+
+def test_warnings_name_their_slot(engine, images):
+    result = compose.check(engine, two_slots(images, "A photo of [1]"))
+    assert result.ok
+    _, warnings = result.at("slot 2")
+    assert any("never uses it" in w for w in warnings)
+
+
+def test_the_mask_picture_is_drawn_on_demand(engine, images, tmp_path):
+    path = compose.mask_picture(compose.check(engine, two_slots(images)), tmp_path)
+    assert Image.open(path).format == "PNG"
+    with pytest.raises(SigmaInputError, match="fix the problems"):
+        compose.mask_picture(compose.check(engine, two_slots(images, "")), tmp_path)
+
+
+def test_auto_compose_places_every_slot_with_an_image(engine, images):
+    assert set(compose.ROLES) == set(sigma_core.ATTRIBUTES)
+    draft = Draft(
+        slots=(
+            SlotForm(images["red"], ("<id>",), "woman"),
+            SlotForm(images["blue"], ("<style>",), "the painting"),
+            SlotForm(),
+            SlotForm(images["red"], (), ""),
+            SlotForm(images["blue"], ("<background>",), "a beach"),
+        ),
+        settings=FAST,
+    )
+    prompt = compose.auto_compose(draft)
+    assert prompt == ("A photo of [1] and [4:subject], in front of [5], in the style of [2]")
+    assert compose.check(engine, replace(draft, prompt=prompt)).ok
+    with pytest.raises(SigmaInputError, match="at least one slot with an image"):
+        compose.auto_compose(Draft(slots=(SlotForm(),)))
+
+
+# ----------------------------------------------------------------------------- slots
+
+
+def test_slots_are_added_up_to_the_maximum():
+    draft = slots.add_slot(Draft(), 2)
+    assert len(draft.slots) == 2
+    with pytest.raises(SigmaInputError, match="at most 2 slots"):
+        slots.add_slot(draft, 2)
+
+
+def test_moving_a_slot_keeps_the_prompts_meaning(engine, images):
+    draft = two_slots(images, "A photo of [1] holding [2:subject]")
+    moved = slots.move_slot(draft, 2, -1)
+    assert moved.prompt == "A photo of [2] holding [1:subject]"
+    assert moved.slots == (draft.slots[1], draft.slots[0])
+    before, after = compose.check(engine, draft), compose.check(engine, moved)
+    assert before.plan.raw_prompt.replace("_1", "_X").replace("_2", "_1").replace("_X", "_2") == (
+        after.plan.raw_prompt
+    )
+    assert slots.move_slot(draft, 1, -1) == draft  # the top slot stays
+    assert slots.move_slot(draft, 2, +1) == draft
+
+
+def test_removing_a_slot_renumbers_the_later_ones(images):
+    draft = replace(two_slots(images, "Just [2]"), slots=(SlotForm(), *two_slots(images).slots))
+    draft = replace(draft, prompt="Just [3] and [2]")
+    out = slots.remove_slot(draft, 1)
+    assert out.prompt == "Just [2] and [1]"
+    assert len(out.slots) == 2
+
+
+def test_a_slot_the_prompt_places_or_the_last_slot_is_not_removed(images):
+    with pytest.raises(SigmaInputError, match=r"take \[2\]"):
+        slots.remove_slot(two_slots(images), 2)
+    with pytest.raises(SigmaInputError, match="at least one slot"):
+        slots.remove_slot(Draft(), 1)
+
+
+def test_insert_places_the_reference_at_the_cursor():
+    assert slots.insert_reference("A photo of", 2) == ("A photo of [2]", 14)
+    assert slots.insert_reference("A photo", 1, 1) == ("A [1] photo", 5)
+    assert slots.insert_reference("<id> <image_1> and", 2)[0] == "<id> <image_1> and <image_2>"
+
+
+def test_the_thumbnail_is_what_the_model_sees(images):
+    thumb = slots.thumbnail(SlotForm(images["red"], crop="0, 0, 32, 48"), 1)
+    assert thumb.problem is None
+    assert "cropped to 32×48" in thumb.caption
+    assert "the model sees 512×768" in thumb.caption  # BAGEL's resize: short side 512 ...
+    assert "48×32 latent tokens (+2 markers = 1538 tokens)" in thumb.caption  # 16 px a token
+    assert max(thumb.image.size) <= 256
+    bad = slots.thumbnail(SlotForm(images["text"]), 3)
+    assert bad.image is None and "references[slot 3].image" in bad.problem
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_a_run_reports_each_step_and_saves_a_png_with_its_composition(engine, images, tmp_path):
+    sessions = Sessions()
+    sessions.arm("a")
+    steps, outcome = finish(
+        runs.generate(engine, sessions, "a", two_slots(images), files=tmp_path, time_limit_s=60)
+    )
+    assert outcome.error is None
+    assert [(p.step, p.steps) for p in steps] == [(1, 2), (2, 2)]
+    assert all(p.preview is not None and max(p.preview.size) == 256 for p in steps)
+    (entry,) = outcome.entries
+    assert entry["seed"] == 42 and entry["size"] == [64, 64] and entry["preview"] is True
+    assert set(entry["timings"]) >= {"encode_s", "denoise_s", "total_s"}
+    path = runs.result_file(entry, tmp_path)
+    stored = sigma_core.read_png_composition(path)
+    assert stored.prompt == "A photo of [1] holding [2]"
+    assert stored.settings.seed == 42
+    assert len(json.dumps(entry)) < 20_000  # a thumbnail, not the image
+    assert "data:" not in entry["preset"]  # ... and the composition without its images
+    assert "Seed 42" in views.result_info(entry)
+
+
+def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
+    draft = replace(two_slots(images), settings=replace(FAST, seed="7", images_per_run=2))
+    _, outcome = finish(
+        runs.generate(engine, Sessions(), "a", draft, files=tmp_path, time_limit_s=60)
+    )
+    assert [e["seed"] for e in outcome.entries] == [8, 7]  # newest first
+    random = replace(draft, settings=replace(draft.settings, seed_mode="random"))
+    _, outcome = finish(
+        runs.generate(engine, Sessions(), "a", random, files=tmp_path, time_limit_s=60)
+    )
+    second, first = (e["seed"] for e in outcome.entries)
+    assert second == first + 1
+
+
+def test_a_bad_draft_never_starts_a_run(engine, images, tmp_path):
+    items = list(
+        runs.generate(
+            engine, Sessions(), "a", two_slots(images, "[3]"), files=tmp_path, time_limit_s=60
+        )
+    )
+    assert len(items) == 1 and "slot 3" in items[0].error
+    assert not (tmp_path / runs.RESULTS).exists()
+
+
+def test_cancel_stops_only_its_own_session_within_one_step(engine, images, tmp_path):
+    sessions = Sessions()
+    sessions.arm("a")
+    sessions.arm("b")
+    draft = replace(two_slots(images), settings=replace(FAST, steps=30))
+    items = runs.generate(engine, sessions, "a", draft, files=tmp_path, time_limit_s=60)
+    seen = []
+    for item in items:
+        seen.append(item)
+        if isinstance(item, runs.Progress) and item.step == 1:
+            sessions.cancel("b")  # another session's Cancel
+        if isinstance(item, runs.Progress) and item.step == 3:
+            assert sessions.cancel("a")
+    outcome = seen[-1]
+    steps = [i.step for i in seen if isinstance(i, runs.Progress)]
+    assert outcome.cancelled and "cancelled after step" in outcome.error
+    assert max(steps) <= 4
+    assert "composition is unchanged" in outcome.error
+
+
+def test_a_cancel_pressed_while_queued_stops_the_run(engine, images, tmp_path):
+    sessions = Sessions()
+    sessions.arm("a")
+    sessions.cancel("a")
+    steps, outcome = finish(
+        runs.generate(engine, sessions, "a", two_slots(images), files=tmp_path, time_limit_s=60)
+    )
+    assert outcome.cancelled and not steps and not outcome.entries
+    assert not Sessions().cancel("never-armed")
+
+
+def test_the_time_limit_stops_a_run(engine, images, tmp_path):
+    _, outcome = finish(
+        runs.generate(engine, Sessions(), "a", two_slots(images), files=tmp_path, time_limit_s=0)
+    )
+    assert "time limit of 0 s" in outcome.error
+
+
+def test_an_abandoned_run_is_cancelled(engine, images, tmp_path):
+    sessions = Sessions()
+    draft = replace(two_slots(images), settings=replace(FAST, steps=40))
+    items = runs.generate(engine, sessions, "a", draft, files=tmp_path, time_limit_s=60)
+    next(item for item in items if isinstance(item, runs.Progress))
+    items.close()  # the page went away
+    assert sessions.token("a").is_set()
+
+
+class FaultyEngine(Engine):
+    """An engine whose runs fail, as out-of-memory or a bug would."""
+
+    def __init__(self, pipe, error: Exception) -> None:
+        super().__init__(pipe, weights="faulty")
+        self.error = error
+
+    def generate(self, composition, *, cancel, on_step=None):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (SigmaOutOfMemoryError("denoising", "cuda:0"), "--precision bf16"),
+        (RuntimeError("CUDA error: an illegal memory access"), "engine error (RuntimeError"),
+        (GenerationCancelled("cancelled after step 2 of 9", step=2), "cancelled after step 2"),
+    ],
+)
+def test_engine_failures_become_messages_and_the_studio_goes_on(
+    pipe, images, tmp_path, error, text
+):
+    faulty = FaultyEngine(pipe, error)
+    _, outcome = finish(
+        runs.generate(faulty, Sessions(), "a", two_slots(images), files=tmp_path, time_limit_s=60)
+    )
+    assert text in outcome.error and not outcome.entries
+    if isinstance(error, RuntimeError):
+        assert "offload" in outcome.error
+
+
+def test_run_tokens_trip_on_cancel_or_deadline():
+    event = threading.Event()
+    assert not RunToken(event, float("inf")).is_set()
+    assert RunToken(event, 0).is_set() and RunToken(event, 0).timed_out()
+    event.set()
+    assert RunToken(event, float("inf")).is_set()
+
+
+# ----------------------------------------------------------------------------- history
+
+
+@pytest.fixture(scope="module")
+def made(engine, images, tmp_path_factory):
+    """One finished result: (its history entry, the files folder)."""
+    files = tmp_path_factory.mktemp("files")
+    _, outcome = finish(
+        runs.generate(engine, Sessions(), "a", two_slots(images), files=files, time_limit_s=60)
+    )
+    return outcome.entries[0], files
+
+
+def test_history_keeps_new_results_first_and_drops_junk(made):
+    entry, _ = made
+    junk = [{"file": 3}, "x", None, {"thumb": "data:"}]
+    history = runs.add_to_history([*junk, entry], [dict(entry, seed=1)])
+    assert [e["seed"] for e in history] == [1, 42]
+    assert len(runs.add_to_history([entry] * 100, [])) == runs.HISTORY_LIMIT
+    assert runs.valid_history("not a list") == []
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/passwd", ".hidden.png", "a/b.png", ""])
+def test_history_entries_cannot_name_files_outside_the_results(made, name):
+    entry, files = made
+    assert runs.result_file(dict(entry, file=name), files) is None
+
+
+def test_the_gallery_falls_back_to_the_thumbnail(made):
+    entry, files = made
+    items = runs.gallery_items([entry, dict(entry, file="gone.png")], files)
+    assert items[0][0].endswith(entry["file"])
+    assert isinstance(items[1][0], Image.Image) and "seed 42" in items[1][1]
+
+
+def test_a_result_restores_its_composition(made, tmp_path):
+    entry, files = made
+    comp = runs.entry_composition(entry, files)
+    draft = to_draft(comp, tmp_path, max_slots=8)
+    assert draft.prompt == "A photo of [1] holding [2]" and all(s.image for s in draft.slots)
+    bare = runs.entry_composition(dict(entry, file="gone.png"), files)
+    assert bare.prompt == comp.prompt and all(r.image is None for r in bare.references)
+
+
+def test_compare_a_result_with_a_reference(made):
+    entry, files = made
+    reference, result = runs.compare_with_reference(entry, 2, files)
+    assert reference.size == result.size == (64, 64)
+    assert runs.placed_references(entry) == [1, 2]
+    with pytest.raises(SigmaInputError, match="no reference 5"):
+        runs.compare_with_reference(entry, 5, files)
+
+
+def test_leakage_ab_runs_the_same_seed_with_the_mask_flipped(engine, made):
+    entry, files = made
+    (twin,) = runs.ab_compositions(entry, files)
+    assert twin.settings.seed == 42 and twin.settings.mask is False
+    _, outcome = finish(runs.stream(engine, Sessions(), "a", [twin], files=files, time_limit_s=60))
+    other = outcome.entries[0]
+    mask_on, mask_off = runs.ab_pair(entry, other, files)
+    assert mask_on.endswith(entry["file"]) and mask_off.endswith(other["file"])
+    assert runs.ab_pair(other, entry, files) == (mask_on, mask_off)
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_every_shipped_preset_opens_and_plans(engine, tmp_path):
+    entries = presets.list_presets(PRESETS_DIR)
+    assert len(entries) == len(list(PRESETS_DIR.glob("*.json"))) >= 4
+    assert all(e.cover is not None and max(e.cover.size) <= 256 for e in entries)
+    for entry in entries:
+        draft = presets.open_composition(entry.path, tmp_path, max_slots=8)
+        assert compose.check(engine, draft).ok, entry.path
+
+
+def test_a_generated_png_opens_as_its_composition(made, tmp_path):
+    entry, files = made
+    draft = presets.open_composition(runs.result_file(entry, files), tmp_path, max_slots=8)
+    assert draft.settings.seed == "42" and len(draft.slots) == 2
+
+
+def test_bad_uploads_are_refused_with_the_cores_message(images, tmp_path):
+    with pytest.raises(PresetError, match=r"^red.png: this PNG holds no SIGMA Studio composition"):
+        presets.open_composition(images["red"], tmp_path, max_slots=8)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "sigma-studio/preset", "version": 1, "prompt": 3}')
+    with pytest.raises(PresetError, match="prompt: expected a string"):
+        presets.open_composition(broken, tmp_path, max_slots=8)
+    with pytest.raises(SigmaInputError, match="choose a preset"):
+        presets.open_composition(None, tmp_path, max_slots=8)
+
+
+def test_a_saved_composition_is_self_contained(images, tmp_path):
+    draft = replace(two_slots(images), name="Red & blue!")
+    path = presets.save_draft(draft, tmp_path)
+    assert path.name == "red-blue.json"
+    data = json.loads(path.read_text())
+    assert all(r["image"].startswith("data:image/png;base64,") for r in data["references"])
+    loaded = sigma_core.loads_preset(path.read_text())
+    reopened = to_draft(loaded, tmp_path / "again", max_slots=8)
+    assert reopened.prompt == draft.prompt and reopened.settings == draft.settings
+    assert Path(reopened.slots[0].image).read_bytes() == Path(images["red"]).read_bytes()
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def preset_text(images: dict[str, str]) -> str:
+    return sigma_core.dumps_preset(to_composition(two_slots(images)), embed_images=True)
+
+
+def test_api_generate_returns_the_png_and_its_metadata(engine, images, tmp_path):
+    path, meta = api.api_generate(
+        engine, Sessions(), "api", preset_text(images), files=tmp_path, time_limit_s=60
+    )
+    assert meta["seed"] == 42 and meta["preview"] is True and meta["size"] == [64, 64]
+    assert sigma_core.read_png_composition(path).prompt == meta["prompt"]
+
+
+def test_api_reads_no_server_paths(engine, images, tmp_path):
+    data = json.loads(preset_text(images))
+    data["references"][0]["image"] = images["red"]  # an absolute path on the server
+    with pytest.raises(PresetError, match="absolute path"):
+        api.api_generate(
+            engine, Sessions(), "api", json.dumps(data), files=tmp_path, time_limit_s=60
+        )
+
+
+def test_api_inspect_and_validate(engine, images):
+    report = api.api_inspect(engine, preset_text(images))
+    assert [s["kind"] for s in report["segments"]][-1] == "noise"
+    good = api.api_validate_preset(engine, preset_text(images))
+    assert good["valid"] and good["tokens"] == report["length"]
+    bad = api.api_validate_preset(engine, preset_text(images).replace("[2]", "[3]"))
+    assert not bad["valid"] and "slot 3" in bad["problems"][0]
+    assert not api.api_validate_preset(engine, "{")["valid"]
+
+
+def test_api_run_failures_raise(pipe, images, tmp_path):
+    faulty = FaultyEngine(pipe, SigmaOutOfMemoryError("denoising", "cpu"))
+    with pytest.raises(api.RunFailed, match="out of memory"):
+        api.api_generate(
+            faulty, Sessions(), "a", preset_text(images), files=tmp_path, time_limit_s=9
+        )
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def test_the_banner_makes_the_preview_engine_unmistakable(engine):
+    assert engine.info.preview and engine.info.precision == "fp32" and engine.info.device == "cpu"
+    html = views.banner(engine.info, engine.memory_in_use())
+    assert "PREVIEW ENGINE" in html and "random weights" in html and "process memory" in html
+
+
+def test_user_text_is_escaped_on_the_page(engine, images):
+    draft = replace(two_slots(images), prompt="<b>bold</b> [1] and [2]")
+    html = views.sequence(compose.check(engine, draft))
+    assert "<b>" not in html and "&lt;b&gt;" in html
+    assert "<script>" not in views.messages(["<script>x</script>"], [])
+
+
+def test_sessions_are_isolated():
+    sessions = Sessions()
+    a, b = sessions.arm("a"), sessions.arm("b")
+    assert sessions.cancel("a") and a.is_set() and not b.is_set()
+    assert not sessions.arm("a").is_set()  # Generate arms a fresh token
+    sessions.forget("b")
+    assert b.is_set() and not sessions.cancel("b")
