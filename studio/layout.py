@@ -8,6 +8,7 @@ message next to their cause, and leave every control as it was, so the user's wo
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +94,7 @@ class SettingsControls:
 
 
 def _warn(error: SigmaError) -> None:
-    gr.Warning(str(error))
+    gr.Warning(html.escape(str(error)))  # toasts render HTML: <id> must stay visible
 
 
 def _slot_controls(k: int, visible: bool) -> SlotControls:
@@ -650,7 +651,7 @@ def _stream_to_page(
         memory = studio.engine.memory_in_use()
         out: dict[Any, Any] = {page.banner: views.banner(studio.engine.info, memory)}
         if item.error:
-            (gr.Info if item.cancelled else gr.Warning)(item.error)
+            (gr.Info if item.cancelled else gr.Warning)(html.escape(item.error))
             out[page.status] = views.messages([item.error], [])
         else:
             out[page.status] = "Done."

@@ -2,7 +2,8 @@
 through Debian's chromium (never `playwright install`).
 
 Without chromium the suite is skipped locally; CI sets SIGMA_REQUIRE_BROWSER=1, where a missing
-browser is a failure. Screenshots go to artifacts/screenshots/ (kept by CI as test artifacts).
+browser is a failure. Screenshots go to artifacts/screenshots/ (kept by CI as test artifacts);
+each is checked not to be blank (a one-colour picture means the page did not render).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 START_TIMEOUT_S = 180
+VIEWPORT = {"width": 1400, "height": 1000}
 
 
 def _free_port() -> int:
@@ -49,6 +51,27 @@ def _require_chromium() -> None:
     pytest.skip(message)
 
 
+def assert_not_blank(path: Path) -> None:
+    """A screenshot shows something: more than one colour, and not nearly all one colour."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").resize((200, 200))
+    colours = small.getcolors(maxcolors=200 * 200) or []
+    assert len(colours) > 8, f"{path.name}: the screenshot is blank ({len(colours)} colours)"
+    top = max(n for n, _ in colours)
+    assert top < 0.98 * 200 * 200, f"{path.name}: the screenshot is almost one colour"
+
+
+def save_screenshot(page: object, name: str, *, full_page: bool = True) -> Path:
+    """``page`` as artifacts/screenshots/<name>.png, checked not to be blank."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    assert_not_blank(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def studio_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A studio server on a free port, its cache in a temporary folder; stopped at the end."""
@@ -59,6 +82,7 @@ def studio_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         **os.environ,
         "XDG_CACHE_HOME": str(home),
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(home / "gradio"),
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HOME": str(home / "hf"),
@@ -66,7 +90,7 @@ def studio_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = home / "app.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(port)],
+            [sys.executable, "app.py", "--port", str(port), "--outputs", str(home / "outputs")],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -93,12 +117,15 @@ def studio_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    if proc.returncode not in (0, -15):
+        print(f"app.py ended with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="session")
 def browser(studio_url: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=30_000)  # a loaded 2-core machine: generous, never a sleep
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         yield browser
@@ -106,15 +133,29 @@ def browser(studio_url: str) -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object, studio_url: str, request: pytest.FixtureRequest) -> Iterator[object]:
+def open_page(browser: object, studio_url: str) -> Iterator[Callable[[], object]]:
+    """Opens the studio in a new browser context (its own studio session and browser storage)
+    each call; every context is closed at the end of the test."""
+    contexts = []
+
+    def open_one() -> object:
+        context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(studio_url)
+        page.wait_for_selector("#engine-banner")
+        return page
+
+    yield open_one
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(open_page: Callable[[], object], request: pytest.FixtureRequest) -> Iterator[object]:
     """A fresh browser context (its own studio session) on the studio page; a screenshot of
     the final state is saved under the test's name."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(studio_url)
-    page.wait_for_selector("#engine-banner")
+    page = open_page()
     yield page
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
+    save_screenshot(page, request.node.name)
