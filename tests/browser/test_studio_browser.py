@@ -163,9 +163,8 @@ def set_run(page: Page, *, steps: int, size: str = "64x64") -> None:
     expect(size_box).to_have_value(size)
 
 
-def compose_two(page: Page, pictures: dict[str, Path], template: str = TEMPLATE) -> None:
-    """Slot 1: a red square as <id> "woman"; slot 2: the cat asset as <subject> "tabby cat";
-    the template typed; ready to generate."""
+def fill_two_slots(page: Page, pictures: dict[str, Path]) -> None:
+    """Slot 1: a red square as <id> "woman"; slot 2: the cat asset as <subject> "tabby cat"."""
     upload_ok(page, 1, pictures["red"])
     pick_attribute(page, 1, "<id>")
     type_into(page, "#slot-1-entity textarea", "woman")
@@ -173,6 +172,12 @@ def compose_two(page: Page, pictures: dict[str, Path], template: str = TEMPLATE)
     upload_ok(page, 2, CAT)
     pick_attribute(page, 2, "<subject>")
     type_into(page, "#slot-2-entity textarea", "tabby cat")
+
+
+def compose_two(page: Page, pictures: dict[str, Path], template: str = TEMPLATE) -> None:
+    """Slot 1: a red square as <id> "woman"; slot 2: the cat asset as <subject> "tabby cat";
+    the template typed; ready to generate."""
+    fill_two_slots(page, pictures)
     type_prompt(page, template)
     expect(page.locator("#problems")).to_contain_text("ready to generate")
 
@@ -242,13 +247,7 @@ def test_compose_two_references_with_attributes_and_a_template(page: Page, pictu
     and the sequence view's chips."""
     banner = page.locator("#engine-banner")
     expect(banner).to_contain_text("PREVIEW ENGINE")
-    upload_ok(page, 1, pictures["red"])
-    pick_attribute(page, 1, "<id>")
-    type_into(page, "#slot-1-entity textarea", "woman")
-    add_slot(page, 2)
-    upload_ok(page, 2, CAT)
-    pick_attribute(page, 2, "<subject>")
-    type_into(page, "#slot-2-entity textarea", "tabby cat")
+    fill_two_slots(page, pictures)
     expect(page.locator("#slot-1-info")).to_have_text(
         "256×256, the model sees 512×512: 32×32 latent tokens (+2 markers = 1026 tokens)"
     )
