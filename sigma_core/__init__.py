@@ -20,15 +20,18 @@ import logging
 from sigma_core.lazy import lazy_exports
 
 
-class _DropBitsandbytesKernelNotice(logging.Filter):
-    """bitsandbytes logs a warning at import on CPUs without its optional 'kernels' package;
-    the fallback it then uses is fine, so users should not see it."""
+class _DropBitsandbytesNotices(logging.Filter):
+    """bitsandbytes logs a warning at import on CPUs without its optional 'kernels' package
+    (its fallback is fine), and one on every int8 matmul that casts bf16/fp32 inputs to fp16
+    (that is how LLM.int8 works): users should see neither."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "gemm_4bit_forward" not in record.getMessage()
+        text = record.getMessage()
+        return "gemm_4bit_forward" not in text and "MatMul8bitLt: inputs will be cast" not in text
 
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropBitsandbytesKernelNotice())
+for _name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+    logging.getLogger(_name).addFilter(_DropBitsandbytesNotices())
 
 _EXPORTS = {
     "ATTRIBUTES": "sigma_core.inputs.attributes",

@@ -124,6 +124,9 @@ class BagelGenerator(nn.Module):
         self.llm2vae = nn.Linear(d, patch_dim)
         self.latent_pos_embed = LatentPositionEmbedding(max_latent_size, d)
         self.attribute_embed = nn.Embedding(len(ATTRIBUTES), d) if attribute_embed else None
+        # Set when the weights live elsewhere (sequential offload keeps them on the meta device
+        # between forwards): where inputs, the KV cache and every new tensor go.
+        self.execution_device: torch.device | None = None
 
     @property
     def llm(self) -> Qwen2MoT:
@@ -135,7 +138,14 @@ class BagelGenerator(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.vae2llm.weight.device
+        """Where the packed sequence is built (the first device of a device map)."""
+        return self.execution_device or self.vae2llm.weight.device
+
+    def layer_devices(self) -> list[torch.device]:
+        """Where each decoder layer computes; its KV cache lives there too."""
+        if self.execution_device is not None:
+            return [self.execution_device] * len(self.llm.layers)
+        return [layer.input_layernorm.weight.device for layer in self.llm.layers]
 
     # ------------------------------------------------------------------------- embeddings
 

@@ -12,6 +12,7 @@ from the plan before anything runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,14 +45,16 @@ class KVCache:
         batch: int,
         capacity: int,
         dtype: torch.dtype,
-        device: torch.device | str,
+        device: torch.device | str | Sequence[torch.device],
     ) -> KVCache:
+        """``device``: one for every layer, or one per layer (a device map)."""
         # Zeros, not empty: masked slots must hold finite numbers (0 * NaN is NaN in attention).
         shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim)
         n = cfg.num_hidden_layers
+        devices = [device] * n if isinstance(device, str | torch.device) else list(device)
         return cls(
-            [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
-            [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            [torch.zeros(shape, dtype=dtype, device=d) for d in devices],
+            [torch.zeros(shape, dtype=dtype, device=d) for d in devices],
             [0] * batch,
             [0] * batch,
         )

@@ -114,6 +114,9 @@ class Span:
     end: int
     mask: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> Span:
+        return Span(self.start, self.end, None if self.mask is None else self.mask.to(device))
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -245,10 +248,17 @@ class Qwen2MoT(nn.Module):
     ) -> torch.Tensor:
         """Run query block ``x`` [B, n, d] with ``rope`` (cos, sin from :attr:`rotary_emb`)
         against the B rows of ``cache``, writing its keys and values at ``span``. Returns the
-        final-normed hidden states [B, n, d]. Cache bookkeeping is the caller's."""
+        final-normed hidden states [B, n, d]. Cache bookkeeping is the caller's.
+
+        Under a device map each layer runs where its KV cache is: the hidden states, rope and
+        mask follow it there (a host-side check, no sync) and come back at the end."""
+        home = x.device
         for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
+            if keys.device != x.device:
+                x, span = x.to(keys.device), span.to(keys.device)
+                rope = (rope[0].to(keys.device), rope[1].to(keys.device))
             x = layer(x, rope, route, keys, values, span)
-        return route.apply(x, self.norm, self.norm_moe_gen)
+        return route.apply(x.to(home), self.norm, self.norm_moe_gen)
 
 
 class LanguageModel(nn.Module):

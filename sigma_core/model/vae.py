@@ -153,6 +153,16 @@ class FluxVAE(torch.nn.Module):
         self.autoencoder = autoencoder
         self.downsample: int = 2 ** (len(autoencoder.config.block_out_channels) - 1)
         self.z_channels: int = autoencoder.config.latent_channels
+        # Set under sequential offload, when the weights wait on the meta device.
+        self.execution_device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.execution_device or self.autoencoder.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.autoencoder.dtype
 
     @classmethod
     def from_file(
@@ -201,7 +211,7 @@ class FluxVAE(torch.nn.Module):
                 f"Image height and width must be multiples of {self.downsample}, "
                 f"got {list(images.shape[-2:])}."
             )
-        images = images.to(device=self.autoencoder.device, dtype=self.autoencoder.dtype)
+        images = images.to(device=self.device, dtype=self.dtype)
         mean = self.autoencoder.encode(images).latent_dist.mean
         return (mean - SHIFT_FACTOR) * SCALE_FACTOR
 
@@ -212,7 +222,7 @@ class FluxVAE(torch.nn.Module):
             raise ValueError(
                 f"decode expects [B, {self.z_channels}, h, w] latents, got {list(latents.shape)}."
             )
-        latents = latents.to(device=self.autoencoder.device, dtype=self.autoencoder.dtype)
+        latents = latents.to(device=self.device, dtype=self.dtype)
         return self.autoencoder.decode(latents / SCALE_FACTOR + SHIFT_FACTOR).sample
 
 

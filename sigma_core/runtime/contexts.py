@@ -11,11 +11,15 @@ Three contexts, each a row of one KV cache (inferencer.py, interleave_inference)
 
 A step runs the rows it needs either as one forward with B rows (batched CFG) or one forward
 per row (sequential, as the official code does); the two agree to float rounding.
+
+Each pass also runs the understanding expert for the block's two marker tokens. No exact way
+skips that: the markers attend to the noise latents, so their keys change every step. What they
+cost is measured by benchmarks/bench_precision.py (the "markers" row).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +68,7 @@ def prefill_contexts(
         batch=1 + (text_row is not None) + (img_row is not None),
         capacity=plan.length,
         dtype=model.dtype,
-        device=model.device,
+        device=model.layer_devices(),
     )
     hidden, cut = [], cache.mark(0)
     for seg, seg_mask in zip(context, segment_masks(plan), strict=False):
@@ -136,9 +140,12 @@ class Denoiser:
         *,
         batched: bool,
         steps: Sequence[tuple[bool, bool]] = (),
+        velocity: Callable[[torch.Tensor, torch.Tensor, DenoiseContext], torch.Tensor]
+        | None = None,
     ) -> None:
         self.model, self.contexts, self.grid = model, contexts, grid
         self.guidance, self.batched = guidance, batched
+        self.velocity = velocity or model.velocity  # or a compiled model.velocity
         self._prepared: dict[tuple[int, int], DenoiseContext] = {}
         for want_text, want_img in set(steps):
             for rows in self._row_sets(self._rows(want_text, want_img)[0]):
@@ -165,7 +172,7 @@ class Denoiser:
     ) -> StepVelocities:
         """Velocities at ``t`` (0-dim tensor) for noise tokens ``x`` [m, 64]."""
         k, text_row, img_row = self._rows(want_text, want_img)
-        v = torch.cat([self.model.velocity(x, t, self._context(r)) for r in self._row_sets(k)])
+        v = torch.cat([self.velocity(x, t, self._context(r)) for r in self._row_sets(k)])
         cond = v[0]
         v_text = (cond if text_row is None else v[text_row]) if want_text else None
         v_img = (cond if img_row is None else v[img_row]) if want_img else None

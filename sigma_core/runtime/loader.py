@@ -4,14 +4,17 @@ A checkpoint folder holds llm_config.json, vit_config.json, ema.safetensors, ae.
 Qwen2 tokenizer files. Every tensor's name and shape is checked from the file headers first;
 then the model is built on the meta device and each tensor is read from safetensors straight
 into its target dtype and device, so memory never holds a second copy. Only the generation path
-is loaded; the ViT, its connector and lm_head are skipped. Loaded weights are frozen (no
-gradients) and the modules are in eval mode.
+is loaded; the ViT, its connector and lm_head are skipped. Quantized modes
+(sigma_core.model.precision) quantize each weight as it is read; a device map
+(sigma_core.runtime.placement) sends each module's tensors to its own device. Loaded weights are
+frozen (no gradients) and the modules are in eval mode.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,17 @@ from sigma_core.errors import CheckpointError
 from sigma_core.model.bagel import ATTRIBUTE_EMBED_KEY, BagelGenerator
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.mot import RotaryEmbedding
+from sigma_core.model.precision import (
+    Precision,
+    by_layer,
+    finish_layer,
+    layer_of,
+    place_tensor,
+    swap_linears,
+)
 from sigma_core.model.weights import check_tensors, header_shapes
 from sigma_core.planning.tokenizer import TokenIds
+from sigma_core.runtime.placement import module_device
 
 BAGEL_REPO = "ByteDance-Seed/BAGEL-7B-MoT"
 BAGEL_SIZE = "about 29.3 GB (ema.safetensors 29.2 GB, ae.safetensors 0.3 GB, configs, tokenizer)"
@@ -34,6 +46,7 @@ BASE_PATTERNS = ["*.json", "*.txt", WEIGHTS_FILE, AE_FILE]
 SIGMA_PATTERNS = ["*.json", WEIGHTS_FILE]
 # Checkpoint tensors that generation does not use.
 SKIPPED_PREFIXES = ("vit_model.", "connector.", "vit_pos_embed.", "language_model.lm_head.")
+LAYER_PREFIX = "language_model.model.layers."
 
 
 @dataclass
@@ -99,14 +112,17 @@ def load_generator(
     tokenizer: Any,
     *,
     sigma_folder: Path | None = None,
-    dtype: torch.dtype,
+    precision: Precision,
     device: torch.device,
+    device_map: dict[str, str] | None = None,
 ) -> tuple[BagelGenerator, LoadReport]:
-    """Check, then stream ema.safetensors (and the SIGMA override) into ``dtype`` on ``device``.
+    """Check, then stream ema.safetensors (and the SIGMA override) into the model, tensor by
+    tensor, in ``precision`` on ``device`` (or on the device ``device_map`` gives each module).
 
     ``tokenizer`` must agree with the embedding table (SIGMA's token ids); its vision marker
     ids frame every latent block. Fails with names on any missing, unexpected or misshapen
-    tensor, before reading one.
+    tensor, before reading one. The model is built on the meta device (with quantized layers
+    swapped in first), so at most one tensor at a time exists in full precision.
     """
     cfg = LLMConfig.from_file(folder / LLM_CONFIG_FILE)
     ids = TokenIds.from_tokenizer(tokenizer, embedding_rows=cfg.vocab_size)
@@ -120,24 +136,58 @@ def load_generator(
             shapes[key], sources[key] = shape, path
     report.skipped = [k for k in shapes if k.startswith(SKIPPED_PREFIXES)]
     report.attribute_embed = ATTRIBUTE_EMBED_KEY in shapes
-    with torch.device("meta"):
-        model = BagelGenerator(
-            cfg,
-            attribute_embed=report.attribute_embed,
-            vision_token_ids=(ids.vision_start, ids.vision_end),
-        )
+    model = meta_generator(cfg, attribute_embed=report.attribute_embed, ids=ids)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     used = {k: s for k, s in shapes.items() if not k.startswith(SKIPPED_PREFIXES)}
     where = str(folder) + (f" + {sigma_folder}" if sigma_folder else "")
     check_tensors(used, expected, source=where, hint=f"(the model's sizes: {LLM_CONFIG_FILE})")
+    swap_linears(model.llm.layers, precision)
+    handles = {path: safe_open(str(path), framework="pt", device="cpu") for path in files}
+    try:
+        fill(model, ((k, lambda k=k: handles[sources[k]].get_tensor(k)) for k in used),
+             precision=precision, device=device, device_map=device_map)  # fmt: skip
+    finally:
+        handles.clear()
+    report.loaded = len(used)
+    return model, report
 
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        keys = [k for k in used if sources[k] == path]
-        with safe_open(str(path), framework="pt", device=str(device)) as fh:
-            state |= {k: fh.get_tensor(k).to(dtype=dtype) for k in keys}
-    model.load_state_dict(state, assign=True, strict=True)
-    report.loaded = len(state)
-    # Non-persistent buffers are not in the checkpoint: rebuild them on the target device.
-    model.llm.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta).to(device)
-    return model.requires_grad_(False).eval(), report
+
+def meta_generator(cfg: LLMConfig, *, attribute_embed: bool, ids: TokenIds) -> BagelGenerator:
+    """The generator on the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        return BagelGenerator(
+            cfg,
+            attribute_embed=attribute_embed,
+            vision_token_ids=(ids.vision_start, ids.vision_end),
+        )
+
+
+def fill(
+    model: BagelGenerator,
+    tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]],
+    *,
+    precision: Precision,
+    device: torch.device,
+    device_map: dict[str, str] | None = None,
+) -> BagelGenerator:
+    """Load every (key, read) pair into the meta ``model``, reading each tensor only when its
+    turn comes: everything outside the decoder layers first, then layer by layer, each layer
+    finished (fp8 quantizes it) before the next is read. Rebuilds the non-persistent rope
+    buffer, freezes the weights and sets eval mode."""
+    reads = dict(tensors)
+    keys = by_layer(reads, LAYER_PREFIX)
+    finished = -1
+    for key in keys:
+        layer = layer_of(key, LAYER_PREFIX)
+        if layer is not None and layer != finished:
+            if finished >= 0:
+                finish_layer(model.llm.layers[finished], precision)
+            finished = layer
+        place_tensor(model, key, reads[key](), module_device(key, device, device_map), precision)
+    if finished >= 0:
+        finish_layer(model.llm.layers[finished], precision)
+    rope_device = module_device("language_model.model.rotary_emb", device, device_map)
+    model.llm.rotary_emb = RotaryEmbedding(model.config.head_dim, model.config.rope_theta).to(
+        rope_device
+    )
+    return model.requires_grad_(False).eval()

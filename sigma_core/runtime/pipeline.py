@@ -10,8 +10,10 @@ several threads, each with its own cancel token.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +25,7 @@ from sigma_core.errors import SigmaInputError
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.settings import Settings
 from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
+from sigma_core.model.precision import DTYPES, VAE_DTYPES, Precision, resolve_precision
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.sequence import Plan, build_plan
 from sigma_core.planning.tokenizer import load_tokenizer
@@ -44,6 +47,7 @@ from sigma_core.runtime.output import (
     check_cancel,
     out_of_memory,
 )
+from sigma_core.runtime.placement import Offload, check_offload
 from sigma_core.runtime.references import ReferenceEncoder
 from sigma_core.runtime.sampler import Guidance, euler_step, initial_noise, timesteps
 from sigma_core.runtime.tiny import preview_checkpoint
@@ -63,15 +67,26 @@ class SigmaPipeline:
         *,
         preview: bool = False,
         load_report: LoadReport | None = None,
+        precision: Precision | None = None,
+        offload: Offload | None = None,
+        compile: bool = False,
     ) -> None:
         self.model, self.vae, self.tokenizer = model, vae, tokenizer
         self.preview = preview
         self.load_report = load_report
+        self.precision = precision or Precision(_name_of(model.dtype), model.dtype)
+        self.offload = offload or Offload("none", model.device, model, vae)
+        self.compile = compile
+        # One compiled pass per pipeline: dynamo caches its graphs across runs.
+        self._velocity = torch.compile(model.velocity) if compile else None
         self.encode_references = ReferenceEncoder(vae)
+        # Offloading moves shared modules: runs then take turns (no effect otherwise).
+        self._turns = threading.Lock() if self.offload.mode != "none" else nullcontext()
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        """Where the run computes (the first device of a device map)."""
+        return self.offload.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -83,35 +98,70 @@ class SigmaPipeline:
         path_or_repo_id: str | os.PathLike,
         *,
         sigma_weights: str | os.PathLike | None = None,
+        precision: str | None = None,
         dtype: torch.dtype | None = None,
+        vae_dtype: str = "fp32",
         device: str | torch.device | None = None,
+        offload: str = "none",
+        device_map: str | dict[str, str] | None = None,
+        compile: bool = False,
     ) -> SigmaPipeline:
         """Load a BAGEL folder or hub repo; ``sigma_weights`` (folder or repo) overrides its
-        ema.safetensors. Defaults: cuda with bf16 when available, else cpu with fp32."""
+        ema.safetensors.
+
+        ``precision``: one of :data:`~sigma_core.model.precision.PRECISIONS` (default bf16 on a
+        GPU, fp32 on cpu; ``dtype`` is the same choice as a torch dtype). ``vae_dtype``: fp32
+        as the official code keeps it; bf16 halves the VAE's memory for about 1.5% decoder
+        error. ``offload``: none, model or sequential (see runtime.placement). ``device_map``:
+        "auto" or {module prefix: device} to spread the layers over GPUs. ``compile``:
+        torch.compile the denoising pass (off by default; see the README's Performance).
+        Everything is checked before a byte is read.
+        """
         device = resolve_device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        precision = _precision_name(precision, dtype, device)
+        mode = resolve_precision(precision, device)
+        offload = check_offload(offload, mode, device)
+        if vae_dtype not in VAE_DTYPES:
+            raise SigmaInputError(
+                f"vae_dtype: {str(vae_dtype)[:40]!r} is not one of {', '.join(VAE_DTYPES)}"
+            )
+        if device_map is not None and offload != "none":
+            raise SigmaInputError("device_map and offload exclude each other; choose one")
+        if compile is not True and compile is not False:
+            raise SigmaInputError(f"compile: {compile!r} must be True or False")
         base = resolve_checkpoint(path_or_repo_id, patterns=BASE_PATTERNS)
         sigma = (
             resolve_checkpoint(sigma_weights, patterns=SIGMA_PATTERNS) if sigma_weights else None
         )
         tokenizer = load_tokenizer(base)
+        load_on = torch.device("cpu") if offload == "sequential" else device
         with out_of_memory("loading the weights", device):
             model, report = load_generator(
-                base, tokenizer, sigma_folder=sigma, dtype=dtype, device=device
-            )
-            vae = FluxVAE.from_file(base / AE_FILE, dtype=dtype, device=device)
-        return cls(model, vae, tokenizer, preview=is_preview_checkpoint(base), load_report=report)
+                base, tokenizer, sigma_folder=sigma, precision=mode, device=load_on,
+                device_map=device_map,
+            )  # fmt: skip
+            vae = FluxVAE.from_file(base / AE_FILE, dtype=DTYPES[vae_dtype], device=model.device)
+        placed = Offload(offload, model.device if device_map else device, model, vae)
+        return cls(
+            model, vae, tokenizer, preview=is_preview_checkpoint(base), load_report=report,
+            precision=mode, offload=placed, compile=compile,
+        )  # fmt: skip
 
     @classmethod
     def preview_engine(
-        cls, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> SigmaPipeline:
         """The offline preview: a tiny random checkpoint written once into the user cache, on
-        cpu in fp32 unless asked. Its results are marked as previews everywhere, in the pixels
-        too."""
+        cpu in fp32 unless asked (``options`` as for :meth:`from_pretrained`). Its results are
+        marked as previews everywhere, in the pixels too."""
+        if dtype is None and options.get("precision") is None:
+            dtype = torch.float32
         return cls.from_pretrained(
-            preview_checkpoint(), device=device or "cpu", dtype=dtype or torch.float32
+            preview_checkpoint(), device=device or "cpu", dtype=dtype, **options
         )
 
     def check_inputs(
@@ -189,35 +239,43 @@ class SigmaPipeline:
         ts = timesteps(settings.num_timesteps, settings.timestep_shift, self.device)
         branches = [guidance.branches(t) for t in ts[:-1].tolist()]  # once, on the host
         check_cancel(cancel, 0, len(branches))
-        with out_of_memory("encoding the references", self.device):
-            refs = self.encode_references(plan, images)
-        t1 = time.perf_counter()
-        with out_of_memory("prefilling the context", self.device):
-            ctx = prefill_contexts(
-                self.model, plan, refs, need_text=any(b[0] for b in branches),
-                need_img=any(b[1] for b in branches),
-                attribute_projection=settings.attribute_projection,
-            )  # fmt: skip
-        t2 = time.perf_counter()
-        denoise = Denoiser(self.model, ctx, noise.grid, guidance, batched=batch_cfg, steps=branches)
-        passes = 0
-        with out_of_memory("denoising", self.device):
-            for i, (want_text, want_img) in enumerate(branches):
-                v = denoise(x, ts[i], want_text, want_img)
-                passes += v.passes
-                x = euler_step(x, v.guided, ts[i], ts[i + 1])
-                if callback_on_step_end is not None:
-                    tensors = v.callback_tensors(
-                        callback_on_step_end_tensor_inputs, x, ts[i], ts[i + 1], noise.grid
-                    )
-                    out = callback_on_step_end(self, i, ts[i], tensors) or {}
-                    if "latents" in out:
-                        x = patchify(out["latents"].to(x))
-                check_cancel(cancel, i + 1, len(branches))
-        t3 = time.perf_counter()
-        final = unpatchify(x, noise.grid, self.model.latent_channels)
-        with out_of_memory("decoding", self.device):
-            decoded = None if output_type == "latent" else self._decode(final, output_type)
+        with self._turns:
+            encoding = out_of_memory("encoding the references", self.device)
+            with encoding, self.offload.using(self.vae):
+                refs = self.encode_references(plan, images)
+            t1 = time.perf_counter()
+            with self.offload.using(self.model):
+                with out_of_memory("prefilling the context", self.device):
+                    ctx = prefill_contexts(
+                        self.model, plan, refs, need_text=any(b[0] for b in branches),
+                        need_img=any(b[1] for b in branches),
+                        attribute_projection=settings.attribute_projection,
+                    )  # fmt: skip
+                t2 = time.perf_counter()
+                denoise = Denoiser(
+                    self.model, ctx, noise.grid, guidance, batched=batch_cfg, steps=branches,
+                    velocity=self._velocity,
+                )  # fmt: skip
+                del ctx  # the denoiser holds the KV cache until the loop ends, no longer
+                passes = 0
+                with out_of_memory("denoising", self.device):
+                    for i, (want_text, want_img) in enumerate(branches):
+                        v = denoise(x, ts[i], want_text, want_img)
+                        passes += v.passes
+                        x = euler_step(x, v.guided, ts[i], ts[i + 1])
+                        if callback_on_step_end is not None:
+                            tensors = v.callback_tensors(
+                                callback_on_step_end_tensor_inputs, x, ts[i], ts[i + 1], noise.grid
+                            )
+                            out = callback_on_step_end(self, i, ts[i], tensors) or {}
+                            if "latents" in out:
+                                x = patchify(out["latents"].to(x))
+                        check_cancel(cancel, i + 1, len(branches))
+                del denoise, v  # free the KV cache before the VAE decodes
+            t3 = time.perf_counter()
+            final = unpatchify(x, noise.grid, self.model.latent_channels)
+            with out_of_memory("decoding", self.device), self.offload.using(self.vae):
+                decoded = None if output_type == "latent" else self._decode(final, output_type)
         timings = {"encode_s": t1 - t0, "prefill_s": t2 - t1, "denoise_s": t3 - t2}
         return SigmaOutput(
             images=decoded, latents=final, seed=seed, composition=composition, plan=plan,
@@ -259,3 +317,21 @@ def _stamp_preview(image: Image.Image) -> Image.Image:
     draw.rectangle((0, y, right - left + 4, image.height), fill=(0, 0, 0))
     draw.text((2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
     return image
+
+
+def _precision_name(precision: str | None, dtype: torch.dtype | None, device: torch.device) -> str:
+    """The precision asked, by name or as a torch dtype; bf16 on a GPU and fp32 elsewhere when
+    neither is given."""
+    if dtype is not None:
+        if dtype not in DTYPES.values():
+            raise SigmaInputError(f"dtype: {dtype} is not one of float32, bfloat16, float16")
+        if precision is not None and DTYPES.get(precision) != dtype:
+            raise SigmaInputError(f"precision {precision!r} and dtype {dtype} disagree; give one")
+        return _name_of(dtype)
+    if precision is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _name_of(dtype: torch.dtype) -> str:
+    return next(name for name, d in DTYPES.items() if d == dtype)
