@@ -91,6 +91,11 @@ _EXPORTS = {
     "MIN_SHIFT": "sigma_core.limits",
     "MAX_SHIFT": "sigma_core.limits",
     "MAX_SEED": "sigma_core.limits",
+    "PRECISIONS": "sigma_core.model.modes",
+    "PRECISION_HELP": "sigma_core.model.modes",
+    "VAE_DTYPES": "sigma_core.model.modes",
+    "OFFLOAD_MODES": "sigma_core.model.modes",
+    "OFFLOAD_HELP": "sigma_core.model.modes",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -53,3 +53,28 @@ def test_denoising_loop_never_syncs_with_the_host(tiny_checkpoint, batched: bool
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16", "int8", "nf4", "fp8"])
+def test_every_precision_generates_on_cuda(tiny_checkpoint, mode: str) -> None:
+    if mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability 8.9+")
+    pipe = SigmaPipeline.from_pretrained(tiny_checkpoint, device="cuda", precision=mode)
+    comp = composition("Put [1] on a beach next to [2] at sunset", {})
+    out = pipe(comp, output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+    assert torch.isfinite(out.latents).all()
+
+
+@pytest.mark.parametrize(
+    ("mode", "offload"), [("bf16", "model"), ("nf4", "model"), ("bf16", "sequential")]
+)
+def test_offload_runs_on_cuda(tiny_checkpoint, mode: str, offload: str) -> None:
+    pipe = SigmaPipeline.from_pretrained(
+        tiny_checkpoint, device="cuda", precision=mode, offload=offload
+    )
+    comp = composition("Put [1] on a beach next to [2] at sunset", {})
+    out = pipe(comp, output_type="np")
+    assert torch.isfinite(out.latents).all()
+    if offload == "model":  # the VAE decoded last: the LLM waits in CPU RAM
+        assert pipe.model.vae2llm.weight.device.type == "cpu"

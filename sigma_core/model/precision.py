@@ -24,16 +24,9 @@ import torch
 from torch import nn
 
 from sigma_core.errors import SigmaInputError
+from sigma_core.model.modes import PRECISION_HELP, PRECISIONS, QUANTIZED
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4", "fp8")
-QUANTIZED = ("int8", "nf4", "fp8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-VAE_DTYPES = tuple(DTYPES)
-PRECISION_HELP = (
-    "fp32, bf16 and fp16 hold every weight in that type; int8 and nf4 quantize the LLM's linear "
-    "layers with bitsandbytes (about 1/2 and 1/4 of bf16's memory); fp8 needs torchao and a GPU "
-    "of compute capability 8.9 or later (Ada, Hopper)"
-)
 NF4_BLOCK = 64
 INT8_THRESHOLD = 6.0
 FP8_MIN_CAPABILITY = (8, 9)

@@ -36,7 +36,7 @@ from sigma_core.model.precision import (
 )
 from sigma_core.model.weights import check_tensors, header_shapes
 from sigma_core.planning.tokenizer import TokenIds
-from sigma_core.runtime.placement import module_device
+from sigma_core.runtime.placement import auto_device_map, module_device, spread_layers
 
 BAGEL_REPO = "ByteDance-Seed/BAGEL-7B-MoT"
 BAGEL_SIZE = "about 29.3 GB (ema.safetensors 29.2 GB, ae.safetensors 0.3 GB, configs, tokenizer)"
@@ -114,10 +114,11 @@ def load_generator(
     sigma_folder: Path | None = None,
     precision: Precision,
     device: torch.device,
-    device_map: dict[str, str] | None = None,
+    device_map: str | dict[str, str] | None = None,
 ) -> tuple[BagelGenerator, LoadReport]:
     """Check, then stream ema.safetensors (and the SIGMA override) into the model, tensor by
-    tensor, in ``precision`` on ``device`` (or on the device ``device_map`` gives each module).
+    tensor, in ``precision`` on ``device``, or on the device ``device_map`` gives each module
+    ("auto": balanced over the GPUs; see runtime.placement).
 
     ``tokenizer`` must agree with the embedding table (SIGMA's token ids); its vision marker
     ids frame every latent block. Fails with names on any missing, unexpected or misshapen
@@ -142,6 +143,10 @@ def load_generator(
     where = str(folder) + (f" + {sigma_folder}" if sigma_folder else "")
     check_tensors(used, expected, source=where, hint=f"(the model's sizes: {LLM_CONFIG_FILE})")
     swap_linears(model.llm.layers, precision)
+    if device_map == "auto":
+        device_map = auto_device_map(model, precision)
+    elif device_map is not None:
+        device_map = spread_layers(model, device_map)
     handles = {path: safe_open(str(path), framework="pt", device="cpu") for path in files}
     try:
         fill(model, ((k, lambda k=k: handles[sources[k]].get_tensor(k)) for k in used),

@@ -25,7 +25,8 @@ from sigma_core.errors import SigmaInputError
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.settings import Settings
 from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
-from sigma_core.model.precision import DTYPES, VAE_DTYPES, Precision, resolve_precision
+from sigma_core.model.modes import VAE_DTYPES
+from sigma_core.model.precision import DTYPES, Precision, resolve_precision
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.sequence import Plan, build_plan
 from sigma_core.planning.tokenizer import load_tokenizer
@@ -127,6 +128,12 @@ class SigmaPipeline:
             )
         if device_map is not None and offload != "none":
             raise SigmaInputError("device_map and offload exclude each other; choose one")
+        if isinstance(device_map, dict):
+            device_map = {k: str(resolve_device(v)) for k, v in device_map.items()}
+        elif device_map not in (None, "auto"):
+            raise SigmaInputError(
+                f"device_map: {str(device_map)[:40]!r} must be 'auto' or {{module: device}}"
+            )
         if compile is not True and compile is not False:
             raise SigmaInputError(f"compile: {compile!r} must be True or False")
         base = resolve_checkpoint(path_or_repo_id, patterns=BASE_PATTERNS)
@@ -274,8 +281,10 @@ class SigmaPipeline:
                 del denoise, v  # free the KV cache before the VAE decodes
             t3 = time.perf_counter()
             final = unpatchify(x, noise.grid, self.model.latent_channels)
-            with out_of_memory("decoding", self.device), self.offload.using(self.vae):
-                decoded = None if output_type == "latent" else self._decode(final, output_type)
+            decoded = None
+            if output_type != "latent":
+                with out_of_memory("decoding", self.device), self.offload.using(self.vae):
+                    decoded = self._decode(final, output_type)
         timings = {"encode_s": t1 - t0, "prefill_s": t2 - t1, "denoise_s": t3 - t2}
         return SigmaOutput(
             images=decoded, latents=final, seed=seed, composition=composition, plan=plan,

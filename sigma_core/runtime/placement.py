@@ -17,20 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from sigma_core.errors import SigmaInputError
-from sigma_core.model.bagel import BagelGenerator
+from sigma_core.model.modes import OFFLOAD_HELP, OFFLOAD_MODES
 from sigma_core.model.precision import Precision, quantized_linears
-from sigma_core.model.vae import FluxVAE
 
-OFFLOAD_MODES = ("none", "model", "sequential")
-OFFLOAD_HELP = (
-    "none keeps everything on the GPU; model moves the LLM and the VAE to the GPU in turn; "
-    "sequential streams one layer at a time (for about 8 GB cards, slow)"
-)
+if TYPE_CHECKING:
+    from sigma_core.model.bagel import BagelGenerator
+    from sigma_core.model.vae import FluxVAE
+
 # Built into one packed sequence on one device: they stay together in every device map.
 PACKING_MODULES = (
     "language_model.model.embed_tokens",
@@ -123,8 +122,8 @@ def auto_device_map(
 
 
 def spread_layers(model: nn.Module, device_map: Mapping[str, str]) -> dict[str, str]:
-    """``device_map`` with the packing modules moved to the first device it names, each decoder
-    layer given explicitly, and every parameter of the model covered (else a clear error)."""
+    """``device_map`` with the packing modules moved to the first device it names and each
+    decoder layer given explicitly; a name that is not a module of ``model`` is refused."""
     default = torch.device(next(iter(device_map.values()), "cpu"))
     first = module_device("language_model.model.embed_tokens", default, device_map)
     out = {
@@ -134,10 +133,8 @@ def spread_layers(model: nn.Module, device_map: Mapping[str, str]) -> dict[str, 
         for i in range(len(model.language_model.model.layers))
     }
     out |= {name: str(first) for name in PACKING_MODULES}
-    names = {n for n, _ in model.named_parameters()}
-    unknown = [
-        p for p in device_map if p and not any(n == p or n.startswith(p + ".") for n in names)
-    ]
+    modules = {name for name, _ in model.named_modules()}
+    unknown = [p for p in device_map if p not in modules]
     if unknown:
         raise SigmaInputError(f"device_map: {', '.join(unknown[:4])}: no such module")
     return out
