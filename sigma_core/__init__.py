@@ -48,6 +48,8 @@ _EXPORTS = {
     "Plan": "sigma_core.planning.sequence",
     "build_plan": "sigma_core.planning.sequence",
     "SigmaPipeline": "sigma_core.runtime.pipeline",
+    "MemoryEstimate": "sigma_core.runtime.memory",
+    "estimate_memory": "sigma_core.runtime.memory",
     "SigmaOutput": "sigma_core.runtime.output",
     "CancelToken": "sigma_core.runtime.output",
     "PREVIEW_NOTICE": "sigma_core.runtime.output",

@@ -50,12 +50,13 @@ class SigmaOutOfMemoryError(SigmaResourceError):
     """Out of memory during a run; the message lists what to lower."""
 
     ADVICE = (
-        "use a smaller output size, fewer or smaller references, or a lower precision (bf16 "
-        "instead of fp32); or free memory that other programs hold"
+        "use a smaller output size, fewer or smaller references, a lower precision (bf16 "
+        "instead of fp32; int8 or nf4 quantize the LLM) or offload='model'; or free memory that "
+        "other programs hold"
     )
 
-    def __init__(self, where: str, device: str) -> None:
-        super().__init__(f"out of memory on {device} while {where}: {self.ADVICE}")
+    def __init__(self, where: str, device: str, detail: str = "") -> None:
+        super().__init__(f"out of memory on {device} while {where}{detail}: {self.ADVICE}")
         self.where, self.device = where, device
 
 

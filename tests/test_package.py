@@ -31,6 +31,8 @@ PUBLIC_NAMES = {
     "load_preset",
     "save_preset",
     "build_plan",
+    "estimate_memory",
+    "MemoryEstimate",
     "ATTRIBUTES",
     "SigmaError",
     "SigmaInputError",

@@ -169,3 +169,20 @@ def test_the_denoising_loop_never_reads_a_tensor_on_the_host(pipe, monkeypatch, 
             x = euler_step(x, denoise(x, ts[i], want_text, want_img).guided, ts[i], ts[i + 1])
         monkeypatch.undo()
     assert torch.isfinite(x).all()
+
+
+def test_a_run_predicted_not_to_fit_is_refused_before_work(pipe, comp, monkeypatch) -> None:
+    from sigma_core import SigmaOutOfMemoryError
+
+    monkeypatch.setattr("sigma_core.runtime.pipeline.available_memory", lambda device: 1000)
+    monkeypatch.setattr(
+        pipe.model, "velocity", lambda *a: (_ for _ in ()).throw(AssertionError("ran"))
+    )
+    with pytest.raises(SigmaOutOfMemoryError) as e:
+        pipe(comp, num_inference_steps=2)
+    text = str(e.value)
+    assert "out of memory on cpu while planning the run (predicted peak about" in text
+    assert "it would not fit" in text and "int8 or nf4" in text and "offload='model'" in text
+    monkeypatch.setattr("sigma_core.runtime.pipeline.available_memory", lambda device: 2**40)
+    monkeypatch.undo()
+    assert pipe(comp, num_inference_steps=2, output_type="latent").latents.isfinite().all()

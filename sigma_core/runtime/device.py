@@ -49,3 +49,20 @@ def _cuda(dev: torch.device) -> torch.device:
             f"(cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''})"
         )
     return dev
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a run could still allocate on ``device``: free GPU memory plus what this process's
+    allocator holds in reserve (CUDA), or the kernel's MemAvailable (CPU); None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return None
+    return None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sigma_core.errors import SigmaInputError
+from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.settings import Settings
 from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
@@ -31,7 +31,7 @@ from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.sequence import Plan, build_plan
 from sigma_core.planning.tokenizer import load_tokenizer
 from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, prefill_contexts
-from sigma_core.runtime.device import resolve_device
+from sigma_core.runtime.device import available_memory, resolve_device
 from sigma_core.runtime.loader import (
     AE_FILE,
     BASE_PATTERNS,
@@ -41,6 +41,7 @@ from sigma_core.runtime.loader import (
     load_generator,
     resolve_checkpoint,
 )
+from sigma_core.runtime.memory import MemoryEstimate, estimate_for_pipeline, module_bytes
 from sigma_core.runtime.output import (
     PREVIEW_NOTICE,
     CancelToken,
@@ -242,6 +243,7 @@ class SigmaPipeline:
             noise.size, generator=generator, latents=latents, seed=settings.seed, device=self.device
         )
         composition = replace(composition, settings=settings.replace(seed=seed))
+        self.check_memory(composition, batch_cfg=batch_cfg)
         guidance = Guidance.from_settings(settings)
         ts = timesteps(settings.num_timesteps, settings.timestep_shift, self.device)
         branches = [guidance.branches(t) for t in ts[:-1].tolist()]  # once, on the host
@@ -311,6 +313,32 @@ class SigmaPipeline:
             return img.cpu().numpy()
         image = Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())
         return [_stamp_preview(image) if self.preview else image]
+
+    def check_memory(self, composition: Composition, *, batch_cfg: bool = False) -> None:
+        """Refuse a run predicted not to fit, before any work: :meth:`estimate_memory` against
+        what the device has free plus what this pipeline's weights already hold there. Where
+        the free memory is unknown (mps), the run goes ahead."""
+        available = available_memory(self.device)
+        if available is None:
+            return
+        need = self.estimate_memory(composition, batch_cfg=batch_cfg)
+        held = module_bytes((self.model, self.vae), self.device)
+        if need.peak > held + available:
+            gib = 2**30
+            raise SigmaOutOfMemoryError(
+                "planning the run",
+                str(self.device),
+                f" (predicted peak {need.describe()}; the weights hold {held / gib:.1f} GiB "
+                f"and {available / gib:.1f} GiB more is free, so it would not fit)",
+            )
+
+    def estimate_memory(
+        self, composition: Composition, *, batch_cfg: bool = False
+    ) -> MemoryEstimate:
+        """The memory a run of ``composition`` would need here, predicted from its exact plan,
+        this precision, offload mode, device map and VAE before any work (see
+        :mod:`sigma_core.runtime.memory`); ``batch_cfg`` as for :meth:`__call__`."""
+        return estimate_for_pipeline(self, composition, batch_cfg=batch_cfg)
 
 
 def _stamp_preview(image: Image.Image) -> Image.Image:
