@@ -78,3 +78,16 @@ def test_offload_runs_on_cuda(tiny_checkpoint, mode: str, offload: str) -> None:
     assert torch.isfinite(out.latents).all()
     if offload == "model":  # the VAE decoded last: the LLM waits in CPU RAM
         assert pipe.model.vae2llm.weight.device.type == "cpu"
+
+
+@pytest.mark.parametrize("mode", ["bf16", "nf4"])
+def test_the_memory_prediction_holds_on_cuda(tiny_checkpoint, mode: str) -> None:
+    from sigma_core.runtime import MemoryMeter
+
+    pipe = SigmaPipeline.from_pretrained(tiny_checkpoint, device="cuda", precision=mode)
+    comp = composition("Put [1] on a beach next to [2] at sunset", {})
+    pipe(comp, output_type="latent")  # warm-up: cuBLAS handles and library buffers
+    with MemoryMeter("cuda") as meter:
+        pipe(comp, output_type="np")
+    predicted = pipe.estimate_memory(comp).peak
+    assert abs(predicted - meter.peak) <= 0.15 * meter.peak, (predicted, meter.peak)
