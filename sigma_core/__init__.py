@@ -49,6 +49,7 @@ _EXPORTS = {
     "build_plan": "sigma_core.planning.sequence",
     "SigmaPipeline": "sigma_core.runtime.pipeline",
     "MemoryEstimate": "sigma_core.runtime.memory",
+    "available_memory": "sigma_core.runtime.device",
     "estimate_memory": "sigma_core.runtime.memory",
     "SigmaOutput": "sigma_core.runtime.output",
     "CancelToken": "sigma_core.runtime.output",

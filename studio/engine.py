@@ -1,20 +1,23 @@
 """The studio's one pipeline, and the per-session cancel tokens.
 
 Every browser session shares one :class:`Engine`; it runs one generation at a time (a lock, on
-top of gradio's queue, so direct callers such as tests are safe too). As-you-type validation
-plans on a private copy of the tokenizer: a fast tokenizer is not safe to use from two threads
-at once, and a run tokenizes its prompt while the user keeps typing.
+top of gradio's queue, so direct callers such as tests are safe too), and changes precision or
+offload only between runs. As-you-type validation plans on a private copy of the tokenizer: a
+fast tokenizer is not safe to use from two threads at once, and a run tokenizes its prompt while
+the user keeps typing.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import gc
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +25,22 @@ import torch
 from PIL import Image
 
 import sigma_core
-from sigma_core import Composition, Plan, SigmaOutput, SigmaPipeline
-from studio.options import StudioOptions
-from studio.zerogpu import gpu_function
+from sigma_core import (
+    Composition,
+    MemoryEstimate,
+    Plan,
+    SigmaError,
+    SigmaOutOfMemoryError,
+    SigmaOutput,
+    SigmaPipeline,
+)
+from studio.options import StudioOptions, engine_lock
+from studio.zerogpu import gpu_function, on_zerogpu
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 PREVIEW_SIDE = 256  # the live preview's longer side: big enough to judge, small to stream
+PREVIEW_WEIGHTS = "tiny random checkpoint, results are noise"
 # step (1-based), total steps, live preview image (None when it could not be made)
 StepReport = Callable[[int, int, Image.Image | None], None]
 
@@ -41,6 +52,8 @@ class EngineInfo:
     weights: str
     preview: bool
     precision: str
+    offload: str
+    vae_dtype: str
     device: str
     weights_bytes: int
 
@@ -48,22 +61,71 @@ class EngineInfo:
 class Engine:
     """Owns the pipeline: planning for the sequence view, generation behind a lock."""
 
-    def __init__(self, pipe: SigmaPipeline, *, weights: str) -> None:
-        self.pipe = pipe
+    def __init__(self, pipe: SigmaPipeline, *, weights: str, options: StudioOptions) -> None:
+        self.weights = weights
+        self.options = options  # what ``pipe`` was loaded with; a switch reloads from them
         self._run_lock = threading.Lock()
         self._plan_lock = threading.Lock()
-        self._preview_failed = False
         self._run = gpu_function(self._run)  # ZeroGPU attaches a GPU for this call only
+        self._use(pipe)
+
+    @property
+    def lock(self) -> str | None:
+        """Why the page may not switch this engine, which every session shares; None if it may."""
+        return engine_lock(self.options, os.environ)
+
+    def _use(self, pipe: SigmaPipeline) -> None:
+        self.pipe = pipe
+        self._preview_failed = False
         self._planner = copy.copy(pipe)
         self._planner.tokenizer = copy.deepcopy(pipe.tokenizer)
         tensors = [*pipe.model.parameters(), *pipe.model.buffers(), *pipe.vae.parameters()]
+        weights = f"{sigma_core.PREVIEW_NOTICE}: {self.weights}" if pipe.preview else self.weights
         self.info = EngineInfo(
-            weights=f"{sigma_core.PREVIEW_NOTICE}: {weights}" if pipe.preview else weights,
+            weights=weights,
             preview=pipe.preview,
-            precision=DTYPE_NAMES.get(pipe.dtype, str(pipe.dtype)),
+            precision=pipe.precision.name,
+            offload=pipe.offload.mode,
+            vae_dtype=DTYPE_NAMES.get(pipe.vae.dtype, str(pipe.vae.dtype)),
             device=str(pipe.device),
             weights_bytes=sum(t.numel() * t.element_size() for t in tensors),
         )
+
+    def switch(self, precision: str, offload: str) -> None:
+        """Reload the weights with another precision and offload: after the run in progress,
+        before the next (the run lock). The new engine loads beside the old one, which stays
+        when it fails (this machine cannot run the mode, a missing package...). When the two
+        do not fit together, the old one is released first, and loaded again if the new one
+        fails too."""
+        wanted = replace(self.options, precision=precision, offload=offload)
+        with self._run_lock:
+            try:
+                pipe = load_pipeline(wanted)
+            except SigmaOutOfMemoryError:
+                self._load_alone(wanted)
+            else:
+                with self._plan_lock:
+                    self._use(pipe)
+            self.options = wanted
+
+    def _load_alone(self, wanted: StudioOptions) -> None:
+        """Use ``wanted`` with the old engine released first; the old one again on failure.
+        Planning waits meanwhile (the plan lock) rather than see no engine."""
+        with self._plan_lock:
+            self.pipe = self._planner = None
+            _free_memory()
+            try:
+                self._use(load_pipeline(wanted))
+            except SigmaError as failure:
+                _free_memory()
+                try:
+                    self._use(load_pipeline(self.options))
+                except SigmaError as again:
+                    raise SigmaError(
+                        f"{failure}; the previous engine did not load again either ({again}): "
+                        "restart the studio"
+                    ) from again
+                raise
 
     def plan(self, composition: Composition, images: dict[int, Image.Image]) -> Plan:
         """The plan this engine would run (its tokenizer, its position budget)."""
@@ -110,11 +172,29 @@ class Engine:
 
     def memory_in_use(self) -> str:
         """Memory held now: the GPU's allocator on CUDA, the process's resident set elsewhere."""
-        device = self.pipe.device
+        device = torch.device(self.info.device)
         if device.type == "cuda":
             used = torch.cuda.memory_allocated(device)
             return f"{_gib(used)} GiB of GPU memory in use"
         return f"{_gib(_resident_bytes())} GiB of process memory in use"
+
+    def estimate(self, composition: Composition, precision: str, offload: str) -> MemoryEstimate:
+        """The memory one run of ``composition`` needs on this engine's weights in ``precision``
+        and ``offload``: its own modes, or those a switch would load."""
+        other = {"precision": precision, "offload": offload}
+        if (precision, offload) == (self.info.precision, self.info.offload):
+            other = {}  # the engine's own modes, device map included
+        with self._plan_lock:
+            return self._planner.estimate_memory(composition, **other)
+
+    def memory_available(self) -> int | None:
+        """Bytes a run on this engine may use: its device's free memory plus what the engine
+        already holds there (the estimate counts its weights). None on ZeroGPU, where a GPU is
+        attached for each run only."""
+        if on_zerogpu():
+            return None
+        available = sigma_core.available_memory(torch.device(self.info.device))
+        return None if available is None else available + self.info.weights_bytes
 
 
 def _gib(n: int) -> str:
@@ -130,17 +210,60 @@ def _resident_bytes() -> int:
         return 0
 
 
-def load_engine(options: StudioOptions) -> Engine:
-    """The engine the options ask for; raises a SigmaError (bad device, missing weights)."""
-    dtype = DTYPES.get(options.precision) if options.precision else None
+def _free_memory() -> None:
+    """Return a released engine's memory: Python's cycles, then CUDA's cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_pipeline(options: StudioOptions) -> SigmaPipeline:
+    """The pipeline the options ask for; raises a SigmaError (a mode this machine cannot run,
+    a bad device, missing weights), checked by the engine before any weight is read."""
+    modes = {
+        "precision": options.precision,
+        "offload": options.offload,
+        "vae_dtype": options.vae_dtype,
+        "device_map": options.device_map,
+    }
     if options.model is None:
-        pipe = SigmaPipeline.preview_engine(device=options.device, dtype=dtype)
-        return Engine(pipe, weights="tiny random checkpoint, results are noise")
-    pipe = SigmaPipeline.from_pretrained(
-        options.model, sigma_weights=options.sigma_weights, dtype=dtype, device=options.device
+        return SigmaPipeline.preview_engine(device=options.device, **modes)
+    return SigmaPipeline.from_pretrained(
+        options.model, sigma_weights=options.sigma_weights, device=options.device, **modes
     )
-    weights = options.model + (f" + SIGMA {options.sigma_weights}" if options.sigma_weights else "")
-    return Engine(pipe, weights=weights)
+
+
+def load_engine(options: StudioOptions) -> Engine:
+    """The engine the options ask for (see :func:`load_pipeline`)."""
+    if options.model is None:
+        weights = PREVIEW_WEIGHTS
+    else:
+        weights = options.model + (
+            f" + SIGMA {options.sigma_weights}" if options.sigma_weights else ""
+        )
+    return Engine(load_pipeline(options), weights=weights, options=options)
+
+
+@functools.cache
+def refusals(device: str) -> dict[tuple[str, str], str]:
+    """Why each (precision, offload) pair cannot run on ``device``; pairs that run are absent.
+    Found by loading the tiny preview engine in each mode (a fraction of a second each), so
+    the reasons are the engine's own checks and messages, nothing re-implemented here; any
+    other failure of a trial (a library's kernels missing for this GPU) refuses the mode too.
+    On ZeroGPU there is no GPU to try outside a run, so nothing is marked."""
+    out: dict[tuple[str, str], str] = {}
+    if on_zerogpu():
+        return out
+    for precision in sigma_core.PRECISIONS:
+        for offload in sigma_core.OFFLOAD_MODES:
+            try:
+                SigmaPipeline.preview_engine(device=device, precision=precision, offload=offload)
+            except SigmaError as e:
+                out[(precision, offload)] = str(e)
+            except Exception as e:  # a probe: whatever fails here cannot run here
+                log.warning("%s, offload %s fails on %s", precision, offload, device, exc_info=e)
+                out[(precision, offload)] = f"{precision}: loading fails ({type(e).__name__}: {e})"
+    return out
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from gradio.data_classes import ImageData
 
 import sigma_core
 from sigma_core import SigmaError, SigmaInputError
-from studio import api, compose, presets, runs, slots, views
-from studio.engine import Studio
+from studio import api, compose, modes, presets, runs, slots, views
+from studio.engine import Studio, refusals
 from studio.forms import (
     MAX_IMAGES_PER_RUN,
     SEED_MODES,
@@ -36,6 +36,36 @@ CURSOR_JS = """(prompt, cursor) => {
   const box = document.querySelector('#prompt textarea');
   return [prompt, box ? box.selectionStart : prompt.length];
 }"""
+# The slot strip: a thumbnail per slot (gr.HTML's template escapes {{...}}); dropping one on
+# another sends the new order as an "input" event ("change" also fires on server updates).
+STRIP_TEMPLATE = """<div class="sigma-strip">{{#each value}}
+<div class="sigma-strip-item" draggable="true" data-slot="{{this.slot}}" title="drag to reorder">
+{{#if this.thumb}}<img src="{{this.thumb}}" alt="" draggable="false">{{/if}}
+<span>[{{this.slot}}] {{this.label}}</span></div>{{/each}}</div>"""
+STRIP_JS = """
+let dragged = null;
+element.addEventListener('dragstart', (e) => {
+  const item = e.target.closest('[data-slot]');
+  if (!item) return;
+  dragged = Number(item.dataset.slot);
+  e.dataTransfer.effectAllowed = 'move';
+  e.dataTransfer.setData('text/plain', String(dragged));
+});
+element.addEventListener('dragover', (e) => { if (dragged !== null) e.preventDefault(); });
+element.addEventListener('drop', (e) => {
+  e.preventDefault();
+  const target = e.target.closest('[data-slot]');
+  const from = dragged;
+  dragged = null;
+  if (!target || from === null || Number(target.dataset.slot) === from) return;
+  const order = [...element.querySelectorAll('[data-slot]')].map((x) => Number(x.dataset.slot));
+  order.splice(order.indexOf(from), 1);
+  const to = Number(target.dataset.slot);
+  order.splice(order.indexOf(to) + (from < to ? 1 : 0), 0, from);  // after it going down
+  trigger('input', {order});
+});
+element.addEventListener('dragend', () => { dragged = null; });
+"""
 
 
 def _untouched_upload(payload: ImageData | None) -> str | None:
@@ -266,6 +296,12 @@ class Page:
     compare_with: gr.Dropdown
     ab_button: gr.Button
     slider: gr.ImageSlider
+    slot_strip: gr.HTML
+    precision: gr.Dropdown
+    offload: gr.Radio
+    engine_apply: gr.Button
+    engine_status: gr.HTML
+    memory: gr.HTML
 
     @property
     def draft_inputs(self) -> set[Any]:
@@ -286,7 +322,7 @@ class Page:
     def check_outputs(self) -> list[Any]:
         return [
             self.problems, self.sequence, self.prompt_messages, self.settings_messages,
-            *(sc.messages for sc in self.slots),
+            self.memory, *(sc.messages for sc in self.slots),
         ]  # fmt: skip
 
     @property
@@ -366,6 +402,15 @@ def _build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pa
     )
     with gr.Row():
         with gr.Column(scale=5):
+            slot_strip = gr.HTML(
+                [],
+                html_template=STRIP_TEMPLATE,
+                js_on_load=STRIP_JS,
+                label="Slot order: drag a thumbnail onto another to move it there",
+                show_label=True,
+                container=True,
+                elem_id="slot-order",
+            )
             slot_list = [
                 _slot_controls(k, k == 1) for k in range(1, studio.options.max_references + 1)
             ]
@@ -400,6 +445,8 @@ def _build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pa
                 settings = _settings_controls()
                 reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
                 settings_messages = gr.HTML(elem_id="settings-problems")
+                precision, offload, engine_apply, engine_status = _engine_controls(studio)
+            memory = gr.HTML(elem_id="memory-estimate")
             with gr.Row():
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                 cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -440,7 +487,45 @@ def _build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pa
         prompt_messages, auto_button, problems, sequence, mask_button, mask_image, settings,
         reuse_seed, settings_messages, generate_button, cancel_button, status, live_preview,
         gallery, result_info, download, restore_button, compare_with, ab_button, slider,
+        slot_strip, precision, offload, engine_apply, engine_status, memory,
     )  # fmt: skip
+
+
+def _engine_controls(studio: Studio) -> tuple[gr.Dropdown, gr.Radio, gr.Button, gr.HTML]:
+    """Precision and offload of the one engine every session shares: offered only where the
+    engine's ``lock`` allows, each mode this machine cannot run marked with the reason."""
+    info, lock = studio.engine.info, studio.engine.lock
+    refused = refusals(info.device)
+    gr.Markdown(
+        "**Engine**: applies to everyone using this studio (one engine serves every session); "
+        "it reloads after the run in progress."
+    )
+    with gr.Row():
+        precision = gr.Dropdown(
+            choices=modes.precision_choices(refused),
+            value=info.precision,
+            label="Precision",
+            info=sigma_core.PRECISION_HELP,
+            interactive=lock is None,
+            elem_id="precision",
+        )
+        offload = gr.Radio(
+            choices=modes.offload_choices(refused, info.precision),
+            value=info.offload,
+            label="Offload",
+            info=sigma_core.OFFLOAD_HELP,
+            interactive=lock is None,
+            elem_id="offload",
+        )
+    apply = gr.Button(
+        "Reload the engine with this precision and offload",
+        size="sm",
+        interactive=lock is None,
+        elem_id="engine-apply",
+    )
+    note = "" if lock is None else f"Locked: {lock}. Restart it with --precision / --offload."
+    status = gr.HTML(html.escape(note), elem_id="engine-status")
+    return precision, offload, apply, status
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -449,7 +534,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="SIGMA Studio") as demo:
         page = _build_page(studio, preset_entries)
         _wire_checks(studio, page, demo)
-        _wire_slots(studio, page)
+        _wire_slots(studio, page, demo)
+        _wire_engine(studio, page, demo)
         _wire_generation(studio, page)
         _wire_results(studio, page, demo)
         _wire_presets(studio, page, preset_entries)
@@ -467,6 +553,16 @@ def _quiet(**kwargs: Any) -> dict[str, Any]:
     return {"concurrency_limit": None, "api_visibility": "private", **kwargs}
 
 
+def _memory(studio: Studio, result: compose.Check) -> str:
+    """The predicted peak of a draft that plans."""
+    if result.composition is None:
+        return views.memory(None)
+    try:
+        return views.memory(modes.fit_for(studio.engine, result.composition))
+    except SigmaError as e:
+        return views.messages([str(e)], [])
+
+
 def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     """Validation as you type: problems next to their causes, and the sequence view."""
 
@@ -482,10 +578,12 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
             views.sequence(result),
             views.messages(*result.at("prompt")) + views.messages(*result.at("composition")),
             views.messages(*result.at("settings")),
+            _memory(studio, result),
             *per_slot,
         ]
 
-    triggers = [page.prompt.change, page.name.change, page.slot_count.change]
+    # The banner changes with the engine (a switch, a run's memory): the prediction follows.
+    triggers = [page.prompt.change, page.name.change, page.slot_count.change, page.banner.change]
     triggers += [c.change for sc in page.slots for c in sc.values]
     triggers += [c.change for c in page.settings.values]
     gr.on(
@@ -517,7 +615,7 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     page.auto_button.click(auto, inputs=page.draft_inputs, outputs=[page.prompt], **_quiet())
 
 
-def _wire_slots(studio: Studio, page: Page) -> None:
+def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     """Add, remove, move, insert [k], and each slot's thumbnail."""
 
     def form_handler(change: Callable[[Draft], Draft]) -> Callable[[dict[Any, Any]], list[Any]]:
@@ -564,6 +662,65 @@ def _wire_slots(studio: Studio, page: Page) -> None:
         form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs,
         outputs=page.form_outputs, **_quiet(),
     )  # fmt: skip
+
+    def drop(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
+        order = getattr(event, "_data", None) or {}
+        return form_handler(lambda d: slots.reorder_slots(d, order.get("order")))(data)
+
+    page.slot_strip.input(drop, inputs=page.draft_inputs, outputs=page.form_outputs, **_quiet())
+
+    def strip(data: dict[Any, Any]) -> list[dict[str, Any]]:
+        return views.slot_strip(page.draft_of(data))
+
+    triggers = [page.slot_count.change]
+    triggers += [c.change for sc in page.slots for c in (sc.image, sc.crop, sc.attributes)]
+    triggers += [sc.entity.change for sc in page.slots]
+    gr.on(
+        triggers, strip, inputs=page.draft_inputs, outputs=[page.slot_strip],
+        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+    )  # fmt: skip
+    demo.load(strip, inputs=page.draft_inputs, outputs=[page.slot_strip], **_quiet())
+
+
+def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
+    """The engine's precision and offload: one reload for every session, queued with the runs
+    (never during one), the old engine kept when the new one cannot load."""
+    refused = refusals(studio.engine.info.device)
+
+    def offload_for(precision: str) -> Any:
+        return gr.update(choices=modes.offload_choices(refused, precision))
+
+    page.precision.input(offload_for, inputs=[page.precision], outputs=[page.offload], **_quiet())
+
+    def current() -> dict[Any, Any]:
+        """The engine's modes now (another session may have switched them)."""
+        info = studio.engine.info
+        return {
+            page.banner: views.banner(info, studio.engine.memory_in_use()),
+            page.precision: info.precision,
+            page.offload: gr.update(
+                value=info.offload, choices=modes.offload_choices(refused, info.precision)
+            ),
+        }
+
+    def apply(precision: str, offload: str) -> Iterator[dict[Any, Any]]:
+        yield {page.engine_status: f"Loading {html.escape(precision)}, offload "
+               f"{html.escape(offload)}… generation waits until it is loaded."}  # fmt: skip
+        try:
+            done = modes.switch_engine(studio.engine, precision, offload)
+        except SigmaError as e:
+            _warn(e)
+            yield {**current(), page.engine_status: views.messages([str(e)], [])}
+            return
+        yield {**current(), page.engine_status: html.escape(done)}
+
+    engine_outputs = [page.banner, page.precision, page.offload, page.engine_status]
+    page.engine_apply.click(
+        apply, inputs=[page.precision, page.offload], outputs=engine_outputs,
+        concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
+        show_progress_on=[page.engine_status], api_visibility="private",
+    )  # fmt: skip
+    demo.load(current, outputs=engine_outputs[:3], **_quiet())
 
 
 _PROGRESS = gr.Progress()  # a marker default: gradio gives each call its own tracker
@@ -723,13 +880,9 @@ def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     )
 
     def load_page(stored: Any) -> list[Any]:
-        memory = studio.engine.memory_in_use()
-        return [
-            runs.gallery_items(stored, studio.files),
-            views.banner(studio.engine.info, memory),
-        ]
+        return runs.gallery_items(stored, studio.files)
 
-    demo.load(load_page, inputs=[page.history], outputs=[page.gallery, page.banner], **_quiet())
+    demo.load(load_page, inputs=[page.history], outputs=[page.gallery], **_quiet())
 
 
 def _wire_presets(studio: Studio, page: Page, entries: list[presets.PresetEntry]) -> None:

@@ -4,16 +4,15 @@ a message in a second, not after the weights have loaded."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import sigma_core
 
 PREVIEW = "preview"  # --model preview: the preview engine even when real weights are cached
-PRECISIONS = ("fp32", "bf16", "fp16")  # what the engine runs today
-LATER_PRECISIONS = ("int8", "nf4")  # accepted names, refused until quantisation lands
-OFFLOAD_MODES = ("none", "model", "sequential")  # only "none" runs today
+ENGINE_SWITCH = ("auto", "on", "off")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_REFERENCES = 8
 DEFAULT_TIME_LIMIT_S = 900
 DEFAULT_QUEUE_SIZE = 16
@@ -28,6 +27,9 @@ class StudioOptions:
     sigma_weights: str | None = None
     precision: str | None = None  # None: bf16 on a GPU, fp32 on CPU (the engine's default)
     offload: str = "none"
+    vae_dtype: str = "fp32"
+    device_map: str | None = None  # "auto": the decoder layers spread over every GPU
+    engine_switch: str = "auto"  # may the page change precision and offload? see switch_allowed
     max_references: int = DEFAULT_MAX_REFERENCES
     device: str | None = None
     host: str = "127.0.0.1"
@@ -58,14 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=PRECISIONS + LATER_PRECISIONS,
-        help="weights dtype (default: bf16 on a GPU, fp32 on CPU); int8 and nf4 come later",
+        choices=sigma_core.PRECISIONS,
+        help="weights and compute (default: bf16 on a GPU, fp32 on CPU); int8 and nf4 quantize "
+        "the LLM (bitsandbytes), fp8 needs torchao and an Ada/Hopper GPU. A mode this machine "
+        "cannot run is refused at start with the reason",
+    )
+    p.add_argument(
+        "--vae-dtype",
+        choices=sigma_core.VAE_DTYPES,
+        default="fp32",
+        help="the VAE's weights: fp32 as the official code (bf16 saves memory, ~1.5%% error)",
     )
     p.add_argument(
         "--offload",
-        choices=OFFLOAD_MODES,
+        choices=sigma_core.OFFLOAD_MODES,
         default="none",
-        help="CPU offload of the weights (only 'none' for now)",
+        help="none; model (LLM and VAE take turns on the GPU); sequential (one layer at a "
+        "time, for ~8 GB cards, slow)",
+    )
+    p.add_argument(
+        "--device-map",
+        choices=("auto",),
+        help="auto: spread the decoder layers over every visible GPU (default: one device)",
+    )
+    p.add_argument(
+        "--engine-switch",
+        choices=ENGINE_SWITCH,
+        default="auto",
+        help="may the page's Settings change the precision and offload, for everyone using "
+        "the studio? auto: yes when it is served to this machine only (not with --share, "
+        "another --host or on a Space); on; off",
     )
     p.add_argument(
         "--max-references",
@@ -129,6 +153,9 @@ def parse_options(argv: Sequence[str] | None = None) -> StudioOptions:
         sigma_weights=args.sigma_weights,
         precision=args.precision,
         offload=args.offload,
+        vae_dtype=args.vae_dtype,
+        device_map=args.device_map,
+        engine_switch=args.engine_switch,
         max_references=args.max_references,
         device=args.device,
         host=args.host,
@@ -143,17 +170,9 @@ def parse_options(argv: Sequence[str] | None = None) -> StudioOptions:
 
 
 def _problem(args: argparse.Namespace) -> str | None:
-    """The first flag the engine cannot honour, as a message; None when all are fine."""
-    if args.precision in LATER_PRECISIONS:
-        return (
-            f"--precision {args.precision}: quantised weights (int8, nf4) are not supported yet; "
-            f"use {', '.join(PRECISIONS)}"
-        )
-    if args.offload != "none":
-        return (
-            f"--offload {args.offload}: offloading is not supported yet; use --offload none, or "
-            "--precision bf16 to halve the memory the weights take"
-        )
+    """The first flag that is wrong whatever the machine, as a message; None when all are fine.
+    What this machine cannot run (fp8 without a recent GPU, offload with int8...) is the
+    engine's to refuse, when it loads."""
     if not 1 <= args.max_references <= sigma_core.MAX_REFERENCES:
         return (
             f"--max-references: {args.max_references} must be from 1 to {sigma_core.MAX_REFERENCES}"
@@ -168,6 +187,24 @@ def _problem(args: argparse.Namespace) -> str | None:
         return f"--outputs: {args.outputs} exists and is not a folder"
     if not args.presets.is_dir():
         return f"--presets: {args.presets} is not a folder"
+    return None
+
+
+def engine_lock(options: StudioOptions, environ: Mapping[str, str]) -> str | None:
+    """Why the page may not change the precision or offload, or None when it may. One engine
+    serves every visitor, so by default only a studio served to this machine alone lets its
+    page switch it: a shared one (--share, another --host, a Space) would let one visitor
+    change everyone's engine."""
+    if options.engine_switch == "on":
+        return None
+    if options.engine_switch == "off":
+        return "this studio was started with --engine-switch off"
+    if environ.get("SPACE_ID"):
+        return "this studio is a Hugging Face Space, shared by its visitors"
+    if options.share:
+        return "this studio is shared through a public link (--share)"
+    if options.host not in LOOPBACK_HOSTS:
+        return f"this studio is served on {options.host}, to other machines"
     return None
 
 

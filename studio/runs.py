@@ -33,6 +33,7 @@ from sigma_core import (
     SigmaOutOfMemoryError,
     SigmaOutput,
 )
+from studio import modes
 from studio.engine import Engine, RunToken, Sessions
 from studio.forms import MAX_IMAGES_PER_RUN, Draft, to_composition, without_images
 
@@ -98,7 +99,16 @@ def stream(
     engine: Engine, sessions: Sessions, session: str, compositions: Sequence[Composition], *,
     files: Path, time_limit_s: float,
 ) -> Iterator[RunItem]:  # fmt: skip
-    """Make one image per composition, in order, reporting every step."""
+    """Make one image per composition, in order, reporting every step. They share their
+    references and size, so the first says whether they fit in memory; when it does not,
+    nothing starts."""
+    try:
+        fit = modes.fit_for(engine, compositions[0])
+    except SigmaError as e:
+        fit = modes.Fit(False, str(e))
+    if not fit.fits:
+        yield Outcome(error=fit.text)
+        return
     token = RunToken(sessions.token(session), time.monotonic() + time_limit_s)
     events: queue.Queue[Any] = queue.Queue()
     done = object()
@@ -136,15 +146,18 @@ def stream(
             token.cancel.set()
     yield Outcome(
         entries=tuple(entries),
-        error=None if failure is None else describe_failure(failure, engine, token, time_limit_s),
+        error=None
+        if failure is None
+        else describe_failure(failure, engine, token, time_limit_s, compositions[0]),
         cancelled=isinstance(failure, GenerationCancelled),
     )
 
 
 def describe_failure(
-    error: BaseException, engine: Engine, token: RunToken, time_limit_s: float
-) -> str:
-    """The message for a run that stopped: what happened and what to do."""
+    error: BaseException, engine: Engine, token: RunToken, time_limit_s: float,
+    composition: Composition,
+) -> str:  # fmt: skip
+    """The message for a run of ``composition`` that stopped: what happened and what to do."""
     if isinstance(error, GenerationCancelled):
         if token.timed_out() and not token.cancel.is_set():
             return (
@@ -153,23 +166,15 @@ def describe_failure(
             )
         return f"{error}; the composition is unchanged, press Generate to run it again"
     if isinstance(error, SigmaOutOfMemoryError):
-        return f"{error}. {memory_advice(engine)}"
+        return f"{error}. {modes.after_out_of_memory(engine, composition)}"
     if isinstance(error, SigmaError):
         return str(error)
     log.error("engine error", exc_info=error)
+    advice = modes.after_out_of_memory(engine, composition)
     return (
         f"engine error ({type(error).__name__}: {error}); the studio keeps running and your "
-        f"composition is kept. If it happens again: {memory_advice(engine)}"
+        f"composition is kept. If it happens again and memory is short: {advice}"
     )
-
-
-def memory_advice(engine: Engine) -> str:
-    """What to change at start-up when memory runs out, given the precision in use."""
-    if engine.info.precision == "fp32":
-        lower = "restart the studio with --precision bf16 (half the memory of fp32)"
-    else:
-        lower = "use a smaller output size or fewer references"
-    return f"To fit, {lower}; CPU offload (--offload) and int8/nf4 come in a later version."
 
 
 def save_result(out: SigmaOutput, files: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ reference at the cursor, and the thumbnail of what the model sees."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from PIL import Image
 
@@ -42,16 +43,33 @@ def remove_slot(draft: Draft, slot: int) -> Draft:
 
 
 def move_slot(draft: Draft, slot: int, offset: int) -> Draft:
-    """Swap slot ``slot`` with its neighbour ``offset`` (-1 up, +1 down) and renumber the
-    prompt, so ``[k]`` still names the same image; at either end nothing moves."""
+    """Swap slot ``slot`` with its neighbour ``offset`` (-1 up, +1 down), as the slot's up and
+    down buttons do; at either end nothing moves."""
     _check_slot(draft, slot)
     other = slot + offset
     if not 1 <= other <= len(draft.slots):
         return draft
-    slots = list(draft.slots)
-    slots[slot - 1], slots[other - 1] = slots[other - 1], slots[slot - 1]
-    prompt = sigma_core.renumber_slots(draft.prompt, {slot: other, other: slot})
-    return replace(draft, slots=tuple(slots), prompt=prompt)
+    order = list(range(1, len(draft.slots) + 1))
+    order[slot - 1], order[other - 1] = other, slot
+    return reorder_slots(draft, order)
+
+
+def reorder_slots(draft: Draft, order: Any) -> Draft:
+    """The slots in ``order`` (their current numbers, first to last: what dragging a thumbnail
+    of the slot strip sends), the prompt renumbered so ``[k]`` still names the same image.
+    ``order`` comes from the browser, so it is checked to be each slot once."""
+    count = len(draft.slots)
+    if (
+        not isinstance(order, list | tuple)
+        or not all(type(k) is int for k in order)
+        or sorted(order) != list(range(1, count + 1))
+    ):
+        raise SigmaInputError(
+            f"references: a new order must name slots 1 to {count} once each, not {order!r:.60}"
+        )
+    mapping = {old: new for new, old in enumerate(order, start=1)}
+    slots = tuple(draft.slots[k - 1] for k in order)
+    return replace(draft, slots=slots, prompt=sigma_core.renumber_slots(draft.prompt, mapping))
 
 
 def _check_slot(draft: Draft, slot: int) -> None:

@@ -7,15 +7,19 @@ import html
 from typing import Any
 
 import sigma_core
+from studio import slots
 from studio.compose import Check, Chip
 from studio.engine import EngineInfo
-from studio.runs import Progress
+from studio.forms import Draft
+from studio.modes import Fit
+from studio.runs import Progress, thumbnail_uri
 
 CSS = """
 .sigma-banner { padding: 8px 12px; border-radius: 6px; background: #eef3f8; }
 .sigma-banner.preview { background: #b00020; color: #fff; font-weight: 600; }
 .sigma-problems { color: #b00020; }
 .sigma-warnings { color: #8a5a00; }
+.sigma-memory { font-size: 0.9em; opacity: 0.85; }
 .sigma-seq { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; }
 .sigma-chip { border-radius: 4px; padding: 2px 6px; font-size: 0.85em; border: 1px solid #999; }
 .sigma-chip.text { background: #e8f0fe; }
@@ -23,6 +27,11 @@ CSS = """
 .sigma-chip.image { color: #fff; }
 .sigma-chip.output { background: #9c27b0; color: #fff; }
 .sigma-chip small { opacity: 0.8; }
+.sigma-strip { display: flex; flex-wrap: wrap; gap: 8px; }
+.sigma-strip-item { cursor: grab; display: flex; flex-direction: column; align-items: center;
+  width: 104px; padding: 4px; border: 1px solid #bbb; border-radius: 6px; font-size: 0.8em;
+  text-align: center; overflow-wrap: anywhere; }
+.sigma-strip-item img { height: 64px; max-width: 96px; object-fit: contain; }
 """
 
 
@@ -34,11 +43,12 @@ def _rgb(group: int | None) -> str:
 
 
 def banner(info: EngineInfo, memory: str) -> str:
-    """Which weights, precision, device and memory; the preview engine in red."""
+    """Which weights, precision, device, offload, VAE dtype and memory; the preview engine in
+    red."""
     weights = html.escape(info.weights)
-    facts = (
-        f"{html.escape(info.precision)} on {html.escape(info.device)} · weights "
-        f"{_size(info.weights_bytes)} · {html.escape(memory)}"
+    facts = html.escape(
+        f"{info.precision} on {info.device} · offload {info.offload} · VAE {info.vae_dtype} · "
+        f"weights {_size(info.weights_bytes)} · {memory}"
     )
     if info.preview:
         return (
@@ -143,3 +153,27 @@ def result_info(entry: dict[str, Any]) -> str:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def slot_strip(draft: Draft) -> list[dict[str, Any]]:
+    """The slot strip's items, in slot order: number, thumbnail as the model sees it (empty
+    without a usable image) and label. The strip renders them with its own escaping template,
+    and dragging one sends the new order."""
+    items = []
+    for k, form in enumerate(draft.slots, start=1):
+        thumb = slots.thumbnail(form, k).image
+        label = " ".join((*form.attributes, form.entity)).strip()
+        items.append(
+            {"slot": k, "thumb": thumbnail_uri(thumb) if thumb else "", "label": label or "—"}
+        )
+    return items
+
+
+def memory(fit: Fit | None) -> str:
+    """The predicted peak next to Generate (None: the draft does not plan yet); a run that
+    will not fit, as a problem."""
+    if fit is None:
+        return '<div class="sigma-memory"><em>Memory: predicted once it plans.</em></div>'
+    if fit.fits:
+        return f'<div class="sigma-memory">{html.escape(fit.text)}</div>'
+    return messages([fit.text], [])

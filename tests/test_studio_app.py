@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import sigma_core
-from studio.engine import Engine, Sessions, Studio
+from studio.engine import Engine, Sessions, Studio, load_engine
 from studio.layout import build_app
-from studio.main import serve
-from studio.options import PRESETS_DIR, StudioOptions, default_model, parse_options
+from studio.main import main, serve
+from studio.options import PRESETS_DIR, StudioOptions, default_model, engine_lock, parse_options
 
 # gradio's queue metrics use pandas APIs that pandas 3 deprecates; not the studio's concern
 pytestmark = [
@@ -31,6 +33,7 @@ ELEM_IDS = [
     "seed-mode", "seed", "reuse-seed", "images-per-run", "mask", "attribute-projection",
     "settings-problems", "generate", "cancel", "progress", "live-preview", "gallery",
     "result-info", "download", "restore-composition", "compare-with", "ab-button", "slider",
+    "slot-order", "precision", "offload", "engine-apply", "engine-status", "memory-estimate",
 ]  # fmt: skip
 SLOT_IDS = [
     "slot-{k}", "slot-{k}-image", "slot-{k}-thumb", "slot-{k}-info", "slot-{k}-attributes",
@@ -46,19 +49,31 @@ def test_defaults_are_local_and_quiet():
     options = parse_options(["--model", "preview"])
     assert options.model is None and options.host == "127.0.0.1" and not options.share
     assert options.max_references == 8 and options.offload == "none"
+    assert options.vae_dtype == "fp32" and options.device_map is None
+    assert options.engine_switch == "auto"
+
+
+def test_every_precision_and_offload_is_a_flag():
+    for precision in sigma_core.PRECISIONS:
+        assert parse_options(["--precision", precision, "--model", "preview"]).precision == (
+            precision
+        )
+    options = parse_options(
+        ["--model", "preview", "--offload", "model", "--vae-dtype", "bf16", "--device-map", "auto"]
+    )
+    assert (options.offload, options.vae_dtype, options.device_map) == ("model", "bf16", "auto")
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--precision", "int8"], "quantised weights (int8, nf4) are not supported yet"),
-        (["--precision", "nf4"], "use fp32, bf16, fp16"),
-        (["--offload", "model"], "offloading is not supported yet"),
         (["--max-references", "0"], "must be from 1 to 16"),
         (["--max-references", "17"], "must be from 1 to 16"),
         (["--port", "70000"], "--port"),
         (["--model", "preview", "--sigma-weights", "x"], "--sigma-weights needs real base"),
         (["--precision", "fp64"], "invalid choice"),
+        (["--offload", "disk"], "invalid choice"),
+        (["--engine-switch", "maybe"], "invalid choice"),
         (["--time-limit", "0"], "--time-limit"),
     ],
 )
@@ -71,7 +86,7 @@ def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
 
 def test_app_py_refuses_a_bad_flag_before_loading_anything():
     done = subprocess.run(
-        [sys.executable, "app.py", "--precision", "nf4"],
+        [sys.executable, "app.py", "--max-references", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -79,7 +94,59 @@ def test_app_py_refuses_a_bad_flag_before_loading_anything():
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
     )
     assert done.returncode == 2
-    assert "not supported yet" in done.stderr and "loading" not in done.stderr
+    assert "must be from 1 to 16" in done.stderr and "loading" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--precision", "fp8"], "error: precision: fp8 runs on NVIDIA GPUs"),
+        (["--precision", "int8", "--offload", "sequential"], "error: offload: sequential"),
+        (["--precision", "int8", "--offload", "model"], "int8 layers cannot move"),
+        (["--device-map", "auto", "--offload", "model"], "device_map and offload exclude"),
+    ],
+)
+def test_a_mode_this_machine_cannot_run_exits_2_with_the_engines_reason(argv, message, capsys):
+    assert main(["--model", "preview", "--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_app_py_refuses_fp8_on_cpu_before_gradio_loads():
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "app.py", "--model", "preview", "--device", "cpu",
+         "--precision", "fp8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "error: precision: fp8 runs on NVIDIA GPUs of compute capability 8.9" in done.stderr
+    assert not re.search(r"\| gradio$", done.stderr, re.M)  # -X importtime lists each import
+
+
+def test_an_int8_engine_loads_from_the_flags():
+    engine = load_engine(parse_options(["--model", "preview", "--precision", "int8"]))
+    assert engine.info.precision == "int8" and engine.pipe.precision.name == "int8"
+    assert engine.info.offload == "none" and engine.info.vae_dtype == "fp32"
+    assert any(type(m).__name__ == "Linear8bitLt" for m in engine.pipe.model.modules())
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "locked"),
+    [
+        ([], {}, None),
+        (["--share"], {}, "--share"),
+        (["--host", "0.0.0.0"], {}, "served on 0.0.0.0"),
+        ([], {"SPACE_ID": "someone/sigma"}, "Hugging Face Space"),
+        (["--engine-switch", "off"], {}, "--engine-switch off"),
+        (["--engine-switch", "on", "--share"], {"SPACE_ID": "x/y"}, None),
+    ],
+)
+def test_only_a_studio_served_to_this_machine_lets_its_page_switch_the_engine(
+    argv, environ, locked
+):
+    lock = engine_lock(parse_options(["--model", "preview", *argv]), environ)
+    assert lock is None if locked is None else locked in lock
 
 
 def test_the_default_model_is_bagel_only_when_it_is_cached(tmp_path, monkeypatch):
@@ -103,10 +170,14 @@ def test_the_default_model_is_bagel_only_when_it_is_cached(tmp_path, monkeypatch
 
 
 @pytest.fixture(scope="module")
-def studio(pipe, tmp_path_factory) -> Studio:
-    options = StudioOptions(max_references=3, presets=PRESETS_DIR, time_limit_s=60)
+def studio(pipe, tiny_checkpoint, tmp_path_factory) -> Studio:
+    options = StudioOptions(
+        model=str(tiny_checkpoint), device="cpu", max_references=3, presets=PRESETS_DIR,
+        time_limit_s=60,
+    )  # fmt: skip
     files = tmp_path_factory.mktemp("studio-files")
-    return Studio(Engine(pipe, weights="tiny test checkpoint"), Sessions(), options, files)
+    engine = Engine(pipe, weights="tiny test checkpoint", options=options)
+    return Studio(engine, Sessions(), options, files)
 
 
 def test_every_control_has_its_elem_id(studio):
@@ -118,6 +189,33 @@ def test_every_control_has_its_elem_id(studio):
     duplicated = {i for i in ids if i and ids.count(i) > 1}
     assert not duplicated
     assert "slot-4" not in ids  # --max-references 3
+
+
+def _props(demo, elem_id: str) -> dict:
+    return next(
+        c["props"] for c in demo.config["components"] if c["props"].get("elem_id") == elem_id
+    )
+
+
+def test_the_engine_controls_show_the_engine_and_lock_on_a_shared_studio(studio):
+    demo = build_app(studio)
+    precision = _props(demo, "precision")
+    assert precision["value"] == "fp32" and precision["interactive"] is not False
+    labels = [label for label, _ in precision["choices"]]
+    assert labels[:5] == ["fp32", "bf16", "fp16", "int8", "nf4"] and "not here" in labels[5]
+    assert _props(demo, "offload")["value"] == "none"
+    assert "everyone using this studio" in str(demo.config)
+    studio.engine.options = replace(studio.engine.options, share=True)  # --share
+    try:
+        locked = build_app(studio)
+    finally:
+        studio.engine.options = replace(studio.engine.options, share=False)
+    assert _props(locked, "precision")["interactive"] is False
+    assert _props(locked, "engine-apply")["interactive"] is False
+    assert (
+        "Locked: this studio is shared through a public link"
+        in (_props(locked, "engine-status")["value"])
+    )
 
 
 def test_only_the_api_events_are_public(studio):

@@ -12,6 +12,7 @@ _EXPORTS = {
     "CFGContexts": "sigma_core.runtime.contexts",
     "Denoiser": "sigma_core.runtime.contexts",
     "prefill_contexts": "sigma_core.runtime.contexts",
+    "available_memory": "sigma_core.runtime.device",
     "resolve_device": "sigma_core.runtime.device",
     "LIVE_PREVIEW_TENSORS": "sigma_core.runtime.live_preview",
     "LatentPreviewer": "sigma_core.runtime.live_preview",

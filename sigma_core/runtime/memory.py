@@ -201,22 +201,29 @@ def plan_cfg_rows(plan: Plan, settings: Settings) -> int:
 
 
 def estimate_for_pipeline(
-    pipe: SigmaPipeline, composition: Composition, *, batch_cfg: bool = False
+    pipe: SigmaPipeline,
+    composition: Composition,
+    *,
+    batch_cfg: bool = False,
+    precision: str | None = None,
+    offload: str | None = None,
 ) -> MemoryEstimate:
     """:func:`estimate_memory` for running ``composition`` on ``pipe``: its exact plan (the
     references as resized, the text, the output block), CFG rows, precision, offload mode,
-    device map and VAE."""
+    device map and VAE; ``precision`` and ``offload`` ask about another mode of the same
+    checkpoint (to propose one that fits)."""
     plan = pipe.plan(composition)
     devices = [str(d) for d in pipe.model.layer_devices()]
+    offload = pipe.offload.mode if offload is None else offload
     device_map = None
-    if len(set(devices)) > 1:
+    if offload == "none" and len(set(devices)) > 1:
         device_map = {f"{LAYER_PREFIX}{i}": d for i, d in enumerate(devices)}
         device_map |= {name: str(pipe.model.device) for name in PACKING_MODULES}
     return estimate_memory(
         pipe.model.config,
-        pipe.precision,
+        pipe.precision if precision is None else precision,
         plan.noise.size,
-        offload=pipe.offload.mode,
+        offload=offload,
         device_map=device_map,
         reference_sizes=[seg.size for seg in plan.segments if seg.kind == "image"],
         text_tokens=sum(seg.length for seg in plan.segments if seg.kind == "text"),

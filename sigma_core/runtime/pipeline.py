@@ -333,12 +333,20 @@ class SigmaPipeline:
             )
 
     def estimate_memory(
-        self, composition: Composition, *, batch_cfg: bool = False
+        self,
+        composition: Composition,
+        *,
+        batch_cfg: bool = False,
+        precision: str | None = None,
+        offload: str | None = None,
     ) -> MemoryEstimate:
         """The memory a run of ``composition`` would need here, predicted from its exact plan,
         this precision, offload mode, device map and VAE before any work (see
-        :mod:`sigma_core.runtime.memory`); ``batch_cfg`` as for :meth:`__call__`."""
-        return estimate_for_pipeline(self, composition, batch_cfg=batch_cfg)
+        :mod:`sigma_core.runtime.memory`); ``batch_cfg`` as for :meth:`__call__`;
+        ``precision``/``offload`` ask what another mode of this checkpoint would need."""
+        return estimate_for_pipeline(
+            self, composition, batch_cfg=batch_cfg, precision=precision, offload=offload
+        )
 
 
 def _stamp_preview(image: Image.Image) -> Image.Image:

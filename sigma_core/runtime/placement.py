@@ -70,9 +70,10 @@ def check_offload(offload: str, precision: Precision, device: torch.device) -> s
             f"({OFFLOAD_HELP})"
         )
     if offload == "sequential" and precision.quantized:
+        instead = "no offload" if precision.name == "int8" else "offload='model'"
         raise SigmaInputError(
             f"offload: sequential streams full-precision layers and cannot move {precision.name} "
-            f"weights; with {precision.name} use offload='model' (or none)"
+            f"weights; with {precision.name} use {instead}, or sequential with bf16"
         )
     if offload == "model" and precision.name == "int8":
         raise SigmaInputError(

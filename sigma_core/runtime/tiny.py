@@ -33,13 +33,14 @@ def preview_checkpoint() -> Path:
     return cached_folder("preview-checkpoint", make_tiny_checkpoint)
 
 
-def tiny_llm_config(vocab_size: int, *, layers: int = 2) -> LLMConfig:
+def tiny_llm_config(vocab_size: int, *, layers: int = 2, hidden: int = 64) -> LLMConfig:
+    """Hidden 64 by default; benchmarks widen it (heads of 16, two query heads per KV head)."""
     return LLMConfig(
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=hidden // 16,
+        num_key_value_heads=hidden // 32,
         vocab_size=vocab_size,
         rope_theta=1_000_000.0,
     )
@@ -52,6 +53,7 @@ def make_tiny_checkpoint(
     layers: int = 2,
     attribute_embed: bool = False,
     vit_hidden: int = 32,
+    hidden: int = 64,
 ) -> Path:
     """Write a random checkpoint folder; returns its path. Deterministic for a given seed."""
     if not is_int(layers) or not 1 <= layers <= MAX_TINY_LAYERS:
@@ -64,7 +66,9 @@ def make_tiny_checkpoint(
     tok = json.loads((out / "tokenizer.json").read_text())
     n_tokens = len(tok["model"]["vocab"]) + len(tok["added_tokens"])
     # Like BAGEL's 152,064 rows for 151,680 tokens: a table rounded up past the tokenizer.
-    cfg = tiny_llm_config(vocab_size=-(-n_tokens // 64) * 64, layers=layers)
+    if not is_int(hidden) or not 64 <= hidden <= 4096 or hidden % 64:
+        raise SigmaInputError(f"hidden: {shown(hidden)} must be a multiple of 64 from 64 to 4096")
+    cfg = tiny_llm_config(vocab_size=-(-n_tokens // 64) * 64, layers=layers, hidden=hidden)
     (out / LLM_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     vit_layers = 2
     vit_cfg = {

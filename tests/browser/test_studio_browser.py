@@ -302,6 +302,14 @@ def test_reordering_slots_renumbers_the_template_and_the_sequence(page: Page, pi
     expect(prompt_box(page)).to_have_value(TEMPLATE)
     expect(page.locator("#sequence-view .sigma-chip").nth(1)).to_contain_text("image [1] <id>")
     expect(page.locator("#slot-1-info")).to_contain_text("256×256")
+    # The slot strip: drag the cat's thumbnail onto the first one; the same renumbering.
+    strip = page.locator("#slot-order")
+    expect(strip.locator("[data-slot='2']")).to_contain_text("<subject> tabby cat")
+    strip.locator("[data-slot='2']").drag_to(strip.locator("[data-slot='1']"))
+    expect(prompt_box(page)).to_have_value("A photo of [2] holding [1]")
+    expect(page.locator("#slot-1-info")).to_contain_text("451×300")
+    expect(strip.locator("[data-slot='1']")).to_contain_text("<subject> tabby cat")
+    expect(page.locator("#sequence-view .sigma-chip").nth(1)).to_contain_text("image [2] <id>")
 
 
 def test_generate_shows_progress_live_preview_result_and_slider(page: Page, pictures) -> None:
@@ -358,6 +366,50 @@ def test_generate_shows_progress_live_preview_result_and_slider(page: Page, pict
     expect(info).to_contain_text("mask off")
     assert sum("seed 42" in c for c in gallery_captions(page)) == 2
     expect(halves).to_have_count(2)
+
+
+def choose_engine(page: Page, precision: str, offload: str = "none") -> None:
+    """Settings › Engine: pick a precision and an offload, reload, wait until it says so."""
+    open_settings(page)
+    box = page.locator("#precision input")
+    box.click()
+    box.press("ControlOrMeta+a")
+    box.press_sequentially(precision)  # typing opens the list, filtered
+    page.locator("#precision li[role=option]").filter(
+        has_text=re.compile(rf"^\W*{precision}$")
+    ).click()
+    page.locator("#offload label", has_text=re.compile(rf"^\s*{offload}$")).click()
+    page.locator("#engine-apply").click()
+    expect(page.locator("#engine-status")).to_contain_text(
+        re.compile(rf"(now|already) runs {precision} with offload {offload}"), timeout=60_000
+    )
+
+
+def test_switching_the_engine_to_int8_reloads_it_and_runs(page: Page, pictures) -> None:
+    """Settings › Engine on the preview engine: fp8 is marked as not runnable here, int8
+    reloads the engine (the banner follows), a run predicts its memory and generates."""
+    compose_one(page, pictures["green"], "A photo of [1]")
+    set_run(page, steps=3)
+    memory = page.locator("#memory-estimate")
+    expect(memory).to_contain_text(re.compile(r"Predicted peak about [\d.]+ GiB: weights"))
+    expect(memory).to_contain_text("available on cpu")
+    expect(page.locator("#engine-banner")).to_contain_text("fp32 on cpu · offload none · VAE fp32")
+    page.locator("#precision input").click()
+    expect(page.locator("#precision li[role=option]", has_text="fp8")).to_contain_text(
+        "not here: fp8 runs on NVIDIA GPUs"
+    )
+    page.keyboard.press("Escape")
+    try:
+        choose_engine(page, "int8")
+        expect(page.locator("#engine-banner")).to_contain_text("int8 on cpu · offload none")
+        expect(page.locator("#offload")).to_contain_text("model (not here: bitsandbytes int8")
+        expect(memory).to_contain_text("Predicted peak")
+        save_screenshot(page, "engine_int8")
+        generate(page)
+        expect(page.locator("#gallery .caption-label").first).to_contain_text("seed")
+    finally:
+        choose_engine(page, "fp32")  # the server is shared by the whole suite
+    expect(page.locator("#engine-banner")).to_contain_text("fp32 on cpu · offload none")
 
 
 def slider_picture(page: Page, image) -> Image.Image:
