@@ -24,17 +24,10 @@ from PIL import Image
 
 from sigma_core import Composition, Reference, Settings, SigmaPipeline
 from sigma_core.model import LLMConfig
+from sigma_core.model.config import BAGEL_7B_MOT
 
 PEAK_TFLOPS = 790.0  # bf16 dense compute floor used by the project's anchors
-BAGEL_7B = LLMConfig(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    rope_theta=1_000_000.0,
-)
+BAGEL_7B = BAGEL_7B_MOT
 
 
 def pass_tflop(cfg: LLMConfig, n_query: int, n_context: int) -> float:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sigma_core import SigmaInputError, SigmaPipeline
-from sigma_core.model.config import LLMConfig
+from sigma_core.model.config import BAGEL_7B_MOT
 from sigma_core.model.vae import TINY_VAE_CONFIG, FluxVAE, flux_vae_config, write_random_flux_ae
 from sigma_core.runtime import MemoryEstimate, MemoryMeter, estimate_memory, make_tiny_checkpoint
 from sigma_core.runtime.contexts import prefill_contexts
@@ -23,15 +23,7 @@ from tests.golden_cases import composition
 
 TOLERANCE = 0.15
 GB = 10**9
-BAGEL = LLMConfig(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    rope_theta=1e6,
-)
+BAGEL = BAGEL_7B_MOT
 PROMPTS = {0: "a red fox in the snow", 2: "Put [1] on a beach next to [2] at sunset"}
 
 

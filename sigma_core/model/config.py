@@ -88,6 +88,19 @@ class LLMConfig:
         }
 
 
+# The published BAGEL-7B-MoT's llm_config.json, for what is sized without the checkpoint
+# (memory predictions, full-size benchmarks).
+BAGEL_7B_MOT = LLMConfig(
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    rope_theta=1_000_000.0,
+)
+
+
 def _check_value(name: str, value: Any, source: str) -> None:
     """Sizes are positive integers, eps and theta positive finite numbers: a config that says
     otherwise is refused before a model is built from it."""

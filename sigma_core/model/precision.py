@@ -66,21 +66,16 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     bf16 and fp16 are refused on nothing; int8 and nf4 need bitsandbytes; fp8 needs torchao and
     a CUDA GPU with float8 matrix units.
     """
-    if name not in PRECISIONS:
-        raise SigmaInputError(
-            f"precision: {str(name)[:40]!r} is not one of {', '.join(PRECISIONS)}: "
-            + PRECISION_HELP
-        )
+    mode = precision_mode(name, on_gpu=device.type == "cuda")
     if name in DTYPES:
-        return Precision(name, DTYPES[name])
-    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return mode
     if name in ("int8", "nf4"):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise SigmaInputError(
                 f"precision: {name} needs bitsandbytes; install it with "
                 "pip install 'sigma-studio[quant]' (or pip install bitsandbytes)"
             )
-        return Precision(name, compute)
+        return mode
     if device.type != "cuda":
         raise SigmaInputError(
             f"precision: fp8 runs on NVIDIA GPUs of compute capability 8.9 or later, not on "
@@ -98,7 +93,21 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             "precision: fp8 needs torchao; install it with pip install 'sigma-studio[fp8]' "
             "(or pip install torchao)"
         )
-    return Precision(name, torch.bfloat16)
+    return mode
+
+
+def precision_mode(name: str, *, on_gpu: bool) -> Precision:
+    """The mode ``name`` names, computing in bf16 on a GPU and fp32 on a CPU for int8 and nf4
+    (fp8 always bf16); an unknown name is refused. Nothing about this machine is checked:
+    :func:`resolve_precision` does that before loading."""
+    if name not in PRECISIONS:
+        raise SigmaInputError(
+            f"precision: {str(name)[:40]!r} is not one of {', '.join(PRECISIONS)}: "
+            + PRECISION_HELP
+        )
+    if name in DTYPES:
+        return Precision(name, DTYPES[name])
+    return Precision(name, torch.bfloat16 if on_gpu or name == "fp8" else torch.float32)
 
 
 def quantized_linears(layers: nn.Module) -> list[str]:

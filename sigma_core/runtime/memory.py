@@ -47,8 +47,8 @@ from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, MAX_LATENT_GRID, TOKEN_STRIDE
 from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.model.config import LLMConfig
-from sigma_core.model.modes import PRECISION_HELP, PRECISIONS, VAE_DTYPES
-from sigma_core.model.precision import DTYPES, Precision
+from sigma_core.model.modes import VAE_DTYPES
+from sigma_core.model.precision import DTYPES, Precision, precision_mode
 from sigma_core.runtime.placement import PACKING_MODULES, check_offload, module_device
 from sigma_core.runtime.sampler import Guidance, timesteps
 
@@ -244,16 +244,7 @@ def _precision(precision: str | Precision, device_type: str) -> Precision:
     on ``device_type``, without checking that its libraries are installed."""
     if isinstance(precision, Precision):
         return precision
-    if precision not in PRECISIONS:
-        raise SigmaInputError(
-            f"precision: {str(precision)[:40]!r} is not one of {', '.join(PRECISIONS)}: "
-            + PRECISION_HELP
-        )
-    if precision in DTYPES:
-        return Precision(precision, DTYPES[precision])
-    on_gpu = str(device_type).split(":", 1)[0] == "cuda"
-    compute = torch.bfloat16 if on_gpu or precision == "fp8" else torch.float32
-    return Precision(precision, compute)
+    return precision_mode(precision, on_gpu=str(device_type).split(":", 1)[0] == "cuda")
 
 
 def _reference_sizes(count: int, sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
