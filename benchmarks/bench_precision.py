@@ -158,6 +158,7 @@ def worker(variant: Variant, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
         "name": variant.name, "load_s": load_s, "step_s": step_s,
         "prefill_s": out.timings["prefill_s"], "passes_per_step": out.num_passes / (TIMESTEPS - 1),
         "peak_tensors": peak, "predicted": predicted, "peak_rss": proc_status("VmHWM") - before,
+        "load_average": os.getloadavg()[0],
     }  # fmt: skip
 
 
@@ -354,12 +355,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         big = make_tiny_checkpoint(Path(tmp) / "load", layers=LOAD_LAYERS, hidden=LOAD_HIDDEN)
         loading = [run_worker(["--load-worker", m, "--checkpoint", big]) for m in ("fp32", "bf16")]
     r0 = results[0]
+    busiest = max(r["load_average"] for r in results)
     print(
-        f"CPU, {torch.get_num_threads()} threads (load average {load_avg:.1f} at the start); "
+        f"CPU, {torch.get_num_threads()} threads (load average {load_avg:.1f} at the start, "
+        f"at most {busiest:.1f} after a mode); "
         f"tiny random checkpoint, {LAYERS} layers, hidden {HIDDEN}; 2 shipped references, "
         f"{SIZE}x{SIZE} output, {TIMESTEPS} timesteps, {r0['passes_per_step']:.0f} passes a step"
     )
     print(table(results))
+    if busiest > (os.cpu_count() or 1) + 0.5:
+        print(
+            f"warning: a load average of {busiest:.1f} on {os.cpu_count()} cores: other work "
+            "shared the CPU, so the timings are not this code's; run again on a quiet machine"
+        )
     share = (markers["pass_s"] - markers["all_gen_s"]) / markers["pass_s"]
     print(
         f"\nmarkers (fp32, one pass of {markers['tokens']} tokens over {markers['context']} "

@@ -207,12 +207,14 @@ def estimate_for_pipeline(
     batch_cfg: bool = False,
     precision: str | None = None,
     offload: str | None = None,
+    plan: Plan | None = None,
 ) -> MemoryEstimate:
     """:func:`estimate_memory` for running ``composition`` on ``pipe``: its exact plan (the
     references as resized, the text, the output block), CFG rows, precision, offload mode,
     device map and VAE; ``precision`` and ``offload`` ask about another mode of the same
-    checkpoint (to propose one that fits)."""
-    plan = pipe.plan(composition)
+    checkpoint (to propose one that fits). ``plan``: the composition's plan when the caller
+    has it (a run does), so it is not built twice."""
+    plan = plan or pipe.plan(composition)
     devices = [str(d) for d in pipe.model.layer_devices()]
     offload = pipe.offload.mode if offload is None else offload
     device_map = None

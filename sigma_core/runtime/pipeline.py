@@ -243,7 +243,7 @@ class SigmaPipeline:
             noise.size, generator=generator, latents=latents, seed=settings.seed, device=self.device
         )
         composition = replace(composition, settings=settings.replace(seed=seed))
-        self.check_memory(composition, batch_cfg=batch_cfg)
+        self.check_memory(composition, batch_cfg=batch_cfg, plan=plan)
         guidance = Guidance.from_settings(settings)
         ts = timesteps(settings.num_timesteps, settings.timestep_shift, self.device)
         branches = [guidance.branches(t) for t in ts[:-1].tolist()]  # once, on the host
@@ -314,14 +314,16 @@ class SigmaPipeline:
         image = Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())
         return [_stamp_preview(image) if self.preview else image]
 
-    def check_memory(self, composition: Composition, *, batch_cfg: bool = False) -> None:
+    def check_memory(
+        self, composition: Composition, *, batch_cfg: bool = False, plan: Plan | None = None
+    ) -> None:
         """Refuse a run predicted not to fit, before any work: :meth:`estimate_memory` against
         what the device has free plus what this pipeline's weights already hold there. Where
         the free memory is unknown (mps), the run goes ahead."""
         available = available_memory(self.device)
         if available is None:
             return
-        need = self.estimate_memory(composition, batch_cfg=batch_cfg)
+        need = estimate_for_pipeline(self, composition, batch_cfg=batch_cfg, plan=plan)
         held = module_bytes((self.model, self.vae), self.device)
         if need.peak > held + available:
             gib = 2**30
