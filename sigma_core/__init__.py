@@ -99,6 +99,7 @@ _EXPORTS = {
     "VAE_DTYPES": "sigma_core.model.modes",
     "OFFLOAD_MODES": "sigma_core.model.modes",
     "OFFLOAD_HELP": "sigma_core.model.modes",
+    "FLAG_HELP": "sigma_core.model.modes",
 }
 __all__ = sorted(_EXPORTS)
 

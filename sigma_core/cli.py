@@ -20,7 +20,7 @@ from typing import Any
 
 from sigma_core.errors import PresetError, SigmaError, SigmaInputError, SigmaResourceError
 from sigma_core.limits import MAX_SEED, MAX_TIMESTEPS, MAX_TINY_LAYERS, MIN_TIMESTEPS
-from sigma_core.model.modes import OFFLOAD_MODES, PRECISIONS, VAE_DTYPES
+from sigma_core.model.modes import FLAG_HELP, OFFLOAD_MODES, PRECISIONS, VAE_DTYPES
 
 # Commands import what they use when they run, so `validate` and `attributes` never load torch.
 
@@ -375,27 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=("auto", *PRECISIONS),
         default="auto",
-        help="weights and compute: auto is bf16 on a GPU, fp32 on cpu; int8 and nf4 quantize "
-        "the LLM (bitsandbytes), fp8 needs torchao and an Ada/Hopper GPU",
+        help="weights and compute: auto is bf16 on a GPU, fp32 on cpu; " + FLAG_HELP["precision"],
     )
     p.add_argument(
         "--vae-dtype",
         choices=VAE_DTYPES,
         default="fp32",
-        help="the VAE's weights: fp32 as the official code (bf16 saves memory, ~1.5%% error)",
+        help=FLAG_HELP["vae-dtype"],
     )
     p.add_argument(
         "--offload",
         choices=OFFLOAD_MODES,
         default="none",
-        help="none; model (LLM and VAE take turns on the GPU); sequential (one layer at a "
-        "time, for ~8 GB cards, slow)",
+        help=FLAG_HELP["offload"],
     )
     p.add_argument(
         "--device-map",
         choices=("auto",),
         default=None,
-        help="auto: spread the decoder layers over every visible GPU",
+        help=FLAG_HELP["device-map"],
     )
     p.add_argument(
         "--compile",

@@ -61,27 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         choices=sigma_core.PRECISIONS,
-        help="weights and compute (default: bf16 on a GPU, fp32 on CPU); int8 and nf4 quantize "
-        "the LLM (bitsandbytes), fp8 needs torchao and an Ada/Hopper GPU. A mode this machine "
-        "cannot run is refused at start with the reason",
+        help="weights and compute (default: bf16 on a GPU, fp32 on CPU); "
+        + sigma_core.FLAG_HELP["precision"]
+        + ". A mode this machine cannot run is refused at start with the reason",
     )
     p.add_argument(
         "--vae-dtype",
         choices=sigma_core.VAE_DTYPES,
         default="fp32",
-        help="the VAE's weights: fp32 as the official code (bf16 saves memory, ~1.5%% error)",
+        help=sigma_core.FLAG_HELP["vae-dtype"],
     )
     p.add_argument(
         "--offload",
         choices=sigma_core.OFFLOAD_MODES,
         default="none",
-        help="none; model (LLM and VAE take turns on the GPU); sequential (one layer at a "
-        "time, for ~8 GB cards, slow)",
+        help=sigma_core.FLAG_HELP["offload"],
     )
     p.add_argument(
         "--device-map",
         choices=("auto",),
-        help="auto: spread the decoder layers over every visible GPU (default: one device)",
+        help=sigma_core.FLAG_HELP["device-map"] + " (default: one device)",
     )
     p.add_argument(
         "--engine-switch",

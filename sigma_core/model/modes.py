@@ -17,3 +17,12 @@ OFFLOAD_HELP = (
     "none keeps everything on the GPU; model moves the LLM and the VAE to the GPU in turn; "
     "sequential streams one layer at a time (for about 8 GB cards, slow)"
 )
+# The help of the engine flags, shared by the CLI and the studio so the two say the same.
+FLAG_HELP = {
+    "precision": "int8 and nf4 quantize the LLM (bitsandbytes), fp8 needs torchao and an "
+    "Ada/Hopper GPU",
+    "vae-dtype": "the VAE's weights: fp32 as the official code (bf16 saves memory, ~1.5%% error)",
+    "offload": "none; model (LLM and VAE take turns on the GPU); sequential (one layer at a "
+    "time, for ~8 GB cards, slow)",
+    "device-map": "auto: spread the decoder layers over every visible GPU",
+}

@@ -13,8 +13,10 @@ gives the same ids. Importing this module imports neither.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,23 @@ class TokenIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, *, embedding_rows: int | None = None) -> TokenIds:
+        """The ids of ``tokenizer``, read once per tokenizer and size: ``get_vocab()`` costs
+        ~0.1 s at Qwen2.5's 152K tokens and every plan asks (adding tokens changes the size,
+        so a tokenizer that gains SIGMA's tokens is read again)."""
+        try:
+            size, ids = _IDS.get(tokenizer, (None, None))
+        except TypeError:  # not weak-referenceable: read every time
+            size, ids = None, None
+        if ids is None or size != len(tokenizer):
+            ids = cls._read(tokenizer)
+            with contextlib.suppress(TypeError):
+                _IDS[tokenizer] = (len(tokenizer), ids)
+        if embedding_rows is not None:
+            _check_rows(list(ids.attributes.values()), embedding_rows)
+        return ids
+
+    @classmethod
+    def _read(cls, tokenizer: Any) -> TokenIds:
         vocab = tokenizer.get_vocab()
         missing = [t for t in (*MARKER_TOKENS, *ATTRIBUTES) if t not in vocab]
         if missing:
@@ -103,13 +122,15 @@ class TokenIds:
                 "SIGMA checkpoint expects <style> .. <select> as consecutive ids "
                 f"({_qwen25_range()} on Qwen2.5)"
             )
-        if embedding_rows is not None:
-            _check_rows(ids, embedding_rows)
         return cls(
             *(vocab[t] for t in MARKER_TOKENS),
             dict(zip(ATTRIBUTES, ids, strict=True)),
             control=control_tokens(tokenizer, vocab),
         )
+
+
+# Each tokenizer's ids, with its size when read (see TokenIds.from_tokenizer).
+_IDS: weakref.WeakKeyDictionary[Any, tuple[int, TokenIds]] = weakref.WeakKeyDictionary()
 
 
 def control_tokens(tokenizer: Any, vocab: Mapping[str, int] | None = None) -> dict[int, str]:

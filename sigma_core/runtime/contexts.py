@@ -44,6 +44,18 @@ class CFGContexts:
     hidden: torch.Tensor | None = None  # gen's context hidden states [1, L, d], when asked
 
 
+def context_rows(plan: Plan, *, need_text: bool, need_img: bool) -> tuple[int | None, int | None]:
+    """The cache rows of cfg_text and cfg_img after gen's row 0 (None: not needed, or equal to
+    gen): cfg_text when text CFG runs and the context ends with text, cfg_img when image CFG
+    runs and the context has an image."""
+    context = plan.segments[:-1]
+    ends_with_text = bool(context) and context[-1].kind == "text"
+    has_images = any(seg.kind == "image" for seg in context)
+    text_row = 1 if need_text and ends_with_text else None
+    img_row = (1 + (text_row is not None)) if need_img and has_images else None
+    return text_row, img_row
+
+
 def prefill_contexts(
     model: BagelGenerator,
     plan: Plan,
@@ -59,10 +71,7 @@ def prefill_contexts(
     ``references`` are the VAE latent tokens [m, 64] of each placed slot.
     """
     context = plan.segments[:-1]
-    ends_with_text = bool(context) and context[-1].kind == "text"
-    has_images = any(seg.kind == "image" for seg in context)
-    text_row = 1 if need_text and ends_with_text else None
-    img_row = (1 + (text_row is not None)) if need_img and has_images else None
+    text_row, img_row = context_rows(plan, need_text=need_text, need_img=need_img)
     cache = KVCache.empty(
         model.config,
         batch=1 + (text_row is not None) + (img_row is not None),

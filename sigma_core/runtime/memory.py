@@ -49,6 +49,7 @@ from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.modes import VAE_DTYPES
 from sigma_core.model.precision import DTYPES, Precision, precision_mode
+from sigma_core.runtime.contexts import context_rows
 from sigma_core.runtime.placement import PACKING_MODULES, check_offload, module_device
 from sigma_core.runtime.sampler import Guidance, timesteps
 
@@ -186,18 +187,15 @@ def estimate_memory(
 
 
 def plan_cfg_rows(plan: Plan, settings: Settings) -> int:
-    """KV cache rows a run of ``plan`` prefills, as :func:`~sigma_core.runtime.contexts.
-    prefill_contexts` decides: gen, cfg_text when text CFG runs and the context ends with text,
-    cfg_img when image CFG runs and the context has an image."""
+    """KV cache rows a run of ``plan`` prefills: gen, and the rows
+    :func:`~sigma_core.runtime.contexts.context_rows` adds for the CFG branches its steps run."""
     guidance = Guidance.from_settings(settings)
     ts = timesteps(settings.num_timesteps, settings.timestep_shift)
     branches = [guidance.branches(t) for t in ts[:-1].tolist()]
-    context = plan.segments[:-1]
-    ends_with_text = bool(context) and context[-1].kind == "text"
-    has_images = any(seg.kind == "image" for seg in context)
-    need_text = any(b[0] for b in branches) and ends_with_text
-    need_img = any(b[1] for b in branches) and has_images
-    return 1 + need_text + need_img
+    rows = context_rows(
+        plan, need_text=any(b[0] for b in branches), need_img=any(b[1] for b in branches)
+    )
+    return 1 + sum(row is not None for row in rows)
 
 
 def estimate_for_pipeline(
