@@ -464,9 +464,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spec = dry_spec() if args.dry_run else full_spec()
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu needs a CUDA GPU; use --dry-run to check it on CPU")
-    torch.set_grad_enabled(False)
-    bench = Bench(spec)
-    results = bench.run()
+    with torch.no_grad():  # a context, not the global switch: tests call main() in-process
+        bench = Bench(spec)
+        results = bench.run()
     facts = machine_facts(bench.device)
     cfg = spec.config
     workload = {

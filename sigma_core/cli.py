@@ -142,6 +142,39 @@ def cmd_make_tokenizer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train; the effective config goes to stdout first, so a log records it."""
+    from sigma_core.training.config import load_config, parse_override
+
+    overrides = dict(parse_override(text) for text in args.set)
+    cfg = load_config(args.config, overrides)
+    if args.max_steps is not None and not 1 <= args.max_steps <= cfg.steps:
+        raise SigmaInputError(f"--max-steps: {args.max_steps} must be from 1 to {cfg.steps}")
+    from sigma_core.training.trainer import Trainer
+
+    trainer = Trainer(cfg, resume=args.resume)
+    if trainer.accelerator.is_main_process:
+        print(cfg.to_yaml(), end="", flush=True)
+    history = trainer.run(args.max_steps)
+    if trainer.accelerator.is_main_process:
+        last = history[-1] if history else None
+        loss = f"{last.loss:.4f}" if last else "n/a"
+        print(f"step {trainer.step} of {cfg.steps}: loss {loss}; {trainer.skipped.summary()}")
+        print(f"checkpoints: {Path(cfg.output_dir) / 'checkpoints'}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sigma_core.training.checkpoints import export
+
+    folder = Path(args.checkpoint)
+    if not (folder / "state.json").is_file():
+        raise SigmaInputError(f"CHECKPOINT_DIR: {args.checkpoint!r} is not a training checkpoint")
+    out = export(folder, Path(args.out_dir), use_ema=not args.raw, base=args.base)
+    print(f"wrote {out}: load with SigmaPipeline.from_pretrained(base, sigma_weights={str(out)!r})")
+    return EXIT_OK
+
+
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     """Write a tiny random checkpoint in the official BAGEL layout: into a private folder
     first, moved in place when complete, so a failure never leaves half a checkpoint."""
@@ -409,6 +442,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="0 <= S < 2^63 (default: the preset's)")
     p.add_argument("--size", default=None, metavar="WxH", help="output size, e.g. 1024x768")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="post-train SIGMA (one process, or many through `accelerate launch`)",
+        description="Train from a YAML config; prints the effective config and writes it to "
+        "OUTPUT_DIR/config.yaml. Several GPUs or machines: `accelerate launch -m sigma_core "
+        "train ...` with an accelerate config (DDP or FSDP).",
+    )
+    p.add_argument("--config", required=True, metavar="CONFIG.yaml", help="the run's settings")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting (repeatable), e.g. --set steps=200 --set train=lora",
+    )
+    p.add_argument(
+        "--resume", metavar="latest|DIR", help="continue from the newest or a given checkpoint"
+    )
+    p.add_argument("--max-steps", type=int, help="stop after this many steps of this session")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write SIGMA weights and a model card from a training checkpoint",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA")
+    p.add_argument("--base", metavar="DIR", help="the base checkpoint (default: the run's)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("attributes", parents=[common], help="list SIGMA's attribute tokens")
     p.set_defaults(func=cmd_attributes)

@@ -40,7 +40,7 @@ PUBLIC_NAMES = {
     "SigmaOutOfMemoryError",
     "GenerationCancelled",
 }
-SUBPACKAGES = ["inputs", "planning", "model", "runtime", "report"]
+SUBPACKAGES = ["inputs", "planning", "model", "runtime", "report", "training"]
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,12 @@ def _normalized(requirements: list[str]) -> set[str]:
 # --- requirement files ---------------------------------------------------------------------------
 
 
-def test_requirements_txt_is_pyproject_dependencies_plus_studio_and_quant(pyproject):
+def test_requirements_txt_is_pyproject_dependencies_plus_studio_quant_and_train(pyproject):
     project = pyproject["project"]
     extras = project["optional-dependencies"]
-    expected = _normalized(project["dependencies"] + extras["studio"] + extras["quant"])
+    expected = _normalized(
+        project["dependencies"] + extras["studio"] + extras["quant"] + extras["train"]
+    )
     assert _requirement_lines("requirements.txt") == expected
 
 
@@ -82,7 +84,8 @@ def test_requirements_dev_txt_is_the_dev_extra(pyproject):
 
 def test_every_extra_is_in_a_requirement_file_but_fp8(pyproject):
     # fp8 (torchao) only helps on GPUs of compute capability >= 8.9; CPU installs skip it.
-    assert set(pyproject["project"]["optional-dependencies"]) == {"studio", "quant", "fp8", "dev"}
+    extras = {"studio", "quant", "train", "fp8", "dev"}
+    assert set(pyproject["project"]["optional-dependencies"]) == extras
 
 
 # --- the public API ------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ The API, in the order a generation uses it (shapes: B context rows, m latent tok
   some rows of the cache needs (rope, key-padding mask, marker and position embeddings).
 - :meth:`BagelGenerator.velocity` is one denoising pass: noise tokens [m, 64] at t against B
   rows at once, velocities [B, m, 64]. Fixed shapes and no host sync, so it compiles whole.
+
+Training runs the whole sequence at once instead: :meth:`BagelGenerator.packed_hidden` and
+:meth:`BagelGenerator.packed_velocity` take a :class:`PackedSequence` (samples laid end to end,
+one mask over all of them) and give the same numbers the prefill and the denoising pass give.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, MAX_LATENT_GRID, 
 from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.model.cache import KVCache
 from sigma_core.model.config import LLMConfig
-from sigma_core.model.mot import LanguageModel, Qwen2MoT, Routing, Span
+from sigma_core.model.mot import BlockMask, LanguageModel, Qwen2MoT, Routing, Span
 
 # W_tau, the paper's attribute projection t_i = v_i + W_tau(tau_i): one row per attribute token,
 # in ATTRIBUTES order. The released SIGMA checkpoint has no such tensor; it is then exactly zero.
@@ -93,6 +97,27 @@ class DenoiseContext:
     routing: Routing  # marker, latents, marker
     pos_embed: torch.Tensor  # [m, d] latent position embeddings of the output grid
     markers: torch.Tensor  # [2, d] <|vision_start|>, <|vision_end|> embeddings
+
+
+@dataclass(frozen=True)
+class PackedSequence:
+    """Samples laid end to end as one row of L tokens, for a training forward (BAGEL's packed
+    batch). n latent tokens sit among the L; k of them are noised targets carrying the loss."""
+
+    token_ids: torch.Tensor  # int64 [L]; -1 where a latent token sits
+    position_ids: torch.Tensor  # int64 [L]; rope positions, restarting with every sample
+    routing: Routing  # which expert each of the L tokens takes
+    mask: torch.Tensor | BlockMask  # bool [L, L] (True: may attend), or flex_attention's form
+    latent_index: torch.Tensor  # int64 [n]; where the latent tokens sit among the L
+    latents: torch.Tensor  # [n, 64]: clean references and noised targets, in sequence order
+    timesteps: torch.Tensor  # [n]; 0 for a clean reference, the target's t for its tokens
+    latent_position_ids: torch.Tensor  # int64 [n]; rows of the latent position table
+    attributes: torch.Tensor | None  # [n, A] multi-hot W_tau rows; None when none apply
+    loss_index: torch.Tensor  # int64 [k]; which of the n latent tokens carry the loss
+
+    @property
+    def length(self) -> int:
+        return self.token_ids.shape[0]
 
 
 class BagelGenerator(nn.Module):
@@ -293,6 +318,36 @@ class BagelGenerator(nn.Module):
         block = block.expand(ctx.cache.batch, -1, -1)
         h = self.llm(block, ctx.rope, ctx.routing, ctx.cache, ctx.span)
         return self.llm2vae(h[:, 1:-1]).float()
+
+    # ------------------------------------------------------------------------- training
+
+    def packed_hidden(self, seq: PackedSequence) -> torch.Tensor:
+        """Final hidden states [L, d] of a packed sequence, every token at once under its mask.
+
+        Each latent token enters as in :meth:`embed_latent_block`; text and markers through
+        embed_tokens. Equal to what segment-by-segment prefill gives the same plan.
+        """
+        x = self.llm.embed_tokens(seq.token_ids.clamp(min=0))
+        latents = (
+            self.vae2llm(seq.latents.to(self.dtype))
+            + self.time_embedder(seq.timesteps)
+            + self.latent_pos_embed(seq.latent_position_ids)
+        )
+        if seq.attributes is not None and self.attribute_embed is not None:
+            latents = latents + seq.attributes.to(self.dtype) @ self.attribute_embed.weight
+        x = x.index_put((seq.latent_index,), latents.to(x.dtype))
+        rope = self.llm.rotary_emb(seq.position_ids[None], x.dtype)  # [1, L, 1, D]
+        mask = seq.mask if isinstance(seq.mask, BlockMask) else seq.mask[None, None]
+        return self.llm(x[None], rope, seq.routing, None, Span(0, seq.length, mask))[0]
+
+    def packed_velocity(self, seq: PackedSequence) -> torch.Tensor:
+        """Predicted velocities [k, 64] (fp32) at the loss-carrying latent tokens."""
+        h = self.packed_hidden(seq)
+        return self.llm2vae(h[seq.latent_index[seq.loss_index]]).float()
+
+    def forward(self, seq: PackedSequence) -> torch.Tensor:
+        """The training forward (what DDP and FSDP wrap): :meth:`packed_velocity`."""
+        return self.packed_velocity(seq)
 
 
 def patchify(latent: torch.Tensor, p: int = LATENT_PATCH) -> torch.Tensor:

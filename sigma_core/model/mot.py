@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.utils.checkpoint import checkpoint
 
 from sigma_core.model.cache import KVCache
 from sigma_core.model.config import LLMConfig
@@ -61,6 +63,10 @@ class Routing:
     """
 
     runs: tuple[tuple[int, int, int], ...]
+    # Training the generation branch alone: every understanding-expert output is detached, so
+    # text and markers act as a fixed context and no gradient runs through them (BAGEL's
+    # freeze_und). The forward numbers are unchanged.
+    frozen_und: bool = False
 
     @classmethod
     def uniform(cls, n: int, expert: int = UND) -> Routing:
@@ -72,7 +78,7 @@ class Routing:
         return cls(((0, 1, UND), (1, n - 1, GEN), (n - 1, n, UND)))
 
     @classmethod
-    def from_experts(cls, experts: Sequence[int]) -> Routing:
+    def from_experts(cls, experts: Sequence[int], *, frozen_und: bool = False) -> Routing:
         """Run-length encode a per-token expert list (host ints)."""
         runs: list[tuple[int, int, int]] = []
         for i, e in enumerate(experts):
@@ -80,7 +86,7 @@ class Routing:
                 runs[-1] = (runs[-1][0], i + 1, int(e))
             else:
                 runs.append((i, i + 1, int(e)))
-        return cls(tuple(runs))
+        return cls(tuple(runs), frozen_und)
 
     def apply(
         self,
@@ -90,6 +96,8 @@ class Routing:
     ) -> torch.Tensor:
         """und(x) on understanding tokens, gen(x) on generation tokens, in token order.
         ``x`` is [B, n, ...]; tokens are dim 1."""
+        if self.frozen_und:
+            und = _detached(und)
         if len(self.runs) == 1:
             return (gen if self.runs[0][2] == GEN else und)(x)
         outputs = {}
@@ -104,18 +112,38 @@ class Routing:
         return torch.cat(pieces, dim=1)
 
 
+def _detached(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda t: fn(t).detach()
+
+
 @dataclass(frozen=True)
 class Span:
     """Where one forward pass writes and reads in a cache: the block's keys and values go to
     slots [start, start + n) of every row, and queries attend over slots [0, end) under ``mask``
-    (bool, broadcastable to [B, 1, n, end]; None lets every query see every slot)."""
+    (bool, broadcastable to [B, 1, n, end]; None lets every query see every slot).
+
+    A packed training forward has no cache: the block attends to itself, and ``mask`` may be a
+    flex_attention :class:`BlockMask` (GPU) instead of a dense one."""
 
     start: int
     end: int
-    mask: torch.Tensor | None = None
+    mask: torch.Tensor | BlockMask | None = None
 
     def to(self, device: torch.device) -> Span:
         return Span(self.start, self.end, None if self.mask is None else self.mask.to(device))
+
+
+_compiled_flex: Callable[..., torch.Tensor] | None = None
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask) -> torch.Tensor:
+    """flex_attention, compiled once on GPU (its fast path); eager on CPU, forward only."""
+    global _compiled_flex
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, block_mask=mask, enable_gqa=True)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)  # packed lengths vary: dynamic shapes
+    return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=True)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -175,27 +203,29 @@ class MoTAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         route: Routing,
-        keys: torch.Tensor,
-        values: torch.Tensor,
+        keys: torch.Tensor | None,
+        values: torch.Tensor | None,
         span: Span,
     ) -> torch.Tensor:
         """x [B, n, d] -> [B, n, d]. Keys and values go to ``keys``/``values`` [B, Hkv, C, D] at
-        span.start; queries attend over [0, span.end)."""
+        span.start; queries attend over [0, span.end). Without a cache (``keys`` None, a packed
+        training forward) the block attends over its own keys."""
         b, n, _ = x.shape
         qkv = route.apply(x, lambda t: self._qkv(t, ""), lambda t: self._qkv(t, "_moe_gen"))
         q, k, v = qkv.split((self.num_heads, self.num_kv_heads, self.num_kv_heads), dim=2)
         cos, sin = rope  # [B or 1, n or 1, 1, D]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        keys[:, :, span.start : span.start + n] = k.transpose(1, 2)
-        values[:, :, span.start : span.start + n] = v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),  # [B, H, n, D]
-            keys[:, :, : span.end],  # [B, Hkv, end, D]
-            values[:, :, : span.end],
-            attn_mask=span.mask,
-            enable_gqa=True,
-        ).transpose(1, 2)  # [B, n, H, D]
+        q = (q * cos + rotate_half(q) * sin).transpose(1, 2)  # [B, H, n, D]
+        k = (k * cos + rotate_half(k) * sin).transpose(1, 2)  # [B, Hkv, n, D]
+        v = v.transpose(1, 2)
+        if keys is not None and values is not None:
+            keys[:, :, span.start : span.start + n] = k
+            values[:, :, span.start : span.start + n] = v
+            k, v = keys[:, :, : span.end], values[:, :, : span.end]  # [B, Hkv, end, D]
+        if isinstance(span.mask, BlockMask):
+            out = _flex(q, k, v, span.mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=span.mask, enable_gqa=True)
+        out = out.transpose(1, 2)  # [B, n, H, D]
         return route.apply(out.reshape(b, n, -1), self.o_proj, self.o_proj_moe_gen)
 
 
@@ -216,8 +246,8 @@ class MoTDecoderLayer(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         route: Routing,
-        keys: torch.Tensor,
-        values: torch.Tensor,
+        keys: torch.Tensor | None,
+        values: torch.Tensor | None,
         span: Span,
     ) -> torch.Tensor:
         h = route.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
@@ -237,22 +267,32 @@ class Qwen2MoT(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        # Recompute each layer in backward instead of keeping its activations (training only).
+        self.gradient_checkpointing = False
 
     def forward(
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         route: Routing,
-        cache: KVCache,
+        cache: KVCache | None,
         span: Span,
     ) -> torch.Tensor:
         """Run query block ``x`` [B, n, d] with ``rope`` (cos, sin from :attr:`rotary_emb`)
         against the B rows of ``cache``, writing its keys and values at ``span``. Returns the
-        final-normed hidden states [B, n, d]. Cache bookkeeping is the caller's.
+        final-normed hidden states [B, n, d]. Cache bookkeeping is the caller's. With no cache
+        (a packed training forward) the block attends to itself under ``span.mask``.
 
         Under a device map each layer runs where its KV cache is: the hidden states, rope and
         mask follow it there (a host-side check, no sync) and come back at the end."""
         home = x.device
+        if cache is None:
+            for layer in self.layers:
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(layer, x, rope, route, None, None, span, use_reentrant=False)
+                else:
+                    x = layer(x, rope, route, None, None, span)
+            return route.apply(x, self.norm, self.norm_moe_gen)
         for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
             if keys.device != x.device:
                 x, span = x.to(keys.device), span.to(keys.device)

@@ -202,8 +202,13 @@ class FluxVAE(torch.nn.Module):
         return cls(model.requires_grad_(False)).eval()
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] in [-1, 1] -> latents [B, z, H/8, W/8]: (mean - SHIFT) * SCALE."""
+    def encode(
+        self, images: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> latents [B, z, H/8, W/8]: (mean - SHIFT) * SCALE.
+
+        With a ``generator`` the latent is drawn from the posterior instead of its mean, as the
+        official encoder does (the trainer's choice; inference stays deterministic)."""
         if images.ndim != 4 or images.shape[1] != self.autoencoder.config.in_channels:
             raise ValueError(f"encode expects [B, 3, H, W] images, got {list(images.shape)}.")
         if images.shape[-2] % self.downsample or images.shape[-1] % self.downsample:
@@ -212,8 +217,12 @@ class FluxVAE(torch.nn.Module):
                 f"got {list(images.shape[-2:])}."
             )
         images = images.to(device=self.device, dtype=self.dtype)
-        mean = self.autoencoder.encode(images).latent_dist.mean
-        return (mean - SHIFT_FACTOR) * SCALE_FACTOR
+        posterior = self.autoencoder.encode(images).latent_dist
+        z = posterior.mean
+        if generator is not None:
+            noise = torch.randn(z.shape, generator=generator, device=generator.device)
+            z = z + posterior.std * noise.to(device=z.device, dtype=z.dtype)
+        return (z - SHIFT_FACTOR) * SCALE_FACTOR
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@
 - :func:`segment_masks` is what the engine prefills with, segment by segment, into a KV cache:
   image and noise blocks see everything up to their end, so only text segments carry a mask.
 - :func:`mask_mod` is the same B for ``flex_attention`` on GPU.
+- :func:`packed_dense_mask` and :func:`packed_mask_mod` are B over several plans packed end to
+  end, as training runs them: each plan's B on the diagonal, nothing across plans.
 
 (:mod:`sigma_core.report.mask_picture` draws it, so users can see what the guard blocks.)
 
@@ -18,7 +20,8 @@ sees it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,23 +57,54 @@ class SegmentMask:
         return self.mask
 
 
-def token_blocks(plan: Plan) -> torch.Tensor:
-    """int32 [L]: the index of the image or noise segment each token is in, -1 for text."""
-    ids = [i if s.kind != "text" else -1 for i, s in enumerate(plan.segments)]
-    lengths = torch.tensor([s.length for s in plan.segments], dtype=torch.long)
-    return torch.tensor(ids, dtype=torch.int32).repeat_interleave(lengths)
+@dataclass(frozen=True)
+class MaskTokens:
+    """The per-token facts B depends on, for one plan or several packed end to end (a training
+    batch): block and group ids are made unique across the plans, and ``sample`` says which
+    plan each token is in (attention never crosses samples)."""
+
+    blocks: torch.Tensor  # int32 [L]: the image or noise block of each token, -1 for text
+    token_type: torch.Tensor  # int8 [L]: TokenType
+    group: torch.Tensor  # int32 [L]: the reference occurrence, -1 outside any group
+    sample: torch.Tensor  # int32 [L]: which plan
+
+    @classmethod
+    def of(cls, plans: Sequence[Plan]) -> MaskTokens:
+        blocks, types, groups, samples = [], [], [], []
+        block_base = group_base = 0
+        for i, plan in enumerate(plans):
+            ids = [j if s.kind != "text" else -1 for j, s in enumerate(plan.segments)]
+            lengths = torch.tensor([s.length for s in plan.segments], dtype=torch.long)
+            b = torch.tensor(ids, dtype=torch.int32).repeat_interleave(lengths)
+            blocks.append(torch.where(b >= 0, b + block_base, b))
+            groups.append(torch.where(plan.group >= 0, plan.group + group_base, plan.group))
+            types.append(plan.token_type)
+            samples.append(torch.full((plan.length,), i, dtype=torch.int32))
+            block_base += len(plan.segments)
+            group_base += plan.num_groups
+        return cls(torch.cat(blocks), torch.cat(types), torch.cat(groups), torch.cat(samples))
+
+    @property
+    def length(self) -> int:
+        return self.blocks.shape[0]
+
+    def to(self, device: torch.device | str | None) -> MaskTokens:
+        return MaskTokens(*(t.to(device) for t in dataclasses.astuple(self)))
 
 
 def formula_terms(
-    plan: Plan, blocks: torch.Tensor, q: torch.Tensor, k: torch.Tensor, *, guard: bool
+    tokens: MaskTokens, q: torch.Tensor, k: torch.Tensor, *, guard: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """C, M and S at query tokens q and key tokens k (broadcast index tensors); M is all True
-    unless ``guard``."""
-    causal = k <= q
+    unless ``guard``. C is causal within a sample; nothing is seen across samples."""
+    causal = (k <= q) & (tokens.sample[q] == tokens.sample[k])
+    blocks = tokens.blocks
     same_block = (blocks[q] == blocks[k]) & (blocks[q] >= 0)
     if guard:
-        tt, grp = plan.token_type, plan.group
-        m = ~((tt[q] == TokenType.SPECIAL) & (tt[k] == TokenType.IMAGE) & (grp[q] != grp[k]))
+        tt, grp = tokens.token_type, tokens.group
+        # plain ints: flex_attention's traced mask_mod mis-compares tensors with IntEnums
+        special, image = int(TokenType.SPECIAL), int(TokenType.IMAGE)
+        m = ~((tt[q] == special) & (tt[k] == image) & (grp[q] != grp[k]))
     else:
         m = torch.ones_like(causal)
     return causal, m, same_block
@@ -82,7 +116,16 @@ def dense_mask(plan: Plan, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Ten
     The reference the efficient forms are tested against. Memory grows as L^2: a few L x L
     bool temporaries at once (about 1.3 GB at the default limit).
     """
-    n = plan.length
+    return packed_dense_mask([plan], max_tokens=max_tokens)
+
+
+def packed_dense_mask(
+    plans: Sequence[Plan], *, max_tokens: int = DEFAULT_MAX_TOKENS
+) -> torch.Tensor:
+    """bool [L, L] over plans packed end to end: each plan's B on the diagonal, False across
+    plans. The mask a CPU training forward runs with (flex_attention has no CPU backward)."""
+    tokens = MaskTokens.of(plans)
+    n = tokens.length
     if n > max_tokens:
         raise MaskTooLargeError(
             f"dense_mask: the plan has {n} tokens, above the limit of {max_tokens} "
@@ -90,8 +133,16 @@ def dense_mask(plan: Plan, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Ten
             "segment_masks(plan) for long sequences, or pass a larger max_tokens"
         )
     idx = torch.arange(n)
-    c, m, s = formula_terms(plan, token_blocks(plan), idx[:, None], idx[None, :], guard=plan.mask)
+    c, m, s = formula_terms(tokens, idx[:, None], idx[None, :], guard=_guard(plans))
     return (c & m) | s
+
+
+def _guard(plans: Sequence[Plan]) -> bool:
+    """Whether SIGMA's M applies; one batch cannot mix masked and unmasked plans."""
+    flags = {p.mask for p in plans}
+    if len(flags) != 1:
+        raise ValueError("plans packed together must agree on the intra-group mask")
+    return flags.pop()
 
 
 def segment_masks(plan: Plan) -> list[SegmentMask]:
@@ -129,29 +180,23 @@ def mask_mod(
     Use with ``create_block_mask(mod, None, None, L, L, device=...)``; pass the same ``device``
     here so the per-token tensors live where the indices do.
     """
-    blocks = token_blocks(plan).to(device)
-    tt = plan.token_type.to(device)
-    grp = plan.group.to(device)
+    return packed_mask_mod([plan], device)
 
-    if plan.mask:
 
-        def mod(
-            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
-        ) -> torch.Tensor:
-            blocked = (
-                (tt[q_idx] == TokenType.SPECIAL)
-                & (tt[kv_idx] == TokenType.IMAGE)
-                & (grp[q_idx] != grp[kv_idx])
-            )
-            same_block = (blocks[q_idx] == blocks[kv_idx]) & (blocks[q_idx] >= 0)
-            return ((kv_idx <= q_idx) & ~blocked) | same_block
+def packed_mask_mod(
+    plans: Sequence[Plan], device: torch.device | str | None = None
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """:func:`mask_mod` over plans packed end to end (a training batch on GPU)."""
+    tokens, guard = MaskTokens.of(plans).to(device), _guard(plans)
+    last = tokens.length - 1
 
-    else:
-
-        def mod(
-            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
-        ) -> torch.Tensor:
-            same_block = (blocks[q_idx] == blocks[kv_idx]) & (blocks[q_idx] >= 0)
-            return (kv_idx <= q_idx) | same_block
+    def mod(
+        b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+    ) -> torch.Tensor:
+        # create_block_mask also asks about the padding up to its block size: those indices
+        # are read clamped and answered False, so no block holding padding counts as full.
+        q, k = q_idx.clamp(max=last), kv_idx.clamp(max=last)
+        c, m, s = formula_terms(tokens, q, k, guard=guard)
+        return ((c & m) | s) & (q_idx <= last) & (kv_idx <= last)
 
     return mod

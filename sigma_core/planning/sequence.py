@@ -13,7 +13,7 @@ torch; the tensors do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
@@ -207,11 +207,13 @@ def build_plan(
     image_sizes: Mapping[int, tuple[int, int]] | None = None,
     *,
     max_positions: int = MAX_POSITIONS,
+    resize: Callable[[int, int], tuple[int, int]] = vae_size,
 ) -> Plan:
     """Build the interleaved plan.
 
     ``image_sizes`` maps slot -> (width, height) of the source image (after crop); when omitted
-    the images are read. Block sizes follow BAGEL's VAE resize of those sizes.
+    the images are read. Block sizes follow ``resize`` of those sizes: BAGEL's VAE resize, or
+    the trainer's own bounds.
 
     A plan longer than ``MAX_PLAN_TOKENS`` tokens, or whose rope positions reach
     ``max_positions`` (the model's ``max_position_embeddings``), is refused with a
@@ -237,7 +239,7 @@ def build_plan(
         ref = require_slot(composition, piece.slot, f"<image_{piece.slot}>")
         if piece.slot not in image_sizes:
             raise PromptError(f"references[slot {piece.slot}]: no image size is known")
-        last_size = vae_size(*image_sizes[piece.slot])
+        last_size = resize(*image_sizes[piece.slot])
         given = tuple(group_attrs[b.num_groups])
         warnings += _attribute_warnings(
             piece.slot, ref.attributes, given, is_raw(composition.prompt)

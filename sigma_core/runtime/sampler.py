@@ -21,10 +21,14 @@ from sigma_core.model.bagel import patchify
 RENORM_EPS = 1e-8  # as in the official _forward_flow
 
 
-def timesteps(num_timesteps: int, shift: float, device: torch.device | None = None) -> torch.Tensor:
-    """t = linspace(1, 0, N), shifted: s*t / (1 + (s-1)*t). N timesteps give N-1 Euler steps."""
-    t = torch.linspace(1, 0, num_timesteps, device=device)
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """BAGEL's timestep shift s*t / (1 + (s-1)*t): s > 1 spends more of the schedule near noise."""
     return shift * t / (1 + (shift - 1) * t)
+
+
+def timesteps(num_timesteps: int, shift: float, device: torch.device | None = None) -> torch.Tensor:
+    """t = linspace(1, 0, N), shifted. N timesteps give N-1 Euler steps."""
+    return shift_timesteps(torch.linspace(1, 0, num_timesteps, device=device), shift)
 
 
 def euler_step(

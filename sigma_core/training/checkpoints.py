@@ -1,0 +1,361 @@
+"""Training checkpoints, the EMA, and the export to SIGMA weights.
+
+A checkpoint folder holds only data formats, never pickle:
+
+- ``trained.safetensors``: the trained parameters (full, gathered from every process);
+- ``ema.safetensors``: their EMA; ``optimizer.safetensors`` + ``optimizer.json``: AdamW's
+  moments and its parameter groups, keyed by parameter name;
+- ``state.json``: step, scheduler, skip counts, the config; ``rank-R.json`` and
+  ``rank-R.safetensors``: each process's data position and RNG states.
+
+It is written to ``<name>.tmp`` and renamed when complete, so a crash never leaves a half
+checkpoint that resume would pick. Export writes ``ema.safetensors`` under the official BAGEL
+key names (LoRA merged into the weights), which ``SigmaPipeline.from_pretrained(base,
+sigma_weights=...)`` loads unchanged, and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from sigma_core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from sigma_core.training.trainer import Trainer
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+CARD_FILE = "README.md"
+META_FILE = "sigma_training.json"
+WEIGHTS_FILE = "ema.safetensors"
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value on the CPU (an FSDP shard is gathered first)."""
+    full = getattr(t, "full_tensor", None)
+    return (full() if full else t).detach().cpu().contiguous()
+
+
+def _named(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters by their names in the unwrapped model (DDP's ``module.`` prefix removed)."""
+    inner = getattr(model, "module", model)
+    return dict(inner.named_parameters())
+
+
+class ParamEMA:
+    """An fp32 exponential moving average of the trained parameters (BAGEL keeps one at
+    0.9999), updated in place after every optimizer step; sharded like the parameters."""
+
+    def __init__(self, model: nn.Module, names: list[str], decay: float) -> None:
+        params = _named(model)
+        self.names, self.decay = names, decay
+        self.shadow = [params[n].detach().float().clone() for n in names]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        params = _named(model)
+        current = [params[n].detach().float() for n in self.names]
+        torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)
+
+    def full(self) -> dict[str, torch.Tensor]:
+        return {n: _full(t) for n, t in zip(self.names, self.shadow, strict=True)}
+
+    @torch.no_grad()
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, shadow in zip(self.names, self.shadow, strict=True):
+            full = tensors[name].float()
+            mesh = getattr(shadow, "device_mesh", None)
+            if mesh is not None:
+                from torch.distributed.tensor import distribute_tensor
+
+                full = distribute_tensor(full.to(shadow.device), mesh, shadow.placements)
+            shadow.copy_(full)
+
+    @contextmanager
+    def swapped(self, model: nn.Module) -> Iterator[None]:
+        """The EMA values in the model's parameters for the duration (validation samples)."""
+        params = _named(model)
+        saved = [params[n].detach().clone() for n in self.names]
+        with torch.no_grad():
+            for n, shadow in zip(self.names, self.shadow, strict=True):
+                params[n].copy_(shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, value in zip(self.names, saved, strict=True):
+                    params[n].copy_(value)
+
+
+# --------------------------------------------------------------------------- save and load
+
+
+def save(trainer: Trainer, folder: Path) -> None:
+    """Every process takes part (FSDP gathers); the main one writes the shared files."""
+    acc = trainer.accelerator
+    tmp = folder.with_name(folder.name + ".tmp")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    model = acc.unwrap_model(trainer.model)
+    names = set(trainer.names)
+    weights = {k: v for k, v in get_model_state_dict(model, options=FULL).items() if k in names}
+    optim = get_optimizer_state_dict(model, trainer.optimizer, options=FULL)
+    ema = trainer.ema.full()
+    rank = acc.process_index
+    position = {"epoch": trainer.position.epoch, "cursor": trainer.position.cursor}
+    _write_json(tmp / f"rank-{rank}.json", {"position": position, **_host_rng()})
+    save_file(_torch_rng(), str(tmp / f"rank-{rank}.safetensors"))
+    if acc.is_main_process:
+        save_file(_contiguous(weights), str(tmp / "trained.safetensors"))
+        save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+        tensors, groups = _flatten_optimizer(optim)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        _write_json(tmp / "optimizer.json", {"param_groups": groups})
+        _write_json(tmp / "state.json", trainer.state())
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    acc.wait_for_everyone()
+
+
+def load(trainer: Trainer, folder: Path) -> dict[str, Any]:
+    """Restore weights, optimizer, EMA and this process's RNG; returns state.json."""
+    state = _read_json(folder / "state.json")
+    acc = trainer.accelerator
+    if sorted(state["trainable"]) != sorted(trainer.names):
+        raise CheckpointError(
+            f"{folder}: trained with train={state['config'].get('train')!r}; its parameters "
+            "do not match this run's (resume with the same 'train' and model)"
+        )
+    model = acc.unwrap_model(trainer.model)
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, load_file(str(folder / "trained.safetensors")), options=opts)
+    optim = _unflatten_optimizer(
+        load_file(str(folder / "optimizer.safetensors")),
+        _read_json(folder / "optimizer.json")["param_groups"],
+    )
+    set_optimizer_state_dict(model, trainer.optimizer, optim, options=opts)
+    trainer.ema.load(load_file(str(folder / "ema.safetensors")))
+    rank = acc.process_index
+    per_rank = folder / f"rank-{rank}.json"
+    if not per_rank.is_file():
+        raise CheckpointError(f"{folder}: has no state for process {rank} (fewer processes?)")
+    mine = _read_json(per_rank)
+    _set_host_rng(mine)
+    _set_torch_rng(load_file(str(folder / f"rank-{rank}.safetensors")))
+    state["position"] = mine["position"]
+    return state
+
+
+def find(out: Path, resume: str) -> Path:
+    """The checkpoint to resume: "latest" in ``out``/checkpoints, or a folder."""
+    if resume != "latest":
+        folder = Path(resume)
+        if not (folder / "state.json").is_file():
+            raise CheckpointError(f"{resume}: not a training checkpoint (no state.json)")
+        return folder
+    found = completed(out)
+    if not found:
+        raise CheckpointError(f"{out}/checkpoints: no checkpoint to resume from")
+    return found[-1]
+
+
+def completed(out: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").is_file())
+
+
+def prune(out: Path, keep: int) -> None:
+    for old in completed(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    use_ema: bool = True,
+    base: str | None = None,
+) -> Path:
+    """SIGMA weights from a training checkpoint: ``ema.safetensors`` with the trained tensors
+    under BAGEL's key names (LoRA merged into its base weights, read from ``base``), and a
+    model card that records data, steps, mask, W_tau and what was trained."""
+    state = _read_json(checkpoint / "state.json")
+    cfg = state["config"]
+    tensors = load_file(str(checkpoint / ("ema.safetensors" if use_ema else "trained.safetensors")))
+    if cfg["train"] == "lora":
+        tensors = _merge_lora(tensors, _base_weights(base or cfg["base"]), cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "sigma-studio-training",
+        "base": cfg["base"],
+        "sigma_weights": cfg.get("sigma_weights"),
+        "data": cfg["data"],
+        "steps": state["step"],
+        "train": cfg["train"],
+        "mask": cfg["mask"],
+        "attribute_projection": cfg["attribute_projection"],
+        "layout": "inference",
+        "weights": "ema" if use_ema else "raw",
+        "skipped_rows": state["skipped"],
+        "skipped_total": state["skipped_total"],
+        "config": cfg,
+    }
+    save_file(_contiguous(tensors), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    _write_json(out_dir / META_FILE, meta)
+    (out_dir / CARD_FILE).write_text(model_card(meta, sorted(tensors)), encoding="utf-8")
+    return out_dir
+
+
+def model_card(meta: dict[str, Any], keys: list[str]) -> str:
+    cfg = meta["config"]
+    data = "\n".join(f"  - {d}" for d in meta["data"])
+    trained = {
+        "gen": "the generation branch (gen expert, connectors, W_tau)",
+        "full": "every weight but the fixed position table",
+        "lora": f"LoRA rank {cfg['lora_rank']} on the gen expert, merged",
+    }[meta["train"]]
+    mask = "on (the paper's B = (C AND M) OR S)" if meta["mask"] else "off (the released code)"
+    return f"""---
+base_model: {meta["base"]}
+library_name: sigma-studio
+tags: [sigma, bagel, multi-reference, image-generation]
+---
+# SIGMA weights trained with SIGMA Studio
+
+Load with `SigmaPipeline.from_pretrained(base, sigma_weights=<this folder>)`; this folder holds
+{len(keys)} tensors under BAGEL's key names, which override the base checkpoint's.
+
+| setting | value |
+|---|---|
+| base | `{meta["base"]}` |
+| started from | `{meta["sigma_weights"] or meta["base"]}` |
+| steps | {meta["steps"]} |
+| trained | {trained} |
+| intra-group mask | {mask} |
+| attribute projection W_tau | {"trained" if meta["attribute_projection"] else "off"} |
+| sequence layout | {meta["layout"]} |
+| weights | {meta["weights"]} (EMA decay {cfg["ema"]}) |
+| lr | {cfg["lr"]} cosine to {cfg["min_lr"]}, warm-up {cfg["warmup_steps"]} |
+| tokens per batch | {cfg["max_tokens"]} |
+| timestep shift | {cfg["timestep_shift"]} |
+| dropout | text {cfg["text_dropout"]}, reference {cfg["image_dropout"]} |
+| data rows skipped | {meta["skipped_total"]} |
+
+Data:
+{data}
+
+The full config is in `{META_FILE}`.
+"""
+
+
+def _base_weights(base: str) -> Path:
+    from sigma_core.runtime.loader import BASE_PATTERNS, resolve_checkpoint
+
+    return resolve_checkpoint(base, patterns=BASE_PATTERNS) / WEIGHTS_FILE
+
+
+def _merge_lora(
+    tensors: dict[str, torch.Tensor], base_file: Path, cfg: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """W + (alpha / r) B A for every adapted Linear, under the Linear's own key."""
+    scale = cfg["lora_alpha"] / cfg["lora_rank"]
+    out = {k: v for k, v in tensors.items() if "lora_" not in k}
+    with safe_open(str(base_file), framework="pt") as f:
+        for key in sorted(k for k in tensors if ".lora_A." in k):
+            prefix = key.split(".lora_A.")[0]
+            a, b = tensors[key].float(), tensors[key.replace(".lora_A.", ".lora_B.")].float()
+            weight = f.get_tensor(prefix + ".weight")
+            out[prefix + ".weight"] = (weight.float() + scale * (b @ a)).to(weight.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _flatten_optimizer(optim: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    tensors = {}
+    for name, slots in optim["state"].items():
+        for slot, value in slots.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{name}::{slot}"] = _full(value)
+    return tensors, optim["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[Any]) -> dict[str, Any]:
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, slot = key.rsplit("::", 1)
+        state.setdefault(name, {})[slot] = value
+    return {"state": state, "param_groups": groups}
+
+
+def _host_rng() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "python": [version, list(py_state), py_gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
+
+
+def _set_host_rng(saved: dict[str, Any]) -> None:
+    version, py_state, py_gauss = saved["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    kind, keys, pos, has_gauss, gauss = saved["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def _torch_rng() -> dict[str, torch.Tensor]:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _set_torch_rng(saved: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(saved["cpu"])
+    if "cuda" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved["cuda"])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from None

@@ -1,0 +1,242 @@
+"""From training samples to packed sequences: the same plan inference builds, the conditions
+dropped as BAGEL's trainer drops them, then several samples laid end to end in one row.
+
+A sample becomes a :class:`Plan` through :func:`build_plan`, the function inference uses, so
+the tokenizer path, positions, groups, experts and mask cannot disagree between the two. The
+target is the plan's noise block, at the target's own size.
+
+Conditioning dropout follows BAGEL's PackedDataset.pack_sequence: a dropped text piece leaves
+no trace (rope does not advance), a dropped reference leaves a rope hole (rope advances by one
+as if it were there). The target is never dropped. These drops are what makes the CFG
+branches meaningful at inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sigma_core.errors import SigmaInputError
+from sigma_core.geometry import MAX_SIDE, MIN_SHORT_SIDE, vae_size
+from sigma_core.inputs.attributes import ATTRIBUTES
+from sigma_core.model.bagel import PackedSequence, patchify
+from sigma_core.model.mot import Routing
+from sigma_core.model.vae import FluxVAE
+from sigma_core.planning.mask import packed_dense_mask, packed_mask_mod
+from sigma_core.planning.sequence import Plan, build_plan
+from sigma_core.training.data import BAD_PROMPT, OVER_BUDGET
+from sigma_core.training.flow import noised, velocity_target
+
+if TYPE_CHECKING:
+    from sigma_core.training.data import SkipCounter, TrainSample
+
+
+@dataclass(frozen=True)
+class ImageBounds:
+    """BAGEL's VAE resize bounds for training images, and the random down-scale (``jitter``:
+    each image is first scaled by a factor drawn from [1 - jitter, 1])."""
+
+    max_side: int = MAX_SIDE
+    min_side: int = MIN_SHORT_SIDE
+    jitter: float = 0.0
+
+    def size(self, width: int, height: int, rng: random.Random) -> tuple[int, int]:
+        scale = 1.0 - rng.uniform(0.0, self.jitter) if self.jitter else 1.0
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        return vae_size(w, h, max_size=self.max_side, min_size=self.min_side)
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One sample ready to pack: its plan and the clean latent tokens of every image."""
+
+    plan: Plan
+    references: dict[int, torch.Tensor]  # slot -> clean latent tokens [m, 64] (fp32)
+    target: torch.Tensor  # clean target tokens [m_t, 64] (fp32), the plan's noise block
+    source: str
+
+    @property
+    def length(self) -> int:
+        return self.plan.length
+
+
+def drop_conditions(plan: Plan, rng: random.Random, *, text: float, image: float) -> Plan:
+    """The plan with each text piece dropped with probability ``text`` and each reference with
+    probability ``image``; rope positions as BAGEL's packer gives them (a dropped reference
+    keeps its position, a dropped text piece gives its positions back)."""
+    if not text and not image:
+        return plan
+    kept, start, pos = [], 0, 0
+    for seg in plan.segments:
+        if seg.kind == "text" and rng.random() < text:
+            continue
+        if seg.kind == "image" and rng.random() < image:
+            pos += 1
+            continue
+        kept.append(dataclasses.replace(seg, start=start, position=pos))
+        start += seg.length
+        pos += seg.length if seg.kind == "text" else 1
+    return dataclasses.replace(plan, segments=kept)
+
+
+def to_pixels(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """An RGB image resized (bicubic, as BAGEL's transform) to [1, 3, H, W] in [-1, 1]."""
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy())
+    return pixels.permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
+
+
+class ExampleMaker:
+    """Turns a :class:`TrainSample` into a :class:`TrainingExample`, or None (counted in
+    ``skipped``) when its prompt is refused or its plan exceeds ``max_tokens``."""
+
+    def __init__(
+        self,
+        tokenizer: object,
+        vae: FluxVAE,
+        *,
+        bounds: ImageBounds,
+        max_tokens: int,
+        mask: bool,
+        text_dropout: float = 0.0,
+        image_dropout: float = 0.0,
+        skipped: SkipCounter,
+    ) -> None:
+        self.tokenizer, self.vae, self.bounds = tokenizer, vae, bounds
+        self.max_tokens, self.mask, self.skipped = max_tokens, mask, skipped
+        self.text_dropout, self.image_dropout = text_dropout, image_dropout
+
+    def __call__(
+        self, sample: TrainSample, rng: random.Random, generator: torch.Generator
+    ) -> TrainingExample | None:
+        images = {ref.slot: ref.image for ref in sample.composition.references}
+        sizes = {slot: self.bounds.size(*img.size, rng) for slot, img in images.items()}
+        target_size = self.bounds.size(*sample.target.size, rng)
+        settings = sample.composition.settings.replace(size=target_size, mask=self.mask)
+        composition = dataclasses.replace(sample.composition, settings=settings)
+        try:
+            plan = build_plan(composition, self.tokenizer, sizes, resize=_as_is)
+        except SigmaInputError as e:
+            self.skipped.skip(BAD_PROMPT, sample.source, str(e))
+            return None
+        if plan.length > self.max_tokens:
+            detail = f"{plan.length:,} tokens > {self.max_tokens:,}"
+            self.skipped.skip(OVER_BUDGET, sample.source, detail)
+            return None
+        plan = drop_conditions(plan, rng, text=self.text_dropout, image=self.image_dropout)
+        placed = {seg.slot for seg in plan.segments if seg.kind == "image"}
+        latents = {slot: self._encode(images[slot], sizes[slot], generator) for slot in placed}
+        target = self._encode(sample.target, target_size, generator)
+        return TrainingExample(plan, latents, target, sample.source)
+
+    def _encode(
+        self, img: Image.Image, size: tuple[int, int], generator: torch.Generator
+    ) -> torch.Tensor:
+        return patchify(self.vae.encode(to_pixels(img, size), generator=generator).float())
+
+
+def _as_is(width: int, height: int) -> tuple[int, int]:
+    return width, height
+
+
+def batches(examples: Sequence[TrainingExample], max_tokens: int) -> list[list[TrainingExample]]:
+    """Greedy packing in order: a batch takes examples while their tokens fit ``max_tokens``."""
+    out: list[list[TrainingExample]] = []
+    size = 0
+    for ex in examples:
+        if not out or size + ex.length > max_tokens:
+            out.append([])
+            size = 0
+        out[-1].append(ex)
+        size += ex.length
+    return out
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """A packed sequence and the velocities its loss tokens should predict [k, 64]."""
+
+    sequence: PackedSequence
+    target: torch.Tensor
+    samples: int
+
+    @property
+    def loss_tokens(self) -> int:
+        return self.target.shape[0]
+
+
+def pack(
+    examples: Sequence[TrainingExample],
+    timesteps: torch.Tensor,
+    noise: Sequence[torch.Tensor],
+    *,
+    max_latent_size: int,
+    attributes: bool,
+    frozen_und: bool = False,
+    flex: bool = False,
+    device: torch.device | str = "cpu",
+) -> PackedBatch:
+    """Lay ``examples`` end to end: targets noised at ``timesteps`` [S] with ``noise`` (one
+    [m_t, 64] per example). ``attributes`` adds W_tau rows for the attribute tokens bound to
+    each reference (all-zero rows elsewhere, so W_tau takes part in every batch); ``flex``
+    builds flex_attention's block mask (GPU) instead of a dense one.
+    """
+    plans = [ex.plan for ex in examples]
+    token_ids, positions, experts = [], [], []
+    latents, steps, pos_ids, hot, targets, carries_loss = [], [], [], [], [], []
+    for ex, t, eps in zip(examples, timesteps, noise, strict=True):
+        arrays = ex.plan.arrays
+        token_ids.append(arrays.token_ids)
+        positions.append(arrays.position_ids)
+        experts.append(arrays.expert)
+        for seg in ex.plan.segments:
+            if seg.kind == "text":
+                continue
+            rows, cols = seg.grid
+            ids = np.arange(rows)[:, None] * max_latent_size + np.arange(cols)[None, :]
+            pos_ids.append(ids.reshape(-1))
+            m = rows * cols
+            carries_loss.append(torch.full((m,), seg.kind == "noise"))
+            if seg.kind == "noise":
+                latents.append(noised(ex.target, eps, t))
+                steps.append(t.expand(m))
+                targets.append(velocity_target(ex.target, eps))
+            else:
+                latents.append(ex.references[seg.slot])
+                steps.append(torch.zeros(m))
+            row = torch.zeros(len(ATTRIBUTES))
+            for a in seg.attributes:
+                row[ATTRIBUTES.index(a)] = 1.0
+            hot.append(row.expand(m, -1))
+    ids = torch.from_numpy(np.concatenate(token_ids))
+    latent_index = (ids < 0).nonzero().squeeze(1)
+    if flex:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        n = ids.shape[0]
+        mod = packed_mask_mod(plans, device)
+        compiled = torch.device(device).type == "cuda"  # else an L x L mask is materialised
+        mask = create_block_mask(mod, None, None, n, n, device=device, _compile=compiled)
+    else:
+        mask = packed_dense_mask(plans, max_tokens=1 << 62).to(device)
+    sequence = PackedSequence(
+        token_ids=ids.to(device),
+        position_ids=torch.from_numpy(np.concatenate(positions)).to(device),
+        routing=Routing.from_experts(np.concatenate(experts).tolist(), frozen_und=frozen_und),
+        mask=mask,
+        latent_index=latent_index.to(device),
+        latents=torch.cat(latents).to(device),
+        timesteps=torch.cat(steps).to(device),
+        latent_position_ids=torch.from_numpy(np.concatenate(pos_ids)).to(device),
+        attributes=torch.cat(hot).to(device) if attributes else None,
+        loss_index=torch.cat(carries_loss).nonzero().squeeze(1).to(device),
+    )
+    return PackedBatch(sequence, torch.cat(targets).to(device), len(examples))

@@ -1,0 +1,350 @@
+"""The training loop: accelerate runs it on one process or many (DDP or FSDP, set by
+``accelerate launch`` and its config), everything else is here in order.
+
+Per step: read samples from the data position until the packed batch is full, noise each
+target at a logit-normal t, one packed forward, BAGEL's flow loss, clip, AdamW, cosine LR, EMA.
+Every random draw of a sample (resize, dropout, VAE posterior) is seeded by its place in the
+data order, and each step's timesteps and noise by the step, so a resumed run repeats an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+
+from sigma_core.errors import SigmaInputError
+from sigma_core.inputs.attributes import ATTRIBUTES
+from sigma_core.inputs.preset import load_preset
+from sigma_core.model.bagel import BagelGenerator
+from sigma_core.runtime.pipeline import SigmaPipeline
+from sigma_core.training import checkpoints
+from sigma_core.training.config import TrainConfig
+from sigma_core.training.data import DataPosition, SkipCounter, TrainDataset, TrainSample
+from sigma_core.training.flow import flow_loss, sample_timesteps
+from sigma_core.training.packing import (
+    ExampleMaker,
+    ImageBounds,
+    PackedBatch,
+    TrainingExample,
+    pack,
+)
+
+# The generation branch (the paper trains only it): the gen expert of every layer, and the
+# connectors between latents and the LLM. The latent position table is fixed (sin-cos).
+GEN_BRANCH = ("_moe_gen", "vae2llm.", "llm2vae.", "time_embedder.", "attribute_embed.")
+FIXED = ("latent_pos_embed.",)
+# LoRA goes on the gen expert's linear layers, both attention and MLP.
+LORA_TARGETS = r".*layers\.\d+\.(self_attn\.[qkvo]_proj_moe_gen|mlp_moe_gen\.(gate|up|down)_proj)"
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    seconds: float
+
+
+def trainable_names(model: nn.Module, train: str) -> list[str]:
+    """The parameters a run updates: the generation branch (``gen``), everything but the fixed
+    position table (``full``), or LoRA adapters plus W_tau (``lora``, after peft wrapped)."""
+    names = []
+    for name, _ in model.named_parameters():
+        if name.startswith(FIXED):
+            continue
+        gen = train == "gen" and any(k in name for k in GEN_BRANCH)
+        lora = train == "lora" and ("lora_" in name or "attribute_embed." in name)
+        if train == "full" or gen or lora:
+            names.append(name)
+    return names
+
+
+def prepare_model(model: BagelGenerator, cfg: TrainConfig) -> nn.Module:
+    """W_tau added (zero) when asked for and missing; LoRA wrapped when asked; requires_grad
+    set on exactly the trained parameters, which stay fp32 while frozen ones may be bf16."""
+    if cfg.attribute_projection and model.attribute_embed is None:
+        model.attribute_embed = nn.Embedding(len(ATTRIBUTES), model.config.hidden_size)
+        nn.init.zeros_(model.attribute_embed.weight)
+    if cfg.weights_dtype == "bf16":
+        model.to(torch.bfloat16)
+    model.llm.gradient_checkpointing = cfg.gradient_checkpointing
+    net: nn.Module = model
+    if cfg.train == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=LORA_TARGETS,
+        )
+        net = inject_adapter_in_model(lora, model)
+    names = set(trainable_names(net, cfg.train))
+    for name, p in net.named_parameters():
+        p.requires_grad_(name in names)
+        if name in names and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return net.train()
+
+
+class Trainer:
+    """One run of ``cfg``. ``run()`` trains to ``cfg.steps`` (or ``max_steps``), saving every
+    ``save_every`` steps and at the end; it resumes from the newest checkpoint in the output
+    folder when ``resume`` is "latest", or from a given checkpoint folder. ``pipeline`` gives
+    an already loaded model (benchmarks fill one with random full-size weights)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: str | None = None,
+        pipeline: SigmaPipeline | None = None,
+    ) -> None:
+        self.cfg = cfg.check()
+        self.out = Path(cfg.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            log_with=list(cfg.trackers) or None,
+            project_dir=str(self.out),
+        )
+        acc = self.accelerator
+        set_seed(cfg.seed)
+        self.skipped = SkipCounter()
+        self.dataset = TrainDataset(list(cfg.data), seed=cfg.seed, skipped=self.skipped)
+        # fp32 on the CPU first: prepare_model casts, and accelerate places it
+        self.pipe = pipeline or SigmaPipeline.from_pretrained(
+            cfg.base, sigma_weights=cfg.sigma_weights, precision="fp32", device="cpu"
+        )
+        model = self.pipe.model
+        self.net = prepare_model(model, cfg)
+        self.pipe.vae.to(acc.device)
+        self.names = trainable_names(self.net, cfg.train)
+        params = [p for n, p in self.net.named_parameters() if n in set(self.names)]
+        if not params:
+            raise SigmaInputError(f"train: {cfg.train!r} leaves nothing to train in this model")
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        )  # fmt: skip
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, cfg.warmup_steps, cfg.steps, min_lr=cfg.min_lr
+        )
+        # The scheduler stays outside prepare: accelerate would step it once per process, but
+        # its length counts optimizer steps, as BAGEL's does.
+        self.model, self.optimizer = acc.prepare(self.net, optimizer)
+        self.scheduler = scheduler
+        self.ema = checkpoints.ParamEMA(self.model, self.names, cfg.ema)
+        self.maker = ExampleMaker(
+            self.pipe.tokenizer,
+            self.pipe.vae,
+            bounds=ImageBounds(cfg.max_image_size, cfg.min_image_size, cfg.resize_jitter),
+            max_tokens=cfg.max_tokens,
+            mask=cfg.mask,
+            text_dropout=cfg.text_dropout,
+            image_dropout=cfg.image_dropout,
+            skipped=self.skipped,
+        )
+        # the validation composition is read now, so a bad preset stops the run before step 1
+        self.sample_composition = None
+        if cfg.sample_every:
+            comp = load_preset(cfg.sample_preset)
+            settings = comp.settings.replace(num_timesteps=cfg.sample_steps, seed=0)
+            self.sample_composition = dataclasses.replace(comp, settings=settings)
+        self.step = 0
+        self.position = DataPosition()
+        self._pending: tuple[DataPosition, TrainingExample] | None = None
+        self._last_norm = float("nan")
+        if resume:
+            self.load(checkpoints.find(self.out, resume))
+
+    # ------------------------------------------------------------------------- data
+
+    def _examples(self) -> Iterator[tuple[DataPosition, TrainingExample | None]]:
+        """(position before, example or None) for this process's samples, from the position.
+        The example that overflowed the last batch is made once and handed back first."""
+        acc = self.accelerator
+        before = self.position
+        stream = self.dataset.iterate(before, rank=acc.process_index, world=acc.num_processes)
+        for after, sample in stream:
+            pending, self._pending = self._pending, None
+            if pending is not None and pending[0] == before:
+                yield before, pending[1]
+            else:
+                yield before, self._make(before, sample)
+            before = after
+
+    def _make(self, at: DataPosition, sample: TrainSample) -> TrainingExample | None:
+        seed = hash((self.cfg.seed, at.epoch, at.cursor)) & 0x7FFF_FFFF
+        g = torch.Generator(self.pipe.vae.device).manual_seed(seed)
+        return self.maker(sample, random.Random(seed), g)
+
+    def next_batch(self) -> PackedBatch:
+        """Examples from the data position until the next would overflow ``max_tokens``; the
+        position then points at that next sample, so it is the next batch's first."""
+        taken: list[TrainingExample] = []
+        size = 0
+        for before, ex in self._examples():
+            if ex is None:
+                continue
+            if taken and size + ex.length > self.cfg.max_tokens:
+                self.position, self._pending = before, (before, ex)
+                break
+            taken.append(ex)
+            size += ex.length
+        acc = self.accelerator
+        g = torch.Generator().manual_seed(
+            (self.cfg.seed * 1_000_003 + self.step * 7919 + acc.process_index) & 0x7FFF_FFFF
+        )
+        t = sample_timesteps(len(taken), self.cfg.timestep_shift, generator=g)
+        noise = [torch.randn(ex.target.shape, generator=g) for ex in taken]
+        base = self.pipe.model
+        return pack(
+            taken, t, noise,
+            max_latent_size=base.max_latent_size,
+            # always given when W_tau trains, so it is used (zero rows) in every step (DDP)
+            attributes=self.cfg.attribute_projection and base.attribute_embed is not None,
+            frozen_und=self.cfg.train != "full",
+            flex=self.cfg.flex_attention and acc.device.type == "cuda",
+            device=acc.device,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------- one step
+
+    def train_step(self) -> StepStats:
+        acc, cfg = self.accelerator, self.cfg
+        start = time.perf_counter()
+        tokens, loss_sum = 0, 0.0
+        for _ in range(cfg.grad_accum):
+            batch = self.next_batch()
+            with torch.enable_grad():  # whatever the caller's grad mode
+                loss = self._forward_backward(batch)
+            loss_sum += float(acc.reduce(loss.detach(), "sum")) / cfg.grad_accum
+            tokens += batch.sequence.length
+        self.ema.update(self.model)
+        self.step += 1
+        lr = self.scheduler.get_last_lr()[0]
+        norm = self._last_norm
+        return StepStats(self.step, loss_sum, lr, norm, tokens, time.perf_counter() - start)
+
+    def _forward_backward(self, batch: PackedBatch) -> torch.Tensor:
+        """One micro-batch: BAGEL's loss over the global batch's loss tokens, backward, and
+        on the last micro-batch of a step the clip, AdamW and the LR schedule."""
+        acc, cfg = self.accelerator, self.cfg
+        total = acc.reduce(torch.tensor(batch.loss_tokens, device=acc.device), "sum")
+        with acc.accumulate(self.model):
+            pred = self.model(batch.sequence)
+            loss = flow_loss(pred, batch.target, total.float() / acc.num_processes)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.grad_clip:
+                norm = acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self._last_norm = float(norm)
+            self.optimizer.step()  # a no-op until the last micro-batch (accelerate)
+            if acc.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    # ------------------------------------------------------------------------- the run
+
+    def run(self, max_steps: int | None = None) -> list[StepStats]:
+        """Train to ``cfg.steps`` (at most ``max_steps`` more); returns each step's stats."""
+        from tqdm.auto import tqdm
+
+        acc, cfg = self.accelerator, self.cfg
+        stop = min(cfg.steps, self.step + max_steps) if max_steps else cfg.steps
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        acc.init_trackers("sigma", config=_flat(cfg.to_dict()))
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not acc.is_main_process,
+                   desc="training", unit="step", dynamic_ncols=True)  # fmt: skip
+        history = []
+        try:
+            while self.step < stop:
+                stats = self.train_step()
+                history.append(stats)
+                tok_s = stats.tokens * acc.num_processes / max(stats.seconds, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{tok_s:,.0f}",
+                                lr=f"{stats.lr:.2e}", skipped=self.skipped.total)  # fmt: skip
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    acc.log({"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                             "tokens_per_s": tok_s, "skipped": self.skipped.total},
+                            step=self.step)  # fmt: skip
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.sample_image()
+                if self.step % cfg.save_every == 0 or self.step == stop:
+                    self.save()
+        finally:
+            bar.close()
+            acc.end_training()
+        return history
+
+    def sample_image(self) -> Path | None:
+        """Generate the validation preset with the EMA weights swapped in; PNG and tracker.
+        Skipped under FSDP, where no process holds the whole model."""
+        acc = self.accelerator
+        if not acc.is_main_process or acc.distributed_type.name.startswith("FSDP"):
+            return None
+        comp = self.sample_composition
+        with self.ema.swapped(acc.unwrap_model(self.model)), torch.no_grad():
+            self.pipe.model.eval()
+            image = self.pipe(comp).images[0]
+            self.pipe.model.train()
+        path = self.out / "samples" / f"step-{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        for tracker in acc.trackers:
+            if tracker.name == "tensorboard":
+                import numpy as np
+
+                tracker.writer.add_image("sample", np.asarray(image), self.step, dataformats="HWC")
+        return path
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "scheduler": self.scheduler.state_dict(),
+            "skipped": self.skipped.as_dict(),
+            "skipped_total": self.skipped.total,
+            "config": self.cfg.to_dict(),
+            "trainable": self.names,
+        }
+
+    def save(self) -> Path:
+        folder = self.out / "checkpoints" / f"step-{self.step:07d}"
+        checkpoints.save(self, folder)
+        if self.accelerator.is_main_process:
+            checkpoints.prune(self.out, self.cfg.keep_checkpoints)
+        return folder
+
+    def load(self, folder: Path) -> None:
+        state = checkpoints.load(self, folder)
+        self.step = state["step"]
+        self.position = DataPosition(**state["position"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """Tracker-friendly hyperparameters (scalars and strings only)."""
+    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+            for k, v in config.items() if v is not None}  # fmt: skip

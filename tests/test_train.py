@@ -1,0 +1,269 @@
+"""The trainer on the tiny checkpoint and the synthetic data: the loss falls (full and LoRA),
+resume repeats an uninterrupted run exactly, export loads and generates, bad rows are counted,
+configs are checked, and two processes train through accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from sigma_core.cli import main as cli_main
+from sigma_core.errors import SigmaInputError
+from sigma_core.training.config import TrainConfig, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 64  # 4 x 4 latent tokens per image: a sample is about 110 tokens
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from sigma_core.runtime import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("train_ckpt"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    from sigma_core.training.synthetic import write_parquet
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    write_parquet(folder / "train-00000.parquet", 96, size=SIZE, seed=0)
+    return folder
+
+
+def _config(checkpoint: Path, data: Path, out: Path, **changes) -> TrainConfig:
+    base = dict(
+        base=str(checkpoint),
+        data=(str(data),),
+        output_dir=str(out),
+        max_tokens=480,
+        max_image_size=SIZE,
+        min_image_size=SIZE,
+        steps=8,
+        lr=2e-3,
+        min_lr=1e-4,
+        warmup_steps=5,
+        mixed_precision="no",
+        gradient_checkpointing=False,
+        trackers=(),
+        save_every=1000,
+        ema=0.9,
+    )
+    return TrainConfig(**{**base, **changes}).check()
+
+
+def _trainer(cfg: TrainConfig, **kw):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from sigma_core.training.trainer import Trainer
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return Trainer(cfg, **kw)
+
+
+def _falls(history, first: int = 10, last: int = 20) -> float:
+    """Mean loss of the last steps over that of the first ones."""
+    start = sum(s.loss for s in history[:first]) / first
+    end = sum(s.loss for s in history[-last:]) / last
+    return end / start
+
+
+@pytest.mark.parametrize(
+    ("train", "bound"),
+    [("gen", 0.65), ("full", 0.65), ("lora", 0.65)],  # measured 0.573, 0.581, 0.568
+)
+def test_loss_falls_on_synthetic_data(checkpoint, shards, tmp_path, train, bound):
+    cfg = _config(checkpoint, shards, tmp_path / train, train=train, steps=100, warmup_steps=10,
+                  lr=1e-2 if train == "lora" else 3e-3, lora_rank=8, ema=0.99)  # fmt: skip
+    trainer = _trainer(cfg)
+    history = trainer.run()
+    assert len(history) == 100 and trainer.skipped.total == 0
+    ratio = _falls(history)
+    assert ratio < bound, f"{train}: loss ratio {ratio:.3f}"
+    if train == "lora":
+        names = trainer.names
+        assert names and all("lora_" in n or "attribute_embed" in n for n in names)
+    elif train == "full":
+        assert any(".mlp.gate_proj" in n for n in trainer.names)  # the und expert too
+    else:
+        assert all(any(k in n for k in ("_moe_gen", "vae2llm", "llm2vae", "time_embedder",
+                                        "attribute_embed")) for n in trainer.names)  # fmt: skip
+
+
+def test_resume_repeats_an_uninterrupted_run(checkpoint, shards, tmp_path):
+    straight = _trainer(_config(checkpoint, shards, tmp_path / "a", steps=6, save_every=3))
+    straight.run()
+    first = _trainer(_config(checkpoint, shards, tmp_path / "b", steps=6, save_every=3))
+    first.run(max_steps=3)
+    resumed = _trainer(_config(checkpoint, shards, tmp_path / "b", steps=6, save_every=3),
+                       resume="latest")  # fmt: skip
+    assert resumed.step == 3
+    resumed.run()
+    a = tmp_path / "a" / "checkpoints" / "step-0000006"
+    b = tmp_path / "b" / "checkpoints" / "step-0000006"
+    for name in ("trained.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        assert ta.keys() == tb.keys()
+        for key in ta:
+            assert torch.equal(ta[key], tb[key]), f"{name}: {key} differs after resume"
+    pa = json.loads((a / "rank-0.json").read_text())["position"]
+    assert pa == json.loads((b / "rank-0.json").read_text())["position"]
+    assert pa["cursor"] > 0
+
+
+def test_export_loads_through_from_pretrained_and_generates(checkpoint, shards, tmp_path):
+    from sigma_core import Composition, Reference, Settings, SigmaPipeline
+    from sigma_core.training.checkpoints import export
+
+    for train in ("gen", "lora"):
+        cfg = _config(checkpoint, shards, tmp_path / train, steps=3, train=train, ema=0.5)
+        trainer = _trainer(cfg)
+        trainer.run()
+        out = export(tmp_path / train / "checkpoints" / "step-0000003", tmp_path / f"w-{train}")
+        card = (out / "README.md").read_text()
+        assert "intra-group mask | on" in card and "| steps | 3 |" in card
+        pipe = SigmaPipeline.from_pretrained(checkpoint, sigma_weights=out, device="cpu")
+        assert pipe.load_report.attribute_embed  # W_tau came with the weights
+        weights = load_file(str(out / "ema.safetensors"))
+        model_state = pipe.model.state_dict()
+        for key, value in weights.items():
+            assert torch.equal(model_state[key], value), key
+        if train == "lora":  # merged: the adapted Linear differs from the base
+            key = "language_model.model.layers.0.self_attn.q_proj_moe_gen.weight"
+            base = load_file(str(checkpoint / "ema.safetensors"))[key]
+            assert key in weights and not torch.equal(weights[key], base)
+        img = Image.new("RGB", (64, 64), (200, 30, 30))
+        comp = Composition("a <subject> ball <image_1> on grass", [Reference(1, img)],
+                           Settings(size=(64, 64), num_timesteps=3))  # fmt: skip
+        out_img = pipe(comp).images[0]
+        assert out_img.size == (64, 64)
+
+
+def test_bad_rows_are_skipped_and_counted(checkpoint, tmp_path):
+    """A shard with broken rows still trains; each broken row is counted under its reason."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sigma_core.training.synthetic import make_sample
+
+    rng = __import__("random").Random(0)
+    rows = []
+    for i in range(12):
+        prompt, refs, target = make_sample(rng, SIZE)
+        images = []
+        for im in [*refs, target]:
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            images.append(buf.getvalue())
+        if i == 3:
+            images[0] = images[0][:40]  # truncated PNG
+        if i == 5:
+            prompt += " and <image_9>"  # a placeholder with no image
+        rows.append({"instruction_list": [[prompt]], "image_list": images})
+    big = Image.new("RGB", (1024, 1024))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    rows.append({"instruction_list": [["<subject> the square <image_1>"]],
+                 "image_list": [buf.getvalue(), buf.getvalue()]})  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    cfg = _config(checkpoint, tmp_path / "bad.parquet", tmp_path / "out", steps=6,
+                  max_image_size=1024, min_image_size=64, max_tokens=2048)  # fmt: skip
+    trainer = _trainer(cfg.replace(max_tokens=600))
+    trainer.run()
+    counts = trainer.skipped.as_dict()
+    text = json.dumps(counts)
+    assert trainer.skipped.total >= 3
+    assert "undecodable" in text and "placeholder" in text and "token budget" in text
+
+
+def test_config_is_checked_field_by_field(tmp_path):
+    with pytest.raises(SigmaInputError, match="unknown setting"):
+        config_from_dict({"base": "x", "data": ["y"], "learning_rate": 1})
+    with pytest.raises(SigmaInputError, match="'data' is required"):
+        config_from_dict({"base": "x"})
+    bad = {"base": "x", "data": ["y"], "lr": -1, "train": "everything", "max_tokens": 10**9,
+           "ema": 2.0, "max_image_size": 100, "mask": "yes"}  # fmt: skip
+    with pytest.raises(SigmaInputError) as info:
+        config_from_dict(bad)
+    for name in ("lr", "train", "max_tokens", "ema", "max_image_size", "mask"):
+        assert f"{name}:" in str(info.value)
+    path = tmp_path / "c.yaml"
+    path.write_text("base: x\ndata: [y]\nsteps: 5\n")
+    cfg = load_config(path, {"steps": 7, "train": "lora"})
+    assert (cfg.steps, cfg.train, cfg.data) == (7, "lora", ("y",))
+    assert yaml.safe_load(cfg.to_yaml())["steps"] == 7
+    path.write_text("base: [unclosed\n")
+    with pytest.raises(SigmaInputError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("!!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(SigmaInputError):
+        load_config(path)
+
+
+def test_cli_train_prints_the_config_samples_logs_and_exports(checkpoint, shards, tmp_path, capsys):
+    preset = ROOT / "presets" / "stylize_cat_brushstrokes.json"
+    cfg = _config(checkpoint, shards, tmp_path / "run", steps=2, sample_every=2,
+                  sample_preset=str(preset), sample_steps=2, trackers=("tensorboard",))  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text(cfg.to_yaml())
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert cli_main(["train", "--config", str(path), "--set", "steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "max_tokens: 480" in out and "step 2 of 2" in out
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["steps"] == 2
+    sample = tmp_path / "run" / "samples" / "step-0000002.png"
+    assert Image.open(sample).size[0] >= 64  # the validation composition, EMA weights
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*"))  # TensorBoard logs
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
+    assert cli_main(["export", str(ckpt), str(tmp_path / "w")]) == 0
+    assert (tmp_path / "w" / "ema.safetensors").is_file()
+    assert cli_main(["train", "--config", str(path), "--set", "lr=-1"]) == 2
+    assert "lr:" in capsys.readouterr().err
+    assert cli_main(["export", str(tmp_path), str(tmp_path / "w2")]) == 2
+
+
+@pytest.mark.slow
+def test_two_processes_train_through_accelerate(checkpoint, shards, tmp_path):
+    """accelerate launch, 2 CPU processes over gloo: both see their share, one checkpoint."""
+    cfg = _config(checkpoint, shards, tmp_path / "ddp", steps=3, save_every=3)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(cfg.to_yaml())
+    # accelerate's CPU multi-process mode: torchrun workers over gloo, each model under DDP
+    # (accelerate has no FSDP on CPU; tests/test_gpu.py and benchmarks cover FSDP on GPUs).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "ACCELERATE_USE_CPU": "true"}  # fmt: skip
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "29561",
+           "-m", "sigma_core", "train", "--config", str(path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "ddp" / "checkpoints" / "step-0000003"
+    assert {p.name for p in ckpt.glob("rank-*.json")} == {"rank-0.json", "rank-1.json"}
+    positions = [json.loads((ckpt / f"rank-{r}.json").read_text())["position"] for r in (0, 1)]
+    assert all(p["cursor"] > 0 for p in positions)
+
+
+@pytest.mark.slow
+def test_gpu_training_benchmark_runs_dry_on_cpu(capsys):
+    """benchmarks/bench_train_gpu.py's code path, small, on CPU (the real run needs a GPU)."""
+    from benchmarks.bench_train_gpu import main
+
+    result = main(["--dry-run", "--steps", "1", "--warmup", "0", "--max-tokens", "1200"])
+    assert result["timed_steps"] == 1 and result["tokens_per_s"] > 0
+    assert "tokens/s per GPU" in capsys.readouterr().out

@@ -1,0 +1,167 @@
+"""The packed training forward against inference: the same plan gives the same hidden states
+and velocities, mask on and off, and SIGMA's mask cuts the gradient paths it should."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from sigma_core import Composition, Reference, Settings
+from sigma_core.planning import build_plan
+from sigma_core.runtime.contexts import prefill_contexts
+from sigma_core.training.flow import noised
+from sigma_core.training.packing import TrainingExample, drop_conditions, pack
+
+ENDS_WITH_TEXT = "Put [1] on a beach next to [2] at sunset"
+ENDS_WITH_IMAGE = "Put [1] on a beach next to [2]"
+
+
+@pytest.fixture(scope="module")
+def wtau_pipe(tmp_path_factory):
+    """Two layers and a random W_tau, so the attribute rows are exercised too."""
+    from sigma_core import SigmaPipeline
+    from sigma_core.runtime import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("wtau"), seed=3, attribute_embed=True)
+    return SigmaPipeline.from_pretrained(folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_layer_pipe(tmp_path_factory):
+    from sigma_core import SigmaPipeline
+    from sigma_core.runtime import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("one"), seed=4, layers=1)
+    return SigmaPipeline.from_pretrained(folder, device="cpu")
+
+
+def _example(pipe, prompt: str, *, mask: bool, seed: int) -> TrainingExample:
+    refs = [
+        Reference(1, Image.new("RGB", (64, 48)), ("<subject>",), "the ball"),
+        Reference(2, Image.new("RGB", (48, 64)), ("<id>",), "the person"),
+    ]
+    comp = Composition(prompt, refs, Settings(size=(64, 80), mask=mask))
+    # small blocks: sizes taken as they are, as the trainer's bounds allow
+    plan = build_plan(comp, pipe.tokenizer, {1: (64, 48), 2: (48, 64)}, resize=lambda w, h: (w, h))
+    g = torch.Generator().manual_seed(seed)
+    latents = {
+        seg.slot: torch.randn(seg.grid[0] * seg.grid[1], 64, generator=g)
+        for seg in plan.segments
+        if seg.kind == "image"
+    }
+    grid = plan.noise.grid
+    return TrainingExample(plan, latents, torch.randn(grid[0] * grid[1], 64, generator=g), "t")
+
+
+def _inference(pipe, ex: TrainingExample, x_t: torch.Tensor, t: torch.Tensor):
+    """Context hidden states [L_ctx, d] by prefill, velocity [m, 64] by a denoising pass."""
+    model = pipe.model
+    ctx = prefill_contexts(
+        model, ex.plan, ex.references, need_text=False, need_img=False, return_hidden=True
+    )
+    dctx = model.denoise_context(ctx.cache.rows(0, 1), ex.plan.noise.grid)
+    return ctx.hidden[0], model.velocity(x_t, t, dctx)[0]
+
+
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("prompt", [ENDS_WITH_TEXT, ENDS_WITH_IMAGE])
+def test_packed_forward_equals_prefill_and_denoising(wtau_pipe, prompt, mask):
+    pipe = wtau_pipe
+    examples = [_example(pipe, prompt, mask=mask, seed=s) for s in (0, 1)]
+    t = torch.tensor([0.3, 0.8])
+    noise = [torch.randn_like(ex.target) for ex in examples]
+    batch = pack(examples, t, noise, max_latent_size=pipe.model.max_latent_size, attributes=True)
+    assert batch.sequence.attributes is not None  # W_tau takes part
+    with torch.no_grad():
+        hidden = pipe.model.packed_hidden(batch.sequence)
+        velocity = pipe.model.packed_velocity(batch.sequence)
+    offset = 0
+    for i, ex in enumerate(examples):
+        x_t = noised(ex.target, noise[i], t[i])
+        with torch.no_grad():
+            h_ref, v_ref = _inference(pipe, ex, x_t, t[i])
+        n_ctx = ex.plan.noise.start
+        torch.testing.assert_close(hidden[offset : offset + n_ctx], h_ref, rtol=1e-5, atol=1e-5)
+        m = ex.target.shape[0]
+        torch.testing.assert_close(velocity[i * m : (i + 1) * m], v_ref, rtol=1e-5, atol=1e-5)
+        offset += ex.plan.length
+    want = [n - ex.target for n, ex in zip(noise, examples, strict=True)]
+    assert torch.equal(batch.target, torch.cat(want))
+
+
+def test_flex_block_mask_gives_the_dense_result(wtau_pipe):
+    """flex_attention runs forward on CPU: its block mask must equal the dense one."""
+    pipe = wtau_pipe
+    examples = [_example(pipe, ENDS_WITH_TEXT, mask=True, seed=s) for s in (0, 1)]
+    t, noise = torch.tensor([0.5, 0.2]), [torch.zeros_like(ex.target) for ex in examples]
+    kw = dict(max_latent_size=pipe.model.max_latent_size, attributes=True)
+    with torch.no_grad():
+        dense = pipe.model.packed_velocity(pack(examples, t, noise, **kw).sequence)
+        flex = pipe.model.packed_velocity(pack(examples, t, noise, flex=True, **kw).sequence)
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_mask_cuts_the_gradient_from_other_groups_images(one_layer_pipe, mask):
+    """One layer: the <id> token (group 1) sees image 1 (group 0) only when the mask is off."""
+    pipe = one_layer_pipe
+    ex = _example(pipe, ENDS_WITH_TEXT, mask=mask, seed=0)
+    batch = pack([ex], torch.tensor([0.5]), [torch.randn_like(ex.target)],
+                 max_latent_size=pipe.model.max_latent_size, attributes=False)  # fmt: skip
+    seq = batch.sequence
+    latents = seq.latents.clone().requires_grad_(True)
+    with torch.enable_grad():
+        h = pipe.model.packed_hidden(type(seq)(**{**seq.__dict__, "latents": latents}))
+    plan = ex.plan
+    attr = [i for i, g in enumerate(plan.group.tolist()) if plan.token_type[i] == 1 and g == 1]
+    assert len(attr) == 1
+    (grad,) = torch.autograd.grad(h[attr[0]].sum(), latents)
+    first_image = plan.segments[1]
+    assert first_image.kind == "image" and first_image.group == 0
+    m0 = first_image.length - 2  # image 1's latent tokens come first among the latents
+    other = grad[:m0].abs().max().item()
+    if mask:
+        assert other == 0.0
+    else:
+        assert other > 1e-6
+
+
+def test_frozen_und_keeps_numbers_and_stops_text_gradients(wtau_pipe):
+    pipe = wtau_pipe
+    ex = _example(pipe, ENDS_WITH_TEXT, mask=True, seed=2)
+    kw = dict(max_latent_size=pipe.model.max_latent_size, attributes=True)
+    t, noise = torch.tensor([0.4]), [torch.randn_like(ex.target)]
+    model = pipe.model
+    free = pack([ex], t, noise, **kw)
+    frozen = pack([ex], t, noise, frozen_und=True, **kw)
+    emb = model.llm.embed_tokens.weight
+    emb.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            v_free = model.packed_velocity(free.sequence)
+            v_frozen = model.packed_velocity(frozen.sequence)
+            torch.testing.assert_close(v_free, v_frozen, rtol=0, atol=0)
+            (g_free,) = torch.autograd.grad(v_free.sum(), emb)
+            (g_frozen,) = torch.autograd.grad(v_frozen.sum(), emb, allow_unused=True)
+    finally:
+        emb.requires_grad_(False)
+    assert g_free.abs().max() > 0
+    assert g_frozen is None or g_frozen.abs().max() == 0
+
+
+def test_dropped_reference_leaves_a_rope_hole_and_dropped_text_none(wtau_pipe):
+    ex = _example(wtau_pipe, ENDS_WITH_TEXT, mask=True, seed=0)
+    plan = ex.plan
+    all_images = drop_conditions(plan, random.Random(0), text=0.0, image=1.0)
+    assert [s.kind for s in all_images.segments] == ["text", "text", "text", "noise"]
+    texts = [s for s in plan.segments if s.kind == "text"]
+    # each dropped reference keeps its rope position: the noise block sits where it did
+    assert all_images.noise.position == plan.noise.position
+    assert all_images.noise.start == sum(s.length for s in texts)
+    no_text = drop_conditions(plan, random.Random(0), text=1.0, image=0.0)
+    assert [s.kind for s in no_text.segments] == ["image", "image", "noise"]
+    assert [s.position for s in no_text.segments] == [0, 1, 2]
+    assert drop_conditions(plan, random.Random(0), text=0.0, image=0.0) is plan
