@@ -161,7 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         loss = f"{last.loss:.4f}" if last else "n/a"
         print(f"step {trainer.step} of {cfg.steps}: loss {loss}; {trainer.skipped.summary()}")
         print(f"checkpoints: {Path(cfg.output_dir) / 'checkpoints'}")
-    return EXIT_OK
+        if trainer.interrupted:
+            print("stopped by Ctrl-C after a checkpoint; continue with --resume latest",
+                  file=sys.stderr)  # fmt: skip
+    return 130 if trainer.interrupted else EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:

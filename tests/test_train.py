@@ -267,3 +267,52 @@ def test_gpu_training_benchmark_runs_dry_on_cpu(capsys):
     result = main(["--dry-run", "--steps", "1", "--warmup", "0", "--max-tokens", "1200"])
     assert result["timed_steps"] == 1 and result["tokens_per_s"] > 0
     assert "tokens/s per GPU" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fsdp_sharding_per_decoder_layer_matches_one_process(checkpoint):
+    """FSDP2 over 2 CPU processes (gloo), each decoder layer a unit: one step equals the
+    unsharded step, and the trainer's gathering returns whole weights and EMA."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    script = ROOT / "tests" / "fsdp_check.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29563", str(script), str(checkpoint)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FSDP OK" in result.stdout
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(checkpoint, shards, tmp_path):
+    import signal
+
+    trainer = _trainer(_config(checkpoint, shards, tmp_path / "run", steps=8))
+    step = trainer.train_step
+
+    def step_then_ctrl_c():
+        stats = step()
+        if stats.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return stats
+
+    trainer.train_step = step_then_ctrl_c
+    history = trainer.run()
+    assert trainer.interrupted and len(history) == 2 and trainer.step == 2
+    assert (tmp_path / "run" / "checkpoints" / "step-0000002" / "state.json").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_out_of_memory_and_unusable_data_get_clear_messages(checkpoint, shards, tmp_path):
+    from sigma_core.training.trainer import TrainingOutOfMemoryError
+
+    trainer = _trainer(_config(checkpoint, shards, tmp_path / "oom", steps=3))
+
+    def no_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    trainer.train_step = no_memory
+    with pytest.raises(TrainingOutOfMemoryError, match="lower max_tokens") as info:
+        trainer.run()
+    assert "training step 1" in str(info.value)
+    tiny = _trainer(_config(checkpoint, shards, tmp_path / "tiny", steps=2, max_tokens=40))
+    with pytest.raises(SigmaInputError, match=r"no row fits .*over the token budget"):
+        tiny.run()

@@ -76,13 +76,19 @@ def check_cancel(cancel: CancelToken | None, done: int, total: int) -> None:
 
 
 @contextmanager
-def out_of_memory(where: str, device: torch.device) -> Iterator[None]:
-    """Out of memory, on any device, as a :class:`SigmaOutOfMemoryError` with advice."""
+def out_of_memory(
+    where: str,
+    device: torch.device,
+    *,
+    error: type[SigmaOutOfMemoryError] = SigmaOutOfMemoryError,
+) -> Iterator[None]:
+    """Out of memory, on any device, as a :class:`SigmaOutOfMemoryError` (or the subclass
+    ``error``, whose advice fits the work) with advice."""
     try:
         yield
     except (torch.OutOfMemoryError, MemoryError):
-        raise SigmaOutOfMemoryError(where, str(device)) from None
+        raise error(where, str(device)) from None
     except RuntimeError as e:
         if "not enough memory" in str(e) or "can't allocate memory" in str(e):
-            raise SigmaOutOfMemoryError(where, str(device)) from None
+            raise error(where, str(device)) from None
         raise

@@ -13,8 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import signal
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from sigma_core.errors import SigmaInputError
+from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
 from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.inputs.preset import load_preset
 from sigma_core.model.bagel import BagelGenerator
+from sigma_core.runtime.output import out_of_memory
 from sigma_core.runtime.pipeline import SigmaPipeline
 from sigma_core.training import checkpoints
 from sigma_core.training.config import TrainConfig
@@ -47,6 +52,14 @@ GEN_BRANCH = ("_moe_gen", "vae2llm.", "llm2vae.", "time_embedder.", "attribute_e
 FIXED = ("latent_pos_embed.",)
 # LoRA goes on the gen expert's linear layers, both attention and MLP.
 LORA_TARGETS = r".*layers\.\d+\.(self_attn\.[qkvo]_proj_moe_gen|mlp_moe_gen\.(gate|up|down)_proj)"
+
+
+class TrainingOutOfMemoryError(SigmaOutOfMemoryError):
+    ADVICE = (
+        "lower max_tokens (tokens per batch per GPU), turn gradient_checkpointing on, train "
+        "LoRA (train: lora) or keep frozen weights in bf16 (weights_dtype: bf16), or shard over "
+        "more GPUs with FSDP; the last checkpoint is kept, so --resume latest continues"
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +137,16 @@ class Trainer:
         )
         acc = self.accelerator
         set_seed(cfg.seed)
+        # Everything a user gave is checked before the model loads: the data, the checkpoint
+        # to resume, the validation preset.
         self.skipped = SkipCounter()
         self.dataset = TrainDataset(list(cfg.data), seed=cfg.seed, skipped=self.skipped)
+        resume_from = checkpoints.find(self.out, resume) if resume else None
+        self.sample_composition = None
+        if cfg.sample_every:
+            comp = load_preset(cfg.sample_preset)
+            settings = comp.settings.replace(num_timesteps=cfg.sample_steps, seed=0)
+            self.sample_composition = dataclasses.replace(comp, settings=settings)
         # fp32 on the CPU first: prepare_model casts, and accelerate places it
         self.pipe = pipeline or SigmaPipeline.from_pretrained(
             cfg.base, sigma_weights=cfg.sigma_weights, precision="fp32", device="cpu"
@@ -161,18 +182,14 @@ class Trainer:
             image_dropout=cfg.image_dropout,
             skipped=self.skipped,
         )
-        # the validation composition is read now, so a bad preset stops the run before step 1
-        self.sample_composition = None
-        if cfg.sample_every:
-            comp = load_preset(cfg.sample_preset)
-            settings = comp.settings.replace(num_timesteps=cfg.sample_steps, seed=0)
-            self.sample_composition = dataclasses.replace(comp, settings=settings)
         self.step = 0
         self.position = DataPosition()
         self._pending: tuple[DataPosition, TrainingExample] | None = None
         self._last_norm = float("nan")
-        if resume:
-            self.load(checkpoints.find(self.out, resume))
+        self._saved_step = -1
+        self.interrupted = False  # set when Ctrl-C stopped the last run() early
+        if resume_from:
+            self.load(resume_from)
 
     # ------------------------------------------------------------------------- data
 
@@ -199,10 +216,18 @@ class Trainer:
         """Examples from the data position until the next would overflow ``max_tokens``; the
         position then points at that next sample, so it is the next batch's first."""
         taken: list[TrainingExample] = []
-        size = 0
+        size = misses = 0
         for before, ex in self._examples():
             if ex is None:
+                misses += 1
+                if misses > len(self.dataset):  # a whole epoch and nothing usable
+                    raise SigmaInputError(
+                        f"data: no row fits (max_tokens {self.cfg.max_tokens:,}, images "
+                        f"{self.cfg.min_image_size}-{self.cfg.max_image_size} px); "
+                        f"{self.skipped.summary()}"
+                    )
                 continue
+            misses = 0
             if taken and size + ex.length > self.cfg.max_tokens:
                 self.position, self._pending = before, (before, ex)
                 break
@@ -276,26 +301,47 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not acc.is_main_process,
                    desc="training", unit="step", dynamic_ncols=True)  # fmt: skip
         history = []
+        self.interrupted = False
         try:
-            while self.step < stop:
-                stats = self.train_step()
-                history.append(stats)
-                tok_s = stats.tokens * acc.num_processes / max(stats.seconds, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{tok_s:,.0f}",
-                                lr=f"{stats.lr:.2e}", skipped=self.skipped.total)  # fmt: skip
-                if self.step % cfg.log_every == 0 or self.step == stop:
-                    acc.log({"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
-                             "tokens_per_s": tok_s, "skipped": self.skipped.total},
-                            step=self.step)  # fmt: skip
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.sample_image()
-                if self.step % cfg.save_every == 0 or self.step == stop:
-                    self.save()
+            with _stop_requests() as requested:
+                while self.step < stop:
+                    with out_of_memory(f"training step {self.step + 1}", acc.device,
+                                       error=TrainingOutOfMemoryError):  # fmt: skip
+                        stats = self.train_step()
+                    history.append(stats)
+                    self._report(stats, bar, stop)
+                    if self._agree(requested()):
+                        self.interrupted = True
+                        if self._saved_step != self.step:
+                            self.save()
+                        break
         finally:
             bar.close()
             acc.end_training()
         return history
+
+    def _agree(self, flag: bool) -> bool:
+        """Whether any process was asked to stop (all stop at the same step)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return flag
+        return bool(acc.reduce(torch.tensor(int(flag), device=acc.device), "sum").item())
+
+    def _report(self, stats: StepStats, bar: Any, stop: int) -> None:
+        """Progress bar, tracker logs, validation samples and checkpoints after a step."""
+        acc, cfg = self.accelerator, self.cfg
+        tok_s = stats.tokens * acc.num_processes / max(stats.seconds, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{tok_s:,.0f}",
+                        lr=f"{stats.lr:.2e}", skipped=self.skipped.total)  # fmt: skip
+        if self.step % cfg.log_every == 0 or self.step == stop:
+            acc.log({"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                     "tokens_per_s": tok_s, "skipped": self.skipped.total},
+                    step=self.step)  # fmt: skip
+        if cfg.sample_every and self.step % cfg.sample_every == 0:
+            self.sample_image()
+        if self.step % cfg.save_every == 0 or self.step == stop:
+            self.save()
 
     def sample_image(self) -> Path | None:
         """Generate the validation preset with the EMA weights swapped in; PNG and tracker.
@@ -333,6 +379,7 @@ class Trainer:
     def save(self) -> Path:
         folder = self.out / "checkpoints" / f"step-{self.step:07d}"
         checkpoints.save(self, folder)
+        self._saved_step = self.step
         if self.accelerator.is_main_process:
             checkpoints.prune(self.out, self.cfg.keep_checkpoints)
         return folder
@@ -342,6 +389,30 @@ class Trainer:
         self.step = state["step"]
         self.position = DataPosition(**state["position"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+@contextmanager
+def _stop_requests() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C asks the run to stop after the current step (with a checkpoint); a second one
+    stops at once. Yields a function that says whether a stop was asked. Outside the main
+    thread (where signals cannot be caught) Ctrl-C keeps its usual effect."""
+    asked = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if asked[0]:
+            raise KeyboardInterrupt
+        asked[0] = True
+        print("\nstopping after this step, with a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: asked[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
