@@ -71,6 +71,31 @@ def _trainer(cfg: TrainConfig, **kw):
     return Trainer(cfg, **kw)
 
 
+def _run_workers(cmd: list[str], env: dict[str, str], timeout: float = 200):
+    """Run a launcher and its workers as one process group; on a timeout the whole group is
+    killed (no orphaned worker) and the test fails with what they printed."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"workers hung for {timeout:.0f} s:\n{out[-2000:]}\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _free_port() -> int:
+    """A port no other process holds now, for a rendezvous (a fixed one can be taken)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _falls(history, first: int = 10, last: int = 20) -> float:
     """Mean loss of the last steps over that of the first ones."""
     start = sum(s.loss for s in history[:first]) / first
@@ -90,6 +115,8 @@ def test_loss_falls_on_synthetic_data(checkpoint, shards, tmp_path, train, bound
     assert len(history) == 100 and trainer.skipped.total == 0
     ratio = _falls(history)
     assert ratio < bound, f"{train}: loss ratio {ratio:.3f}"
+    w_tau = trainer.pipe.model.attribute_embed.weight  # added at zero, then trained
+    assert w_tau.abs().max() > 0
     if train == "lora":
         names = trainer.names
         assert names and all("lora_" in n or "attribute_embed" in n for n in names)
@@ -249,9 +276,9 @@ def test_two_processes_train_through_accelerate(checkpoint, shards, tmp_path):
            "ACCELERATE_USE_CPU": "true"}  # fmt: skip
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29561",
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            "-m", "sigma_core", "train", "--config", str(path)]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    result = _run_workers(cmd, env)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = tmp_path / "ddp" / "checkpoints" / "step-0000003"
     assert {p.name for p in ckpt.glob("rank-*.json")} == {"rank-0.json", "rank-1.json"}
@@ -276,8 +303,8 @@ def test_fsdp_sharding_per_decoder_layer_matches_one_process(checkpoint):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     script = ROOT / "tests" / "fsdp_check.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29563", str(script), str(checkpoint)]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+           "--master_port", str(_free_port()), str(script), str(checkpoint)]  # fmt: skip
+    result = _run_workers(cmd, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FSDP OK" in result.stdout
 
