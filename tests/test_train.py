@@ -72,8 +72,8 @@ def _trainer(cfg: TrainConfig, **kw):
 
 
 def _run_workers(cmd: list[str], env: dict[str, str], timeout: float = 200):
-    """Run a launcher and its workers as one process group; on a timeout the whole group is
-    killed (no orphaned worker) and the test fails with what they printed."""
+    """Run a launcher and its workers; on a timeout every one of them is killed (no orphaned
+    worker) and the test fails with what they printed."""
     import signal
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -81,6 +81,11 @@ def _run_workers(cmd: list[str], env: dict[str, str], timeout: float = 200):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        import psutil
+
+        # torchrun starts each worker in a session of its own: kill them one by one
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"workers hung for {timeout:.0f} s:\n{out[-2000:]}\n{err[-4000:]}")

@@ -317,6 +317,9 @@ class Trainer:
                         break
         finally:
             bar.close()
+            # every process reaches the end before accelerate tears the process group down
+            # (one leaving early can leave another hanging at exit)
+            acc.wait_for_everyone()
             acc.end_training()
         return history
 
