@@ -19,6 +19,13 @@ from sigma_core.planning.sequence import Plan
 LATENT_CACHE_SIZE = 32
 
 
+def to_pixels(img: Image.Image) -> torch.Tensor:
+    """An RGB image -> [1, 3, H, W] in [-1, 1], normalised as BAGEL's transform (mean and std
+    0.5); the one conversion inference and training share."""
+    pixels = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy())
+    return pixels.permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
+
+
 class ReferenceEncoder:
     """Encodes each placed reference once: BAGEL's resize, pixels to [-1, 1], posterior mean.
 
@@ -56,8 +63,7 @@ class ReferenceEncoder:
             if key in self._latents:
                 self._latents.move_to_end(key)
                 return self._latents[key]
-        pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        pixels = pixels.float().div(255).sub(0.5).div(0.5)[None]
+        pixels = to_pixels(img)
         latent = patchify(self.vae.encode(pixels).float())
         with self._lock:
             self._latents[key] = latent

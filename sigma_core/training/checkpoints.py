@@ -38,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from sigma_core.errors import CheckpointError
+from sigma_core.runtime.loader import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from sigma_core.training.trainer import Trainer
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 CARD_FILE = "README.md"
 META_FILE = "sigma_training.json"
-WEIGHTS_FILE = "ema.safetensors"
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -277,7 +277,7 @@ The full config is in `{META_FILE}`.
 
 
 def _base_weights(base: str) -> Path:
-    from sigma_core.runtime.loader import BASE_PATTERNS, resolve_checkpoint
+    from sigma_core.runtime.loader import BASE_PATTERNS, resolve_checkpoint  # hub access on demand
 
     return resolve_checkpoint(base, patterns=BASE_PATTERNS) / WEIGHTS_FILE
 

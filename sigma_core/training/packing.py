@@ -31,6 +31,7 @@ from sigma_core.model.mot import Routing
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.mask import packed_dense_mask, packed_mask_mod
 from sigma_core.planning.sequence import Plan, build_plan
+from sigma_core.runtime.references import to_pixels
 from sigma_core.training.data import BAD_PROMPT, OVER_BUDGET
 from sigma_core.training.flow import noised, velocity_target
 
@@ -86,14 +87,6 @@ def drop_conditions(plan: Plan, rng: random.Random, *, text: float, image: float
     return dataclasses.replace(plan, segments=kept)
 
 
-def to_pixels(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """An RGB image resized (bicubic, as BAGEL's transform) to [1, 3, H, W] in [-1, 1]."""
-    if img.size != size:
-        img = img.resize(size, Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy())
-    return pixels.permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
-
-
 class ExampleMaker:
     """Turns a :class:`TrainSample` into a :class:`TrainingExample`, or None (counted in
     ``skipped``) when its prompt is refused or its plan exceeds ``max_tokens``."""
@@ -140,7 +133,9 @@ class ExampleMaker:
     def _encode(
         self, img: Image.Image, size: tuple[int, int], generator: torch.Generator
     ) -> torch.Tensor:
-        return patchify(self.vae.encode(to_pixels(img, size), generator=generator).float())
+        if img.size != size:
+            img = img.resize(size, Image.Resampling.BICUBIC)  # as BAGEL's transform
+        return patchify(self.vae.encode(to_pixels(img), generator=generator).float())
 
 
 def _as_is(width: int, height: int) -> tuple[int, int]:
