@@ -67,6 +67,8 @@ _EXPORTS = {
     # and the bounds its controls show (so a slider never offers what the core refuses).
     "DESCRIPTIONS": "sigma_core.inputs.attributes",
     "RENORM_TYPES": "sigma_core.inputs.settings",
+    "LAYOUT_CHOICES": "sigma_core.inputs.settings",
+    "LAYOUT_DESCRIPTIONS": "sigma_core.inputs.settings",
     "is_raw": "sigma_core.inputs.prompt",
     "placed_slots": "sigma_core.inputs.prompt",
     "renumber_slots": "sigma_core.inputs.prompt",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma_core.errors import PresetError, SigmaError, SigmaInputError, SigmaResourceError
+from sigma_core.inputs.settings import LAYOUT_CHOICES
 from sigma_core.limits import MAX_SEED, MAX_TIMESTEPS, MAX_TINY_LAYERS, MIN_TIMESTEPS
 from sigma_core.model.modes import FLAG_HELP, OFFLOAD_MODES, PRECISIONS, VAE_DTYPES
 
@@ -86,6 +87,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from sigma_core.report import plan_report, render_report
 
     comp = load_composition(args.preset)  # bad input fails before the tokenizer loads
+    if args.layout is not None:
+        comp = replace(comp, settings=comp.settings.replace(layout=args.layout))
     tokenizer, note = _tokenizer(args.tokenizer)
     plan = build_plan(comp, tokenizer)
     report = {
@@ -285,8 +288,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _settings_with_options(settings: Any, args: argparse.Namespace) -> Any:
-    """The preset's settings with --steps, --seed and --size applied, checked as the preset's
-    own values are; a message names the option."""
+    """The preset's settings with --steps, --seed, --size and --layout applied, checked as the
+    preset's own values are; a message names the option."""
     changes: dict[str, Any] = {}
     if args.steps is not None:
         changes["num_timesteps"] = args.steps
@@ -294,6 +297,8 @@ def _settings_with_options(settings: Any, args: argparse.Namespace) -> Any:
         changes["seed"] = args.seed
     if args.size is not None:
         changes["size"] = _parse_size(args.size)
+    if args.layout is not None:
+        changes["layout"] = args.layout
     try:
         return settings.replace(**changes)
     except PresetError as e:
@@ -301,6 +306,17 @@ def _settings_with_options(settings: Any, args: argparse.Namespace) -> Any:
         for option, name in (("--steps", "num_timesteps"), ("--seed", "seed"), ("--size", "size")):
             text = text.replace(f"settings.{name}:", f"{option} (settings.{name}):")
         raise PresetError(text) from None
+
+
+def _layout_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--layout",
+        choices=LAYOUT_CHOICES,
+        default=None,
+        help="sequence layout (default: the preset's): inference is SIGMA's released "
+        "inferencer; training adds SIGMA's training rope (+2 per reference) and phantom ViT "
+        "blocks; training-no-vit the rope alone; auto follows the weights' model card",
+    )
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -357,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("preset", metavar="PRESET.json", help="a preset, or a PNG saved by the studio")
     p.add_argument("--mask-png", metavar="OUT.png", help="also draw the attention mask")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _layout_option(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("make-tokenizer", parents=[common], help="write the tiny offline tokenizer")
@@ -444,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="0 <= S < 2^63 (default: the preset's)")
     p.add_argument("--size", default=None, metavar="WxH", help="output size, e.g. 1024x768")
+    _layout_option(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(

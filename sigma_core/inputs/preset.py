@@ -25,19 +25,30 @@ from sigma_core.inputs.fields import Problems, check_keys, is_int, kind_of
 from sigma_core.inputs.images import embeddable_bytes, encode_data_uri, is_data_uri, size_text
 from sigma_core.inputs.outfile import write_atomic
 from sigma_core.inputs.png import find_png_text, save_png_with_text
-from sigma_core.inputs.settings import Settings
+from sigma_core.inputs.settings import AUTO_LAYOUT, Settings
 from sigma_core.limits import MAX_COMPOSITION_BYTES, MAX_JSON_DEPTH
 
 PRESET_FORMAT = "sigma-studio/preset"
-PRESET_VERSION = 1
+PRESET_VERSION = 2
 PNG_METADATA_KEY = "sigma-studio"
 PNG_NOTICE_KEY = "sigma-studio-notice"
 
 _TOP_KEYS = ("format", "version", "name", "prompt", "references", "settings")
 _REF_KEYS = ("slot", "image", "attributes", "entity", "crop")
 
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added settings.layout. A version-1 preset was written when the only layout was
+    SIGMA's released inferencer; "auto" gives exactly that on every checkpoint that existed then
+    (SIGMA's weights, and weights trained here, whose cards said "inference")."""
+    out = {**data, "version": 2}
+    if isinstance(data.get("settings"), dict) and "layout" not in data["settings"]:
+        out["settings"] = {**data["settings"], "layout": AUTO_LAYOUT}
+    return out
+
+
 # version n -> function turning a version-n dict into a version n+1 dict
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 # ----------------------------------------------------------------------------- writing

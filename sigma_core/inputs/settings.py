@@ -33,6 +33,17 @@ from sigma_core.limits import (
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 FOLLOW_LAST_REFERENCE = "last-reference"
+# Sequence layouts (what each does: sigma_core.planning.layout). "auto" is the layout the weights
+# were trained in, as their model card records it, and SIGMA's released inferencer otherwise.
+LAYOUTS = ("inference", "training", "training-no-vit")
+AUTO_LAYOUT = "auto"
+LAYOUT_CHOICES = (AUTO_LAYOUT, *LAYOUTS)
+LAYOUT_DESCRIPTIONS = {
+    "auto": "the layout the weights were trained in (their model card), else inference",
+    "inference": "SIGMA's released inferencer: rope +1 per reference (the default)",
+    "training": "SIGMA's training sequence: rope +2 per reference and a phantom ViT block",
+    "training-no-vit": "SIGMA's training rope (+2 per reference) without the phantom block",
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class Settings:
     seed: int | None = 42  # None draws a fresh seed per run
     mask: bool = True  # SIGMA's intra-group attention mask
     attribute_projection: bool = True  # W_tau; a no-op for checkpoints without it
+    layout: str = AUTO_LAYOUT  # one of LAYOUT_CHOICES; "auto" is "inference" for SIGMA's weights
 
     def __post_init__(self) -> None:
         for name in ("size", "cfg_interval"):  # JSON and callers give lists
@@ -90,6 +102,7 @@ class Settings:
             "seed": self.seed,
             "mask": self.mask,
             "attribute_projection": self.attribute_projection,
+            "layout": self.layout,
         }
 
     @classmethod
@@ -167,6 +180,15 @@ def _check_renorm_type(s: Settings) -> list[str]:
     return []
 
 
+def _check_layout(s: Settings) -> list[str]:
+    if s.layout not in LAYOUT_CHOICES:
+        return [
+            f"layout: {shown(s.layout)} is not one of {', '.join(LAYOUT_CHOICES)}"
+            + did_you_mean(s.layout, LAYOUT_CHOICES)
+        ]
+    return []
+
+
 def _check_seed(s: Settings) -> list[str]:
     if s.seed is not None and (not is_int(s.seed) or not 0 <= s.seed < MAX_SEED):
         return [f"seed: {shown(s.seed)} must be null (random) or 0 <= seed < 2^63"]
@@ -188,6 +210,7 @@ _CHECKS = (
     _check_interval,
     _check_shift,
     _check_renorm_type,
+    _check_layout,
     _check_seed,
     _check_flags,
 )

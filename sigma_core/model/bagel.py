@@ -8,8 +8,9 @@ SigLIP ViT and lm_head of the checkpoint are not built: SIGMA conditions on VAE 
 
 The API, in the order a generation uses it (shapes: B context rows, m latent tokens, d hidden):
 
-- :meth:`BagelGenerator.prefill_text` and :meth:`BagelGenerator.prefill_image` append one
-  segment to one row of a :class:`KVCache` and advance that row's length and rope position.
+- :meth:`BagelGenerator.prefill_text`, :meth:`BagelGenerator.prefill_image` and
+  :meth:`BagelGenerator.prefill_phantom` append one segment to one row of a :class:`KVCache`
+  and advance that row's length and rope position.
 - :meth:`BagelGenerator.denoise_context` gathers, once per run, what every denoising pass over
   some rows of the cache needs (rope, key-padding mask, marker and position embeddings).
 - :meth:`BagelGenerator.velocity` is one denoising pass: noise tokens [m, 64] at t against B
@@ -33,7 +34,7 @@ from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, MAX_LATENT_GRID, 
 from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.model.cache import KVCache
 from sigma_core.model.config import LLMConfig
-from sigma_core.model.mot import BlockMask, LanguageModel, Qwen2MoT, Routing, Span
+from sigma_core.model.mot import BlockMask, LanguageModel, Qwen2MoT, Routing, Span, logit_mask
 
 # W_tau, the paper's attribute projection t_i = v_i + W_tau(tau_i): one row per attribute token,
 # in ATTRIBUTES order. The released SIGMA checkpoint has no such tensor; it is then exactly zero.
@@ -114,6 +115,8 @@ class PackedSequence:
     latent_position_ids: torch.Tensor  # int64 [n]; rows of the latent position table
     attributes: torch.Tensor | None  # [n, A] multi-hot W_tau rows; None when none apply
     loss_index: torch.Tensor  # int64 [k]; which of the n latent tokens carry the loss
+    # float32 [L]: each key's logit bias (ln N at compact phantom tokens); None when all zero
+    key_bias: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -265,6 +268,25 @@ class BagelGenerator(nn.Module):
         cache.advance(row, n, 1)
         return h
 
+    def prefill_phantom(
+        self, cache: KVCache, row: int, phantom_tokens: int, inside: int = 1
+    ) -> torch.Tensor:
+        """Append SIGMA's phantom ViT block to ``row``: <|vision_start|>, ``inside`` zero-input
+        tokens standing for ``phantom_tokens`` identical ones, <|vision_end|>; understanding
+        expert, one rope position, full attention inside, then rope +1. Each inside token's key
+        carries the logit bias ln(phantom_tokens / inside) for every query that sees it, itself
+        and its markers included (see sigma_core.planning.layout). Returns [1, inside + 2, d].
+        """
+        markers = self.vision_markers()
+        zeros = markers.new_zeros(inside, markers.shape[1])
+        x = torch.cat((markers[:1], zeros, markers[1:]))[None]
+        n, start = inside + 2, cache.lengths[row]
+        cache.set_bias(row, start + 1, inside, math.log(phantom_tokens / inside))
+        positions = torch.full((n,), cache.positions[row], device=self.device)
+        h = self._prefill(cache, row, x, positions, Routing.uniform(n), None)
+        cache.advance(row, n, 1)
+        return h
+
     def _prefill(
         self,
         cache: KVCache,
@@ -278,6 +300,8 @@ class BagelGenerator(nn.Module):
         if start + n > cache.capacity:
             raise RuntimeError(f"KV cache overflow: {start + n} > capacity {cache.capacity}")
         rope = self.llm.rotary_emb(positions, x.dtype)
+        if cache.biased[row]:  # a phantom key in the row: an additive float mask
+            mask = logit_mask(mask, cache.bias[row, : start + n].to(self.device), x.dtype)
         span = Span(start, start + n, None if mask is None else mask[None, None])
         return self.llm(x, rope, routing, cache.rows(row, row + 1), span)
 
@@ -298,7 +322,12 @@ class BagelGenerator(nn.Module):
         if min(cache.lengths) < start:
             slots = torch.arange(start + n, device=self.device)
             lengths = torch.tensor(cache.lengths, device=self.device)
-            mask = (slots[None] < lengths[:, None]) | (slots[None] >= start)
+            mask = (slots[None] < lengths[:, None]) | (slots[None] >= start)  # [B, start + n]
+        if any(cache.biased):  # phantom keys: one additive float mask, made once per run
+            bias = cache.bias[:, : start + n].to(self.device).clone()
+            bias[:, start:] = 0.0  # the block's own slots carry none
+            mask = logit_mask(mask, bias, self.dtype)
+        if mask is not None:
             mask = mask[:, None, None, :]  # [B, 1, 1, start + n]
         positions = torch.tensor(cache.positions, device=self.device)[:, None]  # [B, 1]
         return DenoiseContext(
@@ -337,8 +366,12 @@ class BagelGenerator(nn.Module):
             latents = latents + seq.attributes.to(self.dtype) @ self.attribute_embed.weight
         x = x.index_put((seq.latent_index,), latents.to(x.dtype))
         rope = self.llm.rotary_emb(seq.position_ids[None], x.dtype)  # [1, L, 1, D]
-        mask = seq.mask if isinstance(seq.mask, BlockMask) else seq.mask[None, None]
-        return self.llm(x[None], rope, seq.routing, None, Span(0, seq.length, mask))[0]
+        if isinstance(seq.mask, BlockMask):
+            span = Span(0, seq.length, seq.mask, seq.key_bias)
+        else:
+            mask = seq.mask if seq.key_bias is None else logit_mask(seq.mask, seq.key_bias, x.dtype)
+            span = Span(0, seq.length, mask[None, None])
+        return self.llm(x[None], rope, seq.routing, None, span)[0]
 
     def packed_velocity(self, seq: PackedSequence) -> torch.Tensor:
         """Predicted velocities [k, 64] (fp32) at the loss-carrying latent tokens."""

@@ -8,6 +8,10 @@ block's keys into the spare slots after the longest row, at ``slot``, and attend
 context plus that block; shorter rows hide their unused slots with a key-padding mask. The
 context is never changed by a denoising pass, and the buffers never grow: the capacity is known
 from the plan before anything runs.
+
+A slot may also carry a logit bias, added whenever a query attends to it: a compact phantom ViT
+token stands for N identical keys with ln N (see sigma_core.planning.layout). Rows without one
+(``biased[b]`` False) attend with plain boolean masks, exactly as before.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class KVCache:
     values: list[torch.Tensor]
     lengths: list[int]  # context tokens per row
     positions: list[int]  # the rope position of each row's next token
+    bias: torch.Tensor  # float32 (or wider) [B, C] on the first device: each slot's logit bias
+    biased: list[bool]  # whether a row has any non-zero bias
 
     @classmethod
     def empty(
@@ -50,6 +56,7 @@ class KVCache:
         """``device``: one for every layer, or one per layer (a device map)."""
         # Zeros, not empty: masked slots must hold finite numbers (0 * NaN is NaN in attention).
         shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim)
+        bias_dtype = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for fp64 checks
         n = cfg.num_hidden_layers
         devices = [device] * n if isinstance(device, str | torch.device) else list(device)
         return cls(
@@ -57,6 +64,8 @@ class KVCache:
             [torch.zeros(shape, dtype=dtype, device=d) for d in devices],
             [0] * batch,
             [0] * batch,
+            torch.zeros(batch, capacity, dtype=bias_dtype, device=devices[0]),
+            [False] * batch,
         )
 
     @property
@@ -76,12 +85,21 @@ class KVCache:
         self.lengths[row] += tokens
         self.positions[row] += positions
 
+    def set_bias(self, row: int, start: int, count: int, value: float) -> None:
+        """Give slots [start, start + count) of ``row`` the logit bias ``value`` (a host float,
+        so no sync)."""
+        self.bias[row, start : start + count] = value
+        self.biased[row] = self.biased[row] or value != 0.0
+
     def copy_prefix(self, src: int, dst: int, mark: CacheMark) -> None:
         """Row ``dst`` becomes row ``src`` as it was at ``mark`` (its first mark.length tokens)."""
         n = mark.length
         for layer in (*self.keys, *self.values):
             layer[dst, :, :n] = layer[src, :, :n]
+        self.bias[dst] = 0
+        self.bias[dst, :n] = self.bias[src, :n]
         self.lengths[dst], self.positions[dst] = n, mark.position
+        self.biased[dst] = self.biased[src]
 
     def rows(self, start: int, stop: int) -> KVCache:
         """A view of rows [start, stop): the same buffers, so writes land in this cache."""
@@ -90,4 +108,6 @@ class KVCache:
             [v[start:stop] for v in self.values],
             self.lengths[start:stop],
             self.positions[start:stop],
+            self.bias[start:stop],
+            self.biased[start:stop],
         )

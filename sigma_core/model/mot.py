@@ -120,7 +120,8 @@ def _detached(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Ten
 class Span:
     """Where one forward pass writes and reads in a cache: the block's keys and values go to
     slots [start, start + n) of every row, and queries attend over slots [0, end) under ``mask``
-    (bool, broadcastable to [B, 1, n, end]; None lets every query see every slot).
+    (broadcastable to [B, 1, n, end]: bool, or additive float logits when some key carries a
+    bias (see :func:`logit_mask`); None lets every query see every slot).
 
     A packed training forward has no cache: the block attends to itself, and ``mask`` may be a
     flex_attention :class:`BlockMask` (GPU) instead of a dense one."""
@@ -128,22 +129,50 @@ class Span:
     start: int
     end: int
     mask: torch.Tensor | BlockMask | None = None
+    key_bias: torch.Tensor | None = None  # float32 [end]: logit bias per key, with a BlockMask
 
     def to(self, device: torch.device) -> Span:
-        return Span(self.start, self.end, None if self.mask is None else self.mask.to(device))
+        mask = None if self.mask is None else self.mask.to(device)
+        bias = None if self.key_bias is None else self.key_bias.to(device)
+        return Span(self.start, self.end, mask, bias)
+
+
+def logit_mask(mask: torch.Tensor | None, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask [..., S] (True: may attend; None: every key) and each key's logit bias
+    [S] as one additive mask for SDPA: the bias where attention is allowed, -inf elsewhere."""
+    bias = bias.to(dtype)
+    if mask is None:
+        return bias
+    return torch.where(mask, bias, torch.tensor(float("-inf"), dtype=dtype, device=bias.device))
 
 
 _compiled_flex: Callable[..., torch.Tensor] | None = None
 
 
-def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask) -> torch.Tensor:
-    """flex_attention, compiled once on GPU (its fast path); eager on CPU, forward only."""
+def _flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockMask,
+    key_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """flex_attention, compiled once on GPU (its fast path); eager on CPU, forward only.
+    ``key_bias`` [S] is added to every logit on that key (a score_mod)."""
     global _compiled_flex
+    score_mod = None
+    if key_bias is not None:
+
+        def score_mod(
+            score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
+            kv_idx: torch.Tensor,
+        ) -> torch.Tensor:  # fmt: skip
+            return score + key_bias[kv_idx]
+
     if q.device.type != "cuda":
-        return flex_attention(q, k, v, block_mask=mask, enable_gqa=True)
+        return flex_attention(q, k, v, score_mod, block_mask=mask, enable_gqa=True)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention)  # packed lengths vary: dynamic shapes
-    return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=True)
+    return _compiled_flex(q, k, v, score_mod, block_mask=mask, enable_gqa=True)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -222,7 +251,7 @@ class MoTAttention(nn.Module):
             values[:, :, span.start : span.start + n] = v
             k, v = keys[:, :, : span.end], values[:, :, : span.end]  # [B, Hkv, end, D]
         if isinstance(span.mask, BlockMask):
-            out = _flex(q, k, v, span.mask)
+            out = _flex(q, k, v, span.mask, span.key_bias)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=span.mask, enable_gqa=True)
         out = out.transpose(1, 2)  # [B, n, H, D]

@@ -6,6 +6,9 @@ every token, its type, group, BAGEL position id and expert, which is all the mas
 need. Splitting and packing follow SIGMA's training code exactly (``change_format``), so token ids
 match the official implementation.
 
+Where each reference's blocks sit in rope, and whether SIGMA's phantom ViT block follows its VAE
+block, is the plan's layout (:mod:`sigma_core.planning.layout`).
+
 The plan is compact: its segments carry their token ids (text) and sizes (blocks), and the
 per-token tensors are built from them on first use. Planning, and this module, do not import
 torch; the tensors do.
@@ -28,6 +31,7 @@ from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.prompt import Piece, is_raw, require_slot, split_prompt, to_raw_prompt
 from sigma_core.inputs.settings import Settings
 from sigma_core.limits import MAX_PLAN_TOKENS, MAX_POSITIONS
+from sigma_core.planning.layout import Layout, phantom_bias, resolve_layout, vit_grid, vit_size
 from sigma_core.planning.tokenizer import TokenIds
 
 if TYPE_CHECKING:
@@ -39,7 +43,7 @@ class TokenType(IntEnum):
 
     TEXT = 0
     SPECIAL = 1  # an attribute token
-    IMAGE = 2  # a latent token of a reference image
+    IMAGE = 2  # a latent token of a reference image, or its phantom ViT token
     PLAIN = 3  # <|im_start|> <|im_end|> <|vision_start|> <|vision_end|>
     NOISE = 4  # a latent token of the image being generated
 
@@ -53,15 +57,17 @@ class Expert(IntEnum):
 
 @dataclass(frozen=True)
 class Segment:
-    """A contiguous run of tokens: a packed text piece, a reference image block or the noise
-    block. Image and noise blocks include their two vision markers.
+    """A contiguous run of tokens: a packed text piece, a reference image block, a phantom ViT
+    block or the noise block. Blocks include their two vision markers.
 
     A segment holds all that its per-token data follows from: a text segment its token ids
     (``<|im_start|> ... <|im_end|>``), the offsets of its attribute tokens and the group they
-    bind to; a block its two marker ids, grid and group.
+    bind to; a block its two marker ids, grid and group. A phantom block's ``size`` and
+    ``grid`` are the ViT's (patches of 14 px): it stands for rows * cols zero-input tokens,
+    held by its ``length - 2`` inside tokens (one, compact; all, literal).
     """
 
-    kind: Literal["text", "image", "noise"]
+    kind: Literal["text", "image", "phantom", "noise"]
     start: int
     length: int
     position: int  # rope position of the first token (shared by a whole image block)
@@ -80,6 +86,11 @@ class Segment:
         return self.start + self.length
 
     @property
+    def phantom_tokens(self) -> int:
+        """N, the zero-input tokens a phantom block stands for (0 for other segments)."""
+        return self.grid[0] * self.grid[1] if self.kind == "phantom" and self.grid else 0
+
+    @property
     def last_position(self) -> int:
         """The rope position of the segment's last token."""
         return self.position + (self.length - 1 if self.kind == "text" else 0)
@@ -93,6 +104,7 @@ class Plan:
     segments: list[Segment]
     output_size: tuple[int, int]  # (width, height) of the generated image
     mask: bool = True  # whether SIGMA's intra-group mask applies
+    layout: str = "inference"  # a name in sigma_core.planning.layout.LAYOUT_SPECS
     raw_prompt: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -145,6 +157,17 @@ class Plan:
         """int8 [L]; Expert."""
         return self._tensors[4]
 
+    @property
+    def key_bias(self) -> torch.Tensor:
+        """float32 [L]; added to every attention logit on that key: ln N at a compact phantom
+        token, 0 elsewhere (see :mod:`sigma_core.planning.layout`)."""
+        return self._tensors[5]
+
+    @property
+    def has_key_bias(self) -> bool:
+        """Whether any key carries a bias (a compact phantom block), known from the segments."""
+        return any(s.kind == "phantom" and s.length - 2 < s.phantom_tokens for s in self.segments)
+
     @cached_property
     def arrays(self) -> PerToken:
         """The per-token data as numpy arrays, built from the segments on first use (no torch);
@@ -166,6 +189,7 @@ class PerToken(NamedTuple):
     group: np.ndarray  # int32; -1 outside any group
     position_ids: np.ndarray  # int64
     expert: np.ndarray  # int8; Expert
+    key_bias: np.ndarray  # float32; the attention logit bias of each key (phantom tokens)
 
 
 def _per_token_arrays(segments: list[Segment]) -> PerToken:
@@ -177,6 +201,7 @@ def _per_token_arrays(segments: list[Segment]) -> PerToken:
         np.full(n, -1, dtype=np.int32),
         np.empty(n, dtype=np.int64),
         np.empty(n, dtype=np.int8),
+        np.zeros(n, dtype=np.float32),
     )
     for seg in segments:
         blk = slice(seg.start, seg.end)
@@ -189,6 +214,15 @@ def _per_token_arrays(segments: list[Segment]) -> PerToken:
             out.group[special] = seg.group
             out.position_ids[blk] = np.arange(seg.position, seg.position + seg.length)
             out.expert[blk] = Expert.UND
+        elif seg.kind == "phantom":
+            # <|vision_start|> zero-input tokens <|vision_end|>: one rope position, und expert
+            inside = slice(seg.start + 1, seg.end - 1)
+            out.token_ids[[seg.start, seg.end - 1]] = seg.token_ids
+            out.token_type[inside] = TokenType.IMAGE
+            out.group[inside] = seg.group
+            out.position_ids[blk] = seg.position
+            out.expert[blk] = Expert.UND
+            out.key_bias[inside] = phantom_bias(seg.phantom_tokens, seg.length - 2)
         else:
             # <|vision_start|> + h*w latent tokens + <|vision_end|>, all at one rope position
             out.token_ids[[seg.start, seg.end - 1]] = seg.token_ids
@@ -208,12 +242,15 @@ def build_plan(
     *,
     max_positions: int = MAX_POSITIONS,
     resize: Callable[[int, int], tuple[int, int]] = vae_size,
+    weights_layout: str | None = None,
 ) -> Plan:
     """Build the interleaved plan.
 
     ``image_sizes`` maps slot -> (width, height) of the source image (after crop); when omitted
     the images are read. Block sizes follow ``resize`` of those sizes: BAGEL's VAE resize, or
-    the trainer's own bounds.
+    the trainer's own bounds; phantom ViT blocks follow SIGMA's ViT resize of the same sizes.
+    The layout is the settings' (``weights_layout`` is what "auto" resolves to: the layout the
+    weights were trained in, when known).
 
     A plan longer than ``MAX_PLAN_TOKENS`` tokens, or whose rope positions reach
     ``max_positions`` (the model's ``max_position_embeddings``), is refused with a
@@ -230,7 +267,8 @@ def build_plan(
     next_group = _next_groups(pieces)
     text_ids, group_attrs = _bind_attributes(pieces, next_group, tokenizer, ids)
 
-    b = _Builder(ids)
+    layout = resolve_layout(composition.settings.layout, weights_layout)
+    b = _Builder(ids, layout)
     last_size: tuple[int, int] | None = None
     for i, piece in enumerate(pieces):
         if piece.kind == "text":
@@ -244,7 +282,7 @@ def build_plan(
         warnings += _attribute_warnings(
             piece.slot, ref.attributes, given, is_raw(composition.prompt)
         )
-        b.image_block("image", last_size, slot=piece.slot, group=b.num_groups, attributes=given)
+        b.reference(last_size, image_sizes[piece.slot], slot=piece.slot, attributes=given)
 
     out_size = _output_size(composition.settings, last_size, warnings)
     b.image_block("noise", out_size)
@@ -260,6 +298,7 @@ def build_plan(
         b.segments,
         output_size=out_size,
         mask=composition.settings.mask,
+        layout=layout.name,
         raw_prompt=raw,
         warnings=warnings,
     )
@@ -378,8 +417,8 @@ def _output_size(
 class _Builder:
     """Appends segments, tracking offset and rope position."""
 
-    def __init__(self, ids: TokenIds) -> None:
-        self.ids = ids
+    def __init__(self, ids: TokenIds, layout: Layout) -> None:
+        self.ids, self.layout = ids, layout
         self.special = set(ids.attributes.values())
         self.segments: list[Segment] = []
         self.start = self.pos = self.num_groups = 0
@@ -433,3 +472,33 @@ class _Builder:
         self._add(seg, advance=1)
         if kind == "image":
             self.num_groups += 1
+
+    def reference(
+        self,
+        size: tuple[int, int],
+        source_size: tuple[int, int],
+        *,
+        slot: int,
+        attributes: tuple[str, ...],
+    ) -> None:
+        """A reference as the layout lays it out: its VAE block of ``size`` at rope p, then in
+        the training layouts the phantom ViT block (of ``source_size`` resized for the ViT) or
+        a rope hole at p + 1."""
+        group = self.num_groups
+        self.image_block("image", size, slot=slot, group=group, attributes=attributes)
+        if self.layout.phantom:
+            w, h = vit_size(*source_size)
+            seg = Segment(
+                "phantom",
+                self.start,
+                3,
+                self.pos,
+                slot=slot,
+                group=group,
+                size=(w, h),
+                grid=vit_grid(*source_size),
+                token_ids=(self.ids.vision_start, self.ids.vision_end),
+            )
+            self._add(seg, advance=1)
+        elif self.layout.rope_per_reference > 1:
+            self.pos += self.layout.rope_per_reference - 1

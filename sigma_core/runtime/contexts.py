@@ -7,7 +7,10 @@ Three contexts, each a row of one KV cache (inferencer.py, interleave_inference)
 - cfg_text: gen as it was before its last text segment (when the prompt ends with an image it
   equals gen, and the conditional pass is reused: bit-identical, one pass fewer);
 - cfg_img: the text segments only, causal, positions counted over text (equal to gen when the
-  prompt has no image).
+  prompt has no image). In the training layouts the text keeps its positions instead: each
+  reference leaves a rope hole, as training's dropout does (see sigma_core.planning.layout).
+
+In the training layouts gen also holds each reference's phantom ViT block, or its rope hole.
 
 A step runs the rows it needs either as one forward with B rows (batched CFG) or one forward
 per row (sequential, as the official code does); the two agree to float rounding.
@@ -26,6 +29,7 @@ import torch
 
 from sigma_core.model.bagel import BagelGenerator, DenoiseContext, unpatchify
 from sigma_core.model.cache import KVCache
+from sigma_core.planning.layout import LAYOUT_SPECS
 from sigma_core.planning.mask import segment_masks
 from sigma_core.planning.sequence import Plan
 from sigma_core.runtime.sampler import Guidance, guide
@@ -79,27 +83,44 @@ def prefill_contexts(
         dtype=model.dtype,
         device=model.layer_devices(),
     )
+    holes = LAYOUT_SPECS[plan.layout].keeps_holes
     hidden, cut = [], cache.mark(0)
     for seg, seg_mask in zip(context, segment_masks(plan), strict=False):
-        if cache.positions[0] != seg.position:
-            raise RuntimeError(f"rope position {cache.positions[0]} disagrees with the plan")
+        _seek(cache, 0, seg.position, holes)
         if seg.kind == "text":
             cut = cache.mark(0)  # the official code copies gen before each text segment
             ids = plan.token_ids[seg.start : seg.end].to(model.device)
             h = model.prefill_text(cache, 0, ids, seg_mask.mask.to(model.device))
+        elif seg.kind == "phantom":
+            h = model.prefill_phantom(cache, 0, seg.phantom_tokens, seg.length - 2)
         else:
             attributes = seg.attributes if attribute_projection else ()
             h = model.prefill_image(cache, 0, references[seg.slot], seg.grid, attributes)
         if return_hidden:
             hidden.append(h)
+    _seek(cache, 0, plan.noise.position, holes)
     if text_row is not None:
         cache.copy_prefix(0, text_row, cut)
     if img_row is not None:
         for seg in context:
             if seg.kind == "text":
+                if holes:
+                    _seek(cache, img_row, seg.position, holes)
                 ids = plan.token_ids[seg.start : seg.end].to(model.device)
                 model.prefill_text(cache, img_row, ids)
+        if holes:
+            _seek(cache, img_row, plan.noise.position, holes)
     return CFGContexts(cache, text_row, img_row, torch.cat(hidden, 1) if return_hidden else None)
+
+
+def _seek(cache: KVCache, row: int, position: int, holes: bool) -> None:
+    """Move ``row``'s rope to ``position``: over a rope hole where the layout leaves them;
+    anywhere else the row must already be there."""
+    if cache.positions[row] == position:
+        return
+    if not holes or position < cache.positions[row]:
+        raise RuntimeError(f"rope position {cache.positions[row]} disagrees with the plan")
+    cache.advance(row, 0, position - cache.positions[row])
 
 
 @dataclass(frozen=True)

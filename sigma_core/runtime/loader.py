@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 
 from sigma_core.errors import CheckpointError
+from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.model.bagel import ATTRIBUTE_EMBED_KEY, BagelGenerator
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.mot import RotaryEmbedding
@@ -42,6 +43,7 @@ BAGEL_REPO = "ByteDance-Seed/BAGEL-7B-MoT"
 BAGEL_SIZE = "about 29.3 GB (ema.safetensors 29.2 GB, ae.safetensors 0.3 GB, configs, tokenizer)"
 WEIGHTS_FILE, AE_FILE, LLM_CONFIG_FILE = "ema.safetensors", "ae.safetensors", "llm_config.json"
 PREVIEW_MARKER = "sigma_preview.json"  # written by make-tiny: the folder holds random weights
+TRAINING_META_FILE = "sigma_training.json"  # written by export with weights trained here
 BASE_PATTERNS = ["*.json", "*.txt", WEIGHTS_FILE, AE_FILE]
 SIGMA_PATTERNS = ["*.json", WEIGHTS_FILE]
 # Checkpoint tensors that generation does not use.
@@ -196,3 +198,20 @@ def fill(
         rope_device
     )
     return model.requires_grad_(False).eval()
+
+
+def trained_layout(folder: Path | None) -> str | None:
+    """The sequence layout weights were trained in, as their model card (``sigma_training.json``,
+    written by ``export``) records it; None when the folder has no record (SIGMA's weights)."""
+    path = None if folder is None else folder / TRAINING_META_FILE
+    if path is None or not path.is_file():
+        return None
+    try:
+        layout = json.loads(path.read_text(encoding="utf-8")).get("layout")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a readable training record ({e})") from None
+    if layout not in LAYOUTS:
+        raise CheckpointError(
+            f"{path}: layout {str(layout)[:40]!r} is not one of {', '.join(LAYOUTS)}"
+        )
+    return layout

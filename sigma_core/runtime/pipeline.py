@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -23,11 +24,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
 from sigma_core.inputs.composition import Composition
-from sigma_core.inputs.settings import Settings
+from sigma_core.inputs.fields import did_you_mean
+from sigma_core.inputs.settings import LAYOUTS, Settings
 from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
 from sigma_core.model.modes import VAE_DTYPES
 from sigma_core.model.precision import DTYPES, Precision, resolve_precision
 from sigma_core.model.vae import FluxVAE
+from sigma_core.planning.layout import DEFAULT_LAYOUT
 from sigma_core.planning.sequence import Plan, build_plan
 from sigma_core.planning.tokenizer import load_tokenizer
 from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, prefill_contexts
@@ -40,6 +43,7 @@ from sigma_core.runtime.loader import (
     is_preview_checkpoint,
     load_generator,
     resolve_checkpoint,
+    trained_layout,
 )
 from sigma_core.runtime.memory import MemoryEstimate, estimate_for_pipeline, module_bytes
 from sigma_core.runtime.output import (
@@ -72,8 +76,14 @@ class SigmaPipeline:
         precision: Precision | None = None,
         offload: Offload | None = None,
         compile: bool = False,
+        layout: str | None = None,
+        trained_layout: str | None = None,
     ) -> None:
         self.model, self.vae, self.tokenizer = model, vae, tokenizer
+        # The layout a composition's "auto" runs in, and the one the weights were trained in
+        # (their model card's; None for SIGMA's weights). See sigma_core.planning.layout.
+        self.trained_layout = trained_layout
+        self.layout = layout or trained_layout or DEFAULT_LAYOUT
         self.preview = preview
         self.load_report = load_report
         self.precision = precision or Precision(_name_of(model.dtype), model.dtype)
@@ -107,6 +117,7 @@ class SigmaPipeline:
         offload: str = "none",
         device_map: str | dict[str, str] | None = None,
         compile: bool = False,
+        layout: str | None = None,
     ) -> SigmaPipeline:
         """Load a BAGEL folder or hub repo; ``sigma_weights`` (folder or repo) overrides its
         ema.safetensors.
@@ -117,6 +128,9 @@ class SigmaPipeline:
         error. ``offload``: none, model or sequential (see runtime.placement). ``device_map``:
         "auto" or {module prefix: device} to spread the layers over GPUs. ``compile``:
         torch.compile the denoising pass (off by default; see the README's Performance).
+        ``layout``: the sequence layout compositions set to "auto" run in (see
+        sigma_core.planning.layout); by default the one the weights' model card records, else
+        SIGMA's released inferencer; a warning says when it differs from the card's.
         Everything is checked before a byte is read.
         """
         device = resolve_device(device)
@@ -141,6 +155,8 @@ class SigmaPipeline:
         sigma = (
             resolve_checkpoint(sigma_weights, patterns=SIGMA_PATTERNS) if sigma_weights else None
         )
+        trained = trained_layout(sigma)
+        layout = _check_layout(layout, trained)
         tokenizer = load_tokenizer(base)
         load_on = torch.device("cpu") if offload == "sequential" else device
         with out_of_memory("loading the weights", device):
@@ -152,7 +168,8 @@ class SigmaPipeline:
         placed = Offload(offload, model.device if device_map else device, model, vae)
         return cls(
             model, vae, tokenizer, preview=is_preview_checkpoint(base), load_report=report,
-            precision=mode, offload=placed, compile=compile,
+            precision=mode, offload=placed, compile=compile, layout=layout,
+            trained_layout=trained,
         )  # fmt: skip
 
     @classmethod
@@ -204,7 +221,12 @@ class SigmaPipeline:
             images = composition.load_images()
         sizes = {slot: im.size for slot, im in images.items()}
         budget = self.model.config.max_position_embeddings
-        return build_plan(composition, self.tokenizer, sizes, max_positions=budget)
+        plan = build_plan(
+            composition, self.tokenizer, sizes, max_positions=budget, weights_layout=self.layout
+        )
+        if self.trained_layout not in (None, plan.layout):
+            plan.warnings.append(_layout_warning(plan.layout, self.trained_layout))
+        return plan
 
     @torch.no_grad()
     def __call__(
@@ -242,7 +264,8 @@ class SigmaPipeline:
         x, seed = initial_noise(
             noise.size, generator=generator, latents=latents, seed=settings.seed, device=self.device
         )
-        composition = replace(composition, settings=settings.replace(seed=seed))
+        # the result records what ran: the seed drawn and the layout "auto" resolved to
+        composition = replace(composition, settings=settings.replace(seed=seed, layout=plan.layout))
         self.check_memory(composition, batch_cfg=batch_cfg, plan=plan)
         guidance = Guidance.from_settings(settings)
         ts = timesteps(settings.num_timesteps, settings.timestep_shift, self.device)
@@ -364,6 +387,28 @@ def _stamp_preview(image: Image.Image) -> Image.Image:
     draw.rectangle((0, y, right - left + 4, image.height), fill=(0, 0, 0))
     draw.text((2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
     return image
+
+
+def _check_layout(layout: str | None, trained: str | None) -> str:
+    """The pipeline's layout for "auto": ``layout`` (checked), else the trained one, else the
+    released inferencer's; warns when it differs from the one the weights were trained in."""
+    if layout is None:
+        return trained or DEFAULT_LAYOUT
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise SigmaInputError(
+            f"layout: {str(layout)[:40]!r} is not one of {', '.join(LAYOUTS)}"
+            + did_you_mean(layout, LAYOUTS)
+        )
+    if trained is not None and layout != trained:
+        warnings.warn(_layout_warning(layout, trained), UserWarning, stacklevel=3)
+    return layout
+
+
+def _layout_warning(layout: str, trained: str) -> str:
+    return (
+        f"layout {layout!r} differs from {trained!r}, the layout these weights were trained in "
+        "(their model card): positions and attention differ from what training saw"
+    )
 
 
 def _precision_name(precision: str | None, dtype: torch.dtype | None, device: torch.device) -> str:

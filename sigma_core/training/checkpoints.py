@@ -38,14 +38,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from sigma_core.errors import CheckpointError
-from sigma_core.runtime.loader import WEIGHTS_FILE
+from sigma_core.runtime.loader import TRAINING_META_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from sigma_core.training.trainer import Trainer
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 CARD_FILE = "README.md"
-META_FILE = "sigma_training.json"
+META_FILE = TRAINING_META_FILE
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -222,7 +222,7 @@ def export(
         "train": cfg["train"],
         "mask": cfg["mask"],
         "attribute_projection": cfg["attribute_projection"],
-        "layout": "inference",
+        "layout": cfg.get("layout", "inference"),
         "weights": "ema" if use_ema else "raw",
         "skipped_rows": state["skipped"],
         "skipped_total": state["skipped_total"],

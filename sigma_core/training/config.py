@@ -3,7 +3,10 @@
 Defaults follow the paper's recipe (sigma-facts.md): the generation branch trains, the VAE and
 the understanding expert stay frozen, token packing of 30K, AdamW (0.9, 0.95), lr 2e-5 cosine
 to 1e-7, gradient clip 1.0, bf16, EMA 0.9999 (BAGEL's), timestep shift 1.0 and conditioning
-dropout text 0.1 / reference 0.3 (BAGEL's and SIGMA's training code). Unlike the released
+dropout text 0.1 / reference 0.3 / ViT block 0.3 (BAGEL's and SIGMA's training code). The
+sequence layout is inference's by default, so the weights suit the default inference layout;
+``layout: training`` packs SIGMA's own training sequence (see sigma_core.planning.layout). Unlike
+the released
 SIGMA code, the intra-group mask is on and W_tau trains, as the paper describes; both switch
 off to reproduce the released code.
 """
@@ -21,6 +24,7 @@ import yaml
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import MAX_SIDE, MIN_SIDE, TOKEN_STRIDE
 from sigma_core.inputs.fields import is_int
+from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.limits import MAX_PLAN_TOKENS
 
 TRAINABLE = ("gen", "full", "lora")
@@ -44,12 +48,14 @@ class TrainConfig:
     # the sequence and SIGMA's mechanisms
     mask: bool = True
     attribute_projection: bool = True
+    layout: str = "inference"  # one of LAYOUTS: the sequence layout, recorded in the model card
     max_tokens: int = 30_000  # tokens per packed batch, per process
     max_image_size: int = MAX_SIDE
     min_image_size: int = 512
     resize_jitter: float = 0.0
     text_dropout: float = 0.1
     image_dropout: float = 0.3
+    vit_dropout: float = 0.3  # the phantom ViT block, in the "training" layout
     timestep_shift: float = 1.0
     # what trains
     train: str = "gen"
@@ -167,6 +173,7 @@ CHOICES = {
     "train": TRAINABLE,
     "mixed_precision": MIXED_PRECISIONS,
     "weights_dtype": WEIGHT_DTYPES,
+    "layout": LAYOUTS,
 }
 FLAGS = ("mask", "attribute_projection", "gradient_checkpointing", "flex_attention")
 INTS = {
@@ -197,6 +204,7 @@ FLOATS = {
     "resize_jitter": (0.0, 0.9, True),
     "text_dropout": (0.0, 1.0, True),
     "image_dropout": (0.0, 1.0, True),
+    "vit_dropout": (0.0, 1.0, True),
     "lora_alpha": (0.0, 1e6, False),
     "lora_dropout": (0.0, 0.9, True),
 }

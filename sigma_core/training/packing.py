@@ -5,10 +5,13 @@ A sample becomes a :class:`Plan` through :func:`build_plan`, the function infere
 the tokenizer path, positions, groups, experts and mask cannot disagree between the two. The
 target is the plan's noise block, at the target's own size.
 
+The plan is laid out in the run's layout (:mod:`sigma_core.planning.layout`): in "training",
+each reference's VAE block is followed by the phantom ViT block, as SIGMA's packer emits it.
+
 Conditioning dropout follows BAGEL's PackedDataset.pack_sequence: a dropped text piece leaves
-no trace (rope does not advance), a dropped reference leaves a rope hole (rope advances by one
-as if it were there). The target is never dropped. These drops are what makes the CFG
-branches meaningful at inference.
+no trace (rope does not advance), a dropped reference VAE block or phantom ViT block leaves a
+rope hole (rope advances by one as if it were there). The target is never dropped. These drops
+are what makes the CFG branches meaningful at inference.
 """
 
 from __future__ import annotations
@@ -68,22 +71,23 @@ class TrainingExample:
         return self.plan.length
 
 
-def drop_conditions(plan: Plan, rng: random.Random, *, text: float, image: float) -> Plan:
-    """The plan with each text piece dropped with probability ``text`` and each reference with
-    probability ``image``; rope positions as BAGEL's packer gives them (a dropped reference
-    keeps its position, a dropped text piece gives its positions back)."""
-    if not text and not image:
+def drop_conditions(
+    plan: Plan, rng: random.Random, *, text: float, image: float, vit: float = 0.0
+) -> Plan:
+    """The plan with each text piece dropped with probability ``text``, each reference's VAE
+    block with probability ``image`` and each phantom ViT block with probability ``vit``; rope
+    positions as BAGEL's packer gives them (a dropped block keeps its position as a hole, a
+    dropped text piece gives its positions back to what follows)."""
+    odds = {"text": text, "image": image, "phantom": vit}
+    if not any(odds.values()):
         return plan
-    kept, start, pos = [], 0, 0
+    kept, start, returned = [], 0, 0
     for seg in plan.segments:
-        if seg.kind == "text" and rng.random() < text:
+        if seg.kind in odds and rng.random() < odds[seg.kind]:
+            returned += seg.length if seg.kind == "text" else 0
             continue
-        if seg.kind == "image" and rng.random() < image:
-            pos += 1
-            continue
-        kept.append(dataclasses.replace(seg, start=start, position=pos))
+        kept.append(dataclasses.replace(seg, start=start, position=seg.position - returned))
         start += seg.length
-        pos += seg.length if seg.kind == "text" else 1
     return dataclasses.replace(plan, segments=kept)
 
 
@@ -99,24 +103,39 @@ class ExampleMaker:
         bounds: ImageBounds,
         max_tokens: int,
         mask: bool,
+        layout: str = "inference",
         text_dropout: float = 0.0,
         image_dropout: float = 0.0,
+        vit_dropout: float = 0.0,
         skipped: SkipCounter,
     ) -> None:
         self.tokenizer, self.vae, self.bounds = tokenizer, vae, bounds
-        self.max_tokens, self.mask, self.skipped = max_tokens, mask, skipped
-        self.text_dropout, self.image_dropout = text_dropout, image_dropout
+        self.max_tokens, self.mask, self.layout, self.skipped = max_tokens, mask, layout, skipped
+        self.dropout = {"text": text_dropout, "image": image_dropout, "vit": vit_dropout}
 
     def __call__(
         self, sample: TrainSample, rng: random.Random, generator: torch.Generator
     ) -> TrainingExample | None:
         images = {ref.slot: ref.image for ref in sample.composition.references}
-        sizes = {slot: self.bounds.size(*img.size, rng) for slot, img in images.items()}
+        # one VAE size per source size: the plan maps source sizes to block sizes, and reads
+        # the source sizes themselves for the ViT resize (as SIGMA's transform does)
+        chosen: dict[tuple[int, int], tuple[int, int]] = {}
+        for img in images.values():
+            if img.size not in chosen:
+                chosen[img.size] = self.bounds.size(*img.size, rng)
+        sizes = {slot: chosen[img.size] for slot, img in images.items()}
         target_size = self.bounds.size(*sample.target.size, rng)
-        settings = sample.composition.settings.replace(size=target_size, mask=self.mask)
+        settings = sample.composition.settings.replace(
+            size=target_size, mask=self.mask, layout=self.layout
+        )
         composition = dataclasses.replace(sample.composition, settings=settings)
         try:
-            plan = build_plan(composition, self.tokenizer, sizes, resize=_as_is)
+            plan = build_plan(
+                composition,
+                self.tokenizer,
+                {slot: img.size for slot, img in images.items()},
+                resize=lambda w, h: chosen[(w, h)],
+            )
         except SigmaInputError as e:
             self.skipped.skip(BAD_PROMPT, sample.source, str(e))
             return None
@@ -124,7 +143,7 @@ class ExampleMaker:
             detail = f"{plan.length:,} tokens > {self.max_tokens:,}"
             self.skipped.skip(OVER_BUDGET, sample.source, detail)
             return None
-        plan = drop_conditions(plan, rng, text=self.text_dropout, image=self.image_dropout)
+        plan = drop_conditions(plan, rng, **self.dropout)
         placed = {seg.slot for seg in plan.segments if seg.kind == "image"}
         latents = {slot: self._encode(images[slot], sizes[slot], generator) for slot in placed}
         target = self._encode(sample.target, target_size, generator)
@@ -136,10 +155,6 @@ class ExampleMaker:
         if img.size != size:
             img = img.resize(size, Image.Resampling.BICUBIC)  # as BAGEL's transform
         return patchify(self.vae.encode(to_pixels(img), generator=generator).float())
-
-
-def _as_is(width: int, height: int) -> tuple[int, int]:
-    return width, height
 
 
 def batches(examples: Sequence[TrainingExample], max_tokens: int) -> list[list[TrainingExample]]:
@@ -193,7 +208,7 @@ def pack(
         positions.append(arrays.position_ids)
         experts.append(arrays.expert)
         for seg in ex.plan.segments:
-            if seg.kind == "text":
+            if seg.kind in ("text", "phantom"):  # no latent tokens
                 continue
             rows, cols = seg.grid
             ids = np.arange(rows)[:, None] * max_latent_size + np.arange(cols)[None, :]
@@ -233,5 +248,8 @@ def pack(
         latent_position_ids=torch.from_numpy(np.concatenate(pos_ids)).to(device),
         attributes=torch.cat(hot).to(device) if attributes else None,
         loss_index=torch.cat(carries_loss).nonzero().squeeze(1).to(device),
+        key_bias=torch.cat([p.key_bias for p in plans]).to(device)
+        if any(p.has_key_bias for p in plans)
+        else None,
     )
     return PackedBatch(sequence, torch.cat(targets).to(device), len(examples))

@@ -178,8 +178,10 @@ class Trainer:
             bounds=ImageBounds(cfg.max_image_size, cfg.min_image_size, cfg.resize_jitter),
             max_tokens=cfg.max_tokens,
             mask=cfg.mask,
+            layout=cfg.layout,
             text_dropout=cfg.text_dropout,
             image_dropout=cfg.image_dropout,
+            vit_dropout=cfg.vit_dropout,
             skipped=self.skipped,
         )
         self.step = 0

@@ -1,0 +1,134 @@
+"""Sequence layouts: where the reference blocks sit, and SIGMA's phantom ViT block.
+
+SIGMA's checkpoint was trained on one sequence and is run, by its released inferencer, on
+another. Its data code (SepPhotoTokenIterableDataset.parse_row with PackedDataset.pack_sequence,
+run with ``--visual_und False``) emits, for every reference:
+
+- the VAE block ``<|vision_start|>`` latents ``<|vision_end|>`` at rope p, as at inference;
+- then a ViT block ``<|vision_start|>`` N tokens ``<|vision_end|>`` at rope p + 1, full
+  attention inside, through the understanding expert. The ViT is off, so the N inputs are
+  exactly zero; the packer still emits the block;
+- rope p + 2 for what follows. A dropped block (CFG dropout: VAE 0.3, ViT 0.3 per reference)
+  still advances rope by one.
+
+The released inferencer omits the ViT block and advances rope by 1. The three layouts:
+
+======================  ==============================  ========================================
+layout                  rope per reference              after each reference's VAE block
+======================  ==============================  ========================================
+``inference``           +1                              nothing (SIGMA's inferencer; default)
+``training``            +2                              the phantom ViT block, at p + 1
+``training-no-vit``     +2                              a rope hole (the ViT block dropped)
+======================  ==============================  ========================================
+
+**The phantom block, compact.** Its N inputs are identical, sit at one rope position and have
+identical mask rows and columns, so in every layer they have identical keys and values. To any
+query that sees them, N copies of a key with logit s weigh N e^s = e^(s + ln N): they act as
+ONE key whose logit is raised by ln N. So the block is built as ``<|vision_start|>``, one
+zero-input token, ``<|vision_end|>`` (3 tokens instead of N + 2, about 1,000), and that token's
+key carries a bias of ln N for every query (:attr:`Plan.key_bias`; the model adds it to the
+attention logits). :func:`literal_phantoms` materialises the N tokens, the reference the compact
+form is tested against (equal in fp32 to float rounding; in bf16 the bias is rounded to bf16).
+
+**N** follows SIGMA's ViT transform (its training config: ``vit_image_transform_args`` with
+max 518, min 224, stride 14; ``ImageTransform``'s pixel cap 14*14*9*1024), applied to the
+reference as placed (after its crop): (W', H') = MaxLongEdgeMinShortEdgeResize(W, H), and
+N = (W' / 14) * (H' / 14). A 768x512 reference gives 518x350, N = 37 * 25 = 925.
+
+**The mask.** The phantom token is an IMAGE token of its reference's group: an attribute token
+of another group cannot see it. Its markers are PLAIN, like every block's.
+
+**CFG contexts** (:mod:`sigma_core.runtime.contexts`), each a case SIGMA's training dropout
+produces:
+
+- cfg_text: gen without its last text piece, as the released inferencer builds it. Training
+  drops a text piece without advancing rope, which is what a trailing piece cut off is.
+- cfg_img: the text pieces only. The released inferencer counts their positions over text
+  alone, a sequence training never produced; in the training layouts each text piece keeps
+  its position, so every reference leaves a rope hole of 2: both its blocks dropped (9% of
+  references in training). The phantom block is dropped too, since the "no image" case
+  training saw with a ViT block but no VAE block (21%) still differs from having no reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sigma_core.geometry import MAX_PIXELS, vae_size
+from sigma_core.inputs.settings import AUTO_LAYOUT, LAYOUTS
+
+if TYPE_CHECKING:
+    from sigma_core.planning.sequence import Plan
+
+DEFAULT_LAYOUT = "inference"  # what "auto" means for weights without a recorded layout
+
+# SIGMA's ViT transform (data/configs: vit_image_transform_args; patch 14)
+VIT_MAX_SIDE, VIT_MIN_SIDE, VIT_PATCH = 518, 224, 14
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How references are laid out: rope positions per reference, and the phantom block."""
+
+    name: str
+    rope_per_reference: int  # 1: the released inferencer; 2: SIGMA's training code
+    phantom: bool  # a phantom ViT block after each reference's VAE block
+
+    @property
+    def keeps_holes(self) -> bool:
+        """Whether a context without the references keeps their rope positions (cfg_img)."""
+        return self.rope_per_reference > 1
+
+
+LAYOUT_SPECS = {
+    "inference": Layout("inference", 1, phantom=False),
+    "training": Layout("training", 2, phantom=True),
+    "training-no-vit": Layout("training-no-vit", 2, phantom=False),
+}
+assert tuple(LAYOUT_SPECS) == LAYOUTS
+
+
+def resolve_layout(setting: str, weights_layout: str | None = None) -> Layout:
+    """The layout a run uses: the setting, or for "auto" the one the weights were trained in
+    (``weights_layout``, from their model card), else SIGMA's released inferencer."""
+    if setting == AUTO_LAYOUT:
+        setting = weights_layout or DEFAULT_LAYOUT
+    return LAYOUT_SPECS[setting]
+
+
+def vit_size(width: int, height: int) -> tuple[int, int]:
+    """(W', H'): SIGMA's ViT resize of a (width, height) reference, arithmetic as BAGEL's."""
+    return vae_size(
+        width,
+        height,
+        max_size=VIT_MAX_SIDE,
+        min_size=VIT_MIN_SIDE,
+        stride=VIT_PATCH,
+        max_pixels=MAX_PIXELS,
+    )
+
+
+def vit_grid(width: int, height: int) -> tuple[int, int]:
+    """(rows, cols) of ViT patches of a reference: N = rows * cols phantom tokens."""
+    w, h = vit_size(width, height)
+    return h // VIT_PATCH, w // VIT_PATCH
+
+
+def phantom_bias(tokens: int, inside: int) -> float:
+    """The logit bias of each of ``inside`` tokens standing for ``tokens`` identical ones."""
+    return math.log(tokens / inside)
+
+
+def literal_phantoms(plan: Plan) -> Plan:
+    """The plan with every phantom block's N zero-input tokens materialised (no bias): the
+    sequence SIGMA's packer builds, token for token. For tests; costs N tokens a reference."""
+    segments, start = [], 0
+    for seg in plan.segments:
+        if seg.kind == "phantom":
+            seg = dataclasses.replace(seg, length=seg.phantom_tokens + 2)
+        segments.append(dataclasses.replace(seg, start=start))
+        start += seg.length
+    return dataclasses.replace(plan, segments=segments)
