@@ -1,4 +1,4 @@
-"""Engine speed: prefill, time per step and passes per step.
+"""Engine speed: prefill, time per step and passes per step, and what each sequence layout costs.
 
     python -m benchmarks.bench_engine            # CPU, tiny random checkpoint
     python -m benchmarks.bench_engine --full     # GPU, full BAGEL-7B-MoT sizes, random bf16 weights
@@ -8,6 +8,10 @@ from 3 references of 512x512 with SIGMA's defaults, and reports seconds per step
 TFLOP per pass computed from the shapes, the ratio to the compute floor at 790 TFLOP/s, and peak
 memory. Every run is timed twice in one process, with the CFG branches of a step batched into
 one forward and run one by one, and the ratio is reported. It ends with one summary line.
+
+Then the layouts (sigma_core.planning.layout) on the same workload: tokens, prefill and time per
+step in each, and SIGMA's training sequence with its phantom ViT blocks materialised (N zero
+tokens each, as SIGMA's packer builds them) beside the compact form the engine runs.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import itertools
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from PIL import Image
 
 from sigma_core import Composition, Reference, Settings, SigmaPipeline
+from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.model import LLMConfig
 from sigma_core.model.config import BAGEL_7B_MOT
 
@@ -92,6 +98,63 @@ def compare(pipe: SigmaPipeline, comp: Composition, repeats: int) -> dict[str, d
     return best
 
 
+def _literal_run(pipe: SigmaPipeline, comp: Composition) -> dict[str, float]:
+    """The training layout with N materialised tokens per phantom block: prefill and the median
+    sequential step, timed through the engine's own contexts and denoiser."""
+    from sigma_core.planning.layout import literal_phantoms
+    from sigma_core.runtime.contexts import Denoiser, prefill_contexts
+    from sigma_core.runtime.sampler import Guidance, timesteps
+
+    images = comp.load_images()
+    plan = literal_phantoms(pipe.plan(comp, images))
+    refs = pipe.encode_references(plan, images)
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    guidance = Guidance.from_settings(comp.settings)
+    ts = timesteps(comp.settings.num_timesteps, comp.settings.timestep_shift, pipe.device)
+    branches = [guidance.branches(t) for t in ts[:-1].tolist()]
+    t0 = time.perf_counter()
+    ctx = prefill_contexts(pipe.model, plan, refs)
+    sync()
+    prefill = time.perf_counter() - t0
+    den = Denoiser(pipe.model, ctx, plan.noise.grid, guidance, batched=False, steps=branches)
+    grid = plan.noise.grid
+    x = torch.randn(grid[0] * grid[1], 64, device=pipe.device)
+    per_step = []
+    for i, (want_text, want_img) in enumerate(branches):
+        t1 = time.perf_counter()
+        den(x, ts[i], want_text, want_img)
+        sync()
+        per_step.append(time.perf_counter() - t1)
+    return {"tokens": plan.length, "prefill_s": prefill, "step_s": statistics.median(per_step)}
+
+
+def layout_costs(pipe: SigmaPipeline, comp: Composition, repeats: int) -> str:
+    """Tokens, prefill and s/step of each layout on ``comp``, and of the literal training
+    sequence; returns the one-line summary."""
+    head = f"{'layout':<22} {'tokens':>7} {'prefill ms':>11} {'ms/step (seq)':>14}"
+    print(f"{head} {'vs inference':>13}")
+    rows = {}
+    for layout in LAYOUTS:
+        c = replace(comp, settings=comp.settings.replace(layout=layout))
+        best = None
+        for _ in range(repeats + 1):
+            r = run(pipe, c, batch_cfg=False)
+            best = r if best is None or r["step_s"] < best["step_s"] else best
+        rows[layout] = {"tokens": best["context"] + best["query"], **best}
+    literal = comp.settings.replace(layout="training")
+    rows["training, literal"] = min(
+        (_literal_run(pipe, replace(comp, settings=literal)) for _ in range(repeats + 1)),
+        key=lambda r: r["step_s"],
+    )
+    base = rows["inference"]["step_s"]
+    for name, r in rows.items():
+        print(f"{name:<22} {r['tokens']:>7} {r['prefill_s'] * 1e3:>11.1f} "
+              f"{r['step_s'] * 1e3:>14.1f} {r['step_s'] / base:>13.2f}")  # fmt: skip
+    return ", ".join(
+        f"{name} {r['tokens']} tok {r['step_s'] / base:.2f}x" for name, r in rows.items()
+    )
+
+
 def bench_cpu(steps: int) -> str:
     from sigma_core.runtime import make_tiny_checkpoint
 
@@ -111,12 +174,14 @@ def bench_cpu(steps: int) -> str:
                   f"{b['prefill_s'] * 1e3:>11.1f} {b['passes_per_step']:>12.2f} "
                   f"{b['step_s'] * 1e3:>16.1f} {q['step_s'] * 1e3:>19.1f} "
                   f"{q['step_s'] / b['step_s']:>12.2f}")  # fmt: skip
+        print("\nlayouts, 3 refs of 512^2 -> 1024^2, sequential CFG:")
+        layouts = layout_costs(pipe, composition(3, 512, 1024, steps), repeats=3)
     b, q = rows[-1]
     return (
         f"summary: cpu tiny, 3 refs -> 1024^2: prefill {b['prefill_s'] * 1e3:.0f} ms, "
         f"batched CFG {b['step_s'] * 1e3:.1f} ms/step, sequential {q['step_s'] * 1e3:.1f} "
         f"ms/step (sequential/batched {q['step_s'] / b['step_s']:.2f}), "
-        f"{b['passes_per_step']:.2f} passes/step"
+        f"{b['passes_per_step']:.2f} passes/step; layouts: {layouts}"
     )
 
 
@@ -178,12 +243,14 @@ def bench_full(steps: int) -> str:
         f"{tflop:.1f} TFLOP/pass, {achieved:.0f} TFLOP/s achieved (batched), "
         f"{achieved / PEAK_TFLOPS:.1%} of {PEAK_TFLOPS:.0f} (floor {floor_s:.3f} s/step)"
     )
+    print("layouts, sequential CFG:")
+    layouts = layout_costs(pipe, comp, repeats=0)
     return (
         f"summary: {torch.cuda.get_device_name()} bf16 1024^2 3x512^2 refs: batched "
         f"{r['step_s']:.3f} s/step, {r['total_s']:.1f} s/image, sequential "
         f"{seq['step_s']:.3f} s/step (sequential/batched {seq['step_s'] / r['step_s']:.2f}), "
         f"{tflop:.1f} TFLOP/pass, {r['step_s'] / floor_s:.2f}x the 790 TFLOP/s floor, "
-        f"peak {r['peak_gib']:.1f} GiB"
+        f"peak {r['peak_gib']:.1f} GiB; layouts: {layouts}"
     )
 
 

@@ -185,15 +185,41 @@ def test_empty_slot_survives_a_round_trip(folder: Path):
 
 
 def test_migration_hook_upgrades_old_versions(folder: Path, monkeypatch):
-    """A future version 2 reader upgrades version 1 files through _MIGRATIONS."""
-    monkeypatch.setattr(preset_mod, "PRESET_VERSION", 2)
+    """A future version 3 reader upgrades version 1 files through every step of _MIGRATIONS."""
+    monkeypatch.setattr(preset_mod, "PRESET_VERSION", 3)
 
-    def v1_to_v2(d: dict) -> dict:
-        return {**d, "version": 2, "name": d["name"] + " (migrated)"}
+    def v2_to_v3(d: dict) -> dict:
+        return {**d, "version": 3, "name": d["name"] + " (migrated)"}
 
-    monkeypatch.setitem(preset_mod._MIGRATIONS, 1, v1_to_v2)
+    monkeypatch.setitem(preset_mod._MIGRATIONS, 2, v2_to_v3)
     comp = load_preset(_write(folder, _preset_dict()), asset_dirs=[])
-    assert comp.name == "test (migrated)"
+    assert comp.name == "test (migrated)" and comp.settings.layout == "auto"
+
+
+def test_version_1_presets_gain_the_auto_layout(folder: Path):
+    """Version 2 added settings.layout; a version-1 file reads as "auto" (SIGMA's released
+    inferencer on every checkpoint that existed then) and is written back as version 2."""
+    old = _preset_dict(settings={"seed": 7, "mask": False})
+    comp = load_preset(_write(folder, old), asset_dirs=[])
+    assert comp.settings.layout == "auto" and comp.settings.seed == 7
+    data = json.loads(dumps_preset(comp))
+    assert data["version"] == 2 and data["settings"]["layout"] == "auto"
+    assert "layout" not in old["settings"]  # the migration does not touch the caller's dict
+
+
+@pytest.mark.parametrize("layout", ["inference", "training", "training-no-vit", "auto"])
+def test_layout_round_trips(folder: Path, layout: str):
+    data = _preset_dict(version=2, settings={"layout": layout})
+    comp = load_preset(_write(folder, data), asset_dirs=[])
+    assert comp.settings.layout == layout
+    assert json.loads(dumps_preset(comp))["settings"]["layout"] == layout
+
+
+def test_unknown_layout_is_refused_with_the_choices(folder: Path):
+    msg = _error(folder, _preset_dict(version=2, settings={"layout": "trainin"}))
+    assert "settings.layout: 'trainin' is not one of auto, inference, training" in msg
+    assert "did you mean 'training'?" in msg
+    assert "settings.layout" in _error(folder, _preset_dict(version=2, settings={"layout": [1]}))
 
 
 # ----------------------------------------------------------------------------- bad presets

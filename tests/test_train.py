@@ -4,6 +4,8 @@ configs are checked, and two processes train through accelerate."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -157,14 +159,20 @@ def test_export_loads_through_from_pretrained_and_generates(checkpoint, shards, 
     from sigma_core import Composition, Reference, Settings, SigmaPipeline
     from sigma_core.training.checkpoints import export
 
-    for train in ("gen", "lora"):
-        cfg = _config(checkpoint, shards, tmp_path / train, steps=3, train=train, ema=0.5)
+    for train, layout in (("gen", "training"), ("lora", "inference")):
+        cfg = _config(
+            checkpoint, shards, tmp_path / train, steps=3, train=train, ema=0.5, layout=layout
+        )
         trainer = _trainer(cfg)
         trainer.run()
         out = export(tmp_path / train / "checkpoints" / "step-0000003", tmp_path / f"w-{train}")
         card = (out / "README.md").read_text()
         assert "intra-group mask | on" in card and "| steps | 3 |" in card
+        assert f"| sequence layout | {layout} |" in card
+        assert json.loads((out / "sigma_training.json").read_text())["layout"] == layout
         pipe = SigmaPipeline.from_pretrained(checkpoint, sigma_weights=out, device="cpu")
+        # the weights infer in the layout they were trained in: "auto" resolves to it
+        assert (pipe.layout, pipe.trained_layout) == (layout, layout)
         assert pipe.load_report.attribute_embed  # W_tau came with the weights
         weights = load_file(str(out / "ema.safetensors"))
         model_state = pipe.model.state_dict()
@@ -177,8 +185,15 @@ def test_export_loads_through_from_pretrained_and_generates(checkpoint, shards, 
         img = Image.new("RGB", (64, 64), (200, 30, 30))
         comp = Composition("a <subject> ball <image_1> on grass", [Reference(1, img)],
                            Settings(size=(64, 64), num_timesteps=3))  # fmt: skip
-        out_img = pipe(comp).images[0]
-        assert out_img.size == (64, 64)
+        result = pipe(comp)
+        assert result.images[0].size == (64, 64)
+        assert result.plan.layout == layout and not result.plan.warnings
+        assert result.composition.settings.layout == layout  # what ran, not "auto"
+        other = "inference" if layout == "training" else "training"
+        with pytest.warns(UserWarning, match=f"layout '{other}' differs from '{layout}'"):
+            SigmaPipeline.from_pretrained(checkpoint, sigma_weights=out, layout=other)
+        explicit = dataclasses.replace(comp, settings=comp.settings.replace(layout=other))
+        assert any("trained in" in w for w in pipe.plan(explicit).warnings)
 
 
 def test_bad_rows_are_skipped_and_counted(checkpoint, tmp_path):
@@ -226,10 +241,12 @@ def test_config_is_checked_field_by_field(tmp_path):
     with pytest.raises(SigmaInputError, match="'data' is required"):
         config_from_dict({"base": "x"})
     bad = {"base": "x", "data": ["y"], "lr": -1, "train": "everything", "max_tokens": 10**9,
-           "ema": 2.0, "max_image_size": 100, "mask": "yes"}  # fmt: skip
+           "ema": 2.0, "max_image_size": 100, "mask": "yes", "layout": "auto",
+           "vit_dropout": 1.5}  # fmt: skip
     with pytest.raises(SigmaInputError) as info:
         config_from_dict(bad)
-    for name in ("lr", "train", "max_tokens", "ema", "max_image_size", "mask"):
+    names = ("lr", "train", "max_tokens", "ema", "max_image_size", "mask", "layout", "vit_dropout")
+    for name in names:
         assert f"{name}:" in str(info.value)
     path = tmp_path / "c.yaml"
     path.write_text("base: x\ndata: [y]\nsteps: 5\n")

@@ -38,12 +38,14 @@ def one_layer_pipe(tmp_path_factory):
     return SigmaPipeline.from_pretrained(folder, device="cpu")
 
 
-def _example(pipe, prompt: str, *, mask: bool, seed: int) -> TrainingExample:
+def _example(
+    pipe, prompt: str, *, mask: bool, seed: int, layout: str = "inference"
+) -> TrainingExample:
     refs = [
         Reference(1, Image.new("RGB", (64, 48)), ("<subject>",), "the ball"),
         Reference(2, Image.new("RGB", (48, 64)), ("<id>",), "the person"),
     ]
-    comp = Composition(prompt, refs, Settings(size=(64, 80), mask=mask))
+    comp = Composition(prompt, refs, Settings(size=(64, 80), mask=mask, layout=layout))
     # small blocks: sizes taken as they are, as the trainer's bounds allow
     plan = build_plan(comp, pipe.tokenizer, {1: (64, 48), 2: (48, 64)}, resize=lambda w, h: (w, h))
     g = torch.Generator().manual_seed(seed)
@@ -66,15 +68,19 @@ def _inference(pipe, ex: TrainingExample, x_t: torch.Tensor, t: torch.Tensor):
     return ctx.hidden[0], model.velocity(x_t, t, dctx)[0]
 
 
+@pytest.mark.parametrize("layout", ["inference", "training", "training-no-vit"])
 @pytest.mark.parametrize("mask", [True, False])
 @pytest.mark.parametrize("prompt", [ENDS_WITH_TEXT, ENDS_WITH_IMAGE])
-def test_packed_forward_equals_prefill_and_denoising(wtau_pipe, prompt, mask):
+def test_packed_forward_equals_prefill_and_denoising(wtau_pipe, prompt, mask, layout):
+    """Also in the training layouts: the phantom blocks' ln N bias and the rope holes are the
+    same in the packed forward (training) as in prefill (inference)."""
     pipe = wtau_pipe
-    examples = [_example(pipe, prompt, mask=mask, seed=s) for s in (0, 1)]
+    examples = [_example(pipe, prompt, mask=mask, seed=s, layout=layout) for s in (0, 1)]
     t = torch.tensor([0.3, 0.8])
     noise = [torch.randn_like(ex.target) for ex in examples]
     batch = pack(examples, t, noise, max_latent_size=pipe.model.max_latent_size, attributes=True)
     assert batch.sequence.attributes is not None  # W_tau takes part
+    assert (batch.sequence.key_bias is not None) == (layout == "training")
     with torch.no_grad():
         hidden = pipe.model.packed_hidden(batch.sequence)
         velocity = pipe.model.packed_velocity(batch.sequence)
@@ -92,10 +98,12 @@ def test_packed_forward_equals_prefill_and_denoising(wtau_pipe, prompt, mask):
     assert torch.equal(batch.target, torch.cat(want))
 
 
-def test_flex_block_mask_gives_the_dense_result(wtau_pipe):
-    """flex_attention runs forward on CPU: its block mask must equal the dense one."""
+@pytest.mark.parametrize("layout", ["inference", "training"])
+def test_flex_block_mask_gives_the_dense_result(wtau_pipe, layout):
+    """flex_attention runs forward on CPU: its block mask (and, with phantom blocks, its
+    score_mod adding ln N) must give the dense result."""
     pipe = wtau_pipe
-    examples = [_example(pipe, ENDS_WITH_TEXT, mask=True, seed=s) for s in (0, 1)]
+    examples = [_example(pipe, ENDS_WITH_TEXT, mask=True, seed=s, layout=layout) for s in (0, 1)]
     t, noise = torch.tensor([0.5, 0.2]), [torch.zeros_like(ex.target) for ex in examples]
     kw = dict(max_latent_size=pipe.model.max_latent_size, attributes=True)
     with torch.no_grad():
@@ -165,3 +173,35 @@ def test_dropped_reference_leaves_a_rope_hole_and_dropped_text_none(wtau_pipe):
     assert [s.kind for s in no_text.segments] == ["image", "image", "noise"]
     assert [s.position for s in no_text.segments] == [0, 1, 2]
     assert drop_conditions(plan, random.Random(0), text=0.0, image=0.0) is plan
+
+
+def test_training_layout_drops_vae_and_vit_blocks_apart_with_rope_holes(wtau_pipe):
+    """SIGMA's packer drops a reference's VAE block and its ViT block independently; either
+    leaves a rope hole, so every later position stays where it was."""
+    plan = _example(wtau_pipe, ENDS_WITH_TEXT, mask=True, seed=0, layout="training").plan
+    kinds = [s.kind for s in plan.segments]
+    assert kinds == ["text", "image", "phantom", "text", "image", "phantom", "text", "noise"]
+    no_vae = drop_conditions(plan, random.Random(0), text=0.0, image=1.0)
+    assert [s.kind for s in no_vae.segments] == [
+        "text",
+        "phantom",
+        "text",
+        "phantom",
+        "text",
+        "noise",
+    ]
+    no_vit = drop_conditions(plan, random.Random(0), text=0.0, image=0.0, vit=1.0)
+    assert [s.kind for s in no_vit.segments] == ["text", "image", "text", "image", "text", "noise"]
+    for dropped in (no_vae, no_vit):
+        assert dropped.noise.position == plan.noise.position
+        kept = {(s.kind, s.slot, s.position) for s in dropped.segments if s.kind != "text"}
+        assert kept <= {(s.kind, s.slot, s.position) for s in plan.segments}
+        starts = [s.start for s in dropped.segments]
+        assert starts == [sum(s.length for s in dropped.segments[:i]) for i in range(len(starts))]
+    # the dropped blocks' frequencies follow their own probabilities, independently
+    rng = random.Random(1)
+    counts = {"image": 0, "phantom": 0}
+    for _ in range(400):
+        for s in drop_conditions(plan, rng, text=0.0, image=0.3, vit=0.6).segments:
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+    assert 0.6 < counts["image"] / 800 < 0.8 and 0.3 < counts["phantom"] / 800 < 0.5

@@ -105,7 +105,7 @@ class PackedSequence:
     """Samples laid end to end as one row of L tokens, for a training forward (BAGEL's packed
     batch). n latent tokens sit among the L; k of them are noised targets carrying the loss."""
 
-    token_ids: torch.Tensor  # int64 [L]; -1 where a latent token sits
+    token_ids: torch.Tensor  # int64 [L]; < 0 where a latent (-1) or phantom (-2) token sits
     position_ids: torch.Tensor  # int64 [L]; rope positions, restarting with every sample
     routing: Routing  # which expert each of the L tokens takes
     mask: torch.Tensor | BlockMask  # bool [L, L] (True: may attend), or flex_attention's form
@@ -300,8 +300,10 @@ class BagelGenerator(nn.Module):
         if start + n > cache.capacity:
             raise RuntimeError(f"KV cache overflow: {start + n} > capacity {cache.capacity}")
         rope = self.llm.rotary_emb(positions, x.dtype)
-        if cache.biased[row]:  # a phantom key in the row: an additive float mask
-            mask = logit_mask(mask, cache.bias[row, : start + n].to(self.device), x.dtype)
+        if cache.biased[row]:  # a phantom key in the row: an additive float mask [n or 1, S]
+            bias = cache.bias[row : row + 1, : start + n].to(self.device)
+            mask = logit_mask(mask, bias, x.dtype)
+        # 4-D [1, 1, n or 1, S]: SDPA's fused CPU kernel takes a 4-D mask (3-D falls back to math)
         span = Span(start, start + n, None if mask is None else mask[None, None])
         return self.llm(x, rope, routing, cache.rows(row, row + 1), span)
 
@@ -354,9 +356,10 @@ class BagelGenerator(nn.Module):
         """Final hidden states [L, d] of a packed sequence, every token at once under its mask.
 
         Each latent token enters as in :meth:`embed_latent_block`; text and markers through
-        embed_tokens. Equal to what segment-by-segment prefill gives the same plan.
+        embed_tokens; a phantom ViT token as zeros. Equal to what segment-by-segment prefill gives the same plan.
         """
         x = self.llm.embed_tokens(seq.token_ids.clamp(min=0))
+        x = x * (seq.token_ids >= 0)[:, None].to(x.dtype)  # phantom ViT tokens: zero input
         latents = (
             self.vae2llm(seq.latents.to(self.dtype))
             + self.time_embedder(seq.timesteps)

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     import torch
 
 
+LATENT_ID = -1  # token id of a VAE latent token (its input comes from the latent)
+ZERO_INPUT_ID = -2  # token id of a phantom ViT token (its input is exactly zero)
+
+
 class TokenType(IntEnum):
     """The paper's token types, plus NOISE for the generated block."""
 
@@ -134,7 +138,7 @@ class Plan:
 
     @property
     def token_ids(self) -> torch.Tensor:
-        """int64 [L]; -1 for latent tokens."""
+        """int64 [L]; LATENT_ID (-1) for latent tokens, ZERO_INPUT_ID (-2) for phantom ones."""
         return self._tensors[0]
 
     @property
@@ -184,7 +188,7 @@ class Plan:
 class PerToken(NamedTuple):
     """A plan's per-token data, each an array of length L."""
 
-    token_ids: np.ndarray  # int64; -1 for latent tokens
+    token_ids: np.ndarray  # int64; LATENT_ID for latent tokens, ZERO_INPUT_ID for phantom ones
     token_type: np.ndarray  # int8; TokenType
     group: np.ndarray  # int32; -1 outside any group
     position_ids: np.ndarray  # int64
@@ -196,7 +200,7 @@ def _per_token_arrays(segments: list[Segment]) -> PerToken:
     """token_ids, token_type, group, position_ids and expert of the whole sequence."""
     n = sum(s.length for s in segments)
     out = PerToken(
-        np.full(n, -1, dtype=np.int64),
+        np.full(n, LATENT_ID, dtype=np.int64),
         np.empty(n, dtype=np.int8),
         np.full(n, -1, dtype=np.int32),
         np.empty(n, dtype=np.int64),
@@ -217,6 +221,7 @@ def _per_token_arrays(segments: list[Segment]) -> PerToken:
         elif seg.kind == "phantom":
             # <|vision_start|> zero-input tokens <|vision_end|>: one rope position, und expert
             inside = slice(seg.start + 1, seg.end - 1)
+            out.token_ids[inside] = ZERO_INPUT_ID
             out.token_ids[[seg.start, seg.end - 1]] = seg.token_ids
             out.token_type[inside] = TokenType.IMAGE
             out.group[inside] = seg.group

@@ -226,7 +226,8 @@ def estimate_for_pipeline(
         offload=offload,
         device_map=device_map,
         reference_sizes=[seg.size for seg in plan.segments if seg.kind == "image"],
-        text_tokens=sum(seg.length for seg in plan.segments if seg.kind == "text"),
+        # text and phantom ViT blocks: understanding-expert tokens beside the latent blocks
+        text_tokens=sum(seg.length for seg in plan.segments if seg.kind in ("text", "phantom")),
         cfg_rows=plan_cfg_rows(plan, composition.settings),
         batch_cfg=batch_cfg,
         vae_config=dict(pipe.vae.autoencoder.config),

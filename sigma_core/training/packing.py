@@ -33,7 +33,7 @@ from sigma_core.model.bagel import PackedSequence, patchify
 from sigma_core.model.mot import Routing
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.mask import packed_dense_mask, packed_mask_mod
-from sigma_core.planning.sequence import Plan, build_plan
+from sigma_core.planning.sequence import LATENT_ID, Plan, build_plan
 from sigma_core.runtime.references import to_pixels
 from sigma_core.training.data import BAD_PROMPT, OVER_BUDGET
 from sigma_core.training.flow import noised, velocity_target
@@ -227,7 +227,7 @@ def pack(
                 row[ATTRIBUTES.index(a)] = 1.0
             hot.append(row.expand(m, -1))
     ids = torch.from_numpy(np.concatenate(token_ids))
-    latent_index = (ids < 0).nonzero().squeeze(1)
+    latent_index = (ids == LATENT_ID).nonzero().squeeze(1)
     if flex:
         from torch.nn.attention.flex_attention import create_block_mask
 
