@@ -224,3 +224,65 @@ def test_cfg_img_context_keeps_the_training_rope_holes(pipe):
         assert cache.positions[0] == plan.noise.position
         last_text = plan.segments[-2]
         assert cache.positions[ctx.text_row] == last_text.position
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_mask_treats_the_phantom_token_as_an_image_token_of_its_group(pipe, mask):
+    from sigma_core.planning import dense_mask
+
+    plan, _ = _small(pipe, _composition(ENDS_WITH_TEXT, "training", mask=mask))
+    dense = dense_mask(plan)
+    first = next(s for s in plan.segments if s.kind == "phantom")
+    inside = first.start + 1
+    special = [i for i, t in enumerate(plan.token_type.tolist()) if t == 1]
+    other = [i for i in special if plan.group[i] != first.group and i > inside]
+    assert other  # the <id> token of the second reference comes after the first phantom
+    assert dense[other[0], inside].item() is (not mask)
+    # full attention inside the block: start marker, token and end marker see each other
+    block = slice(first.start, first.end)
+    assert dense[block, block].all()
+    assert not dense[: first.start, block].any()  # nothing earlier sees it
+
+
+def test_pipeline_runs_each_layout_and_records_what_ran(pipe, tiny_checkpoint):
+    from sigma_core import SigmaInputError, SigmaPipeline
+
+    comp = _composition(ENDS_WITH_IMAGE, "auto")
+    comp = replace(comp, settings=comp.settings.replace(num_timesteps=3))
+    out = pipe(comp, output_type="latent")
+    # SIGMA's weights carry no layout: "auto" runs the released inferencer's, and says so
+    assert out.plan.layout == "inference" and out.composition.settings.layout == "inference"
+    latents = {"inference": out.latents}
+    for layout in ("training", "training-no-vit"):
+        c = replace(comp, settings=comp.settings.replace(layout=layout))
+        out = pipe(c, output_type="latent")
+        assert out.plan.layout == layout and out.composition.settings.layout == layout
+        assert not out.plan.warnings  # no model card: no layout to disagree with
+        latents[layout] = out.latents
+    assert not torch.equal(latents["inference"], latents["training"])
+    with pytest.raises(SigmaInputError, match="layout: 'trainnig' is not one of"):
+        SigmaPipeline.from_pretrained(tiny_checkpoint, layout="trainnig")
+    chosen = SigmaPipeline.from_pretrained(tiny_checkpoint, layout="training")
+    assert chosen.layout == "training" and chosen.trained_layout is None
+    assert chosen.plan(comp).layout == "training"  # "auto" follows the pipeline's layout
+
+
+def test_a_broken_training_record_is_a_clear_checkpoint_error(tmp_path):
+    from sigma_core import CheckpointError
+    from sigma_core.runtime.loader import trained_layout
+
+    assert trained_layout(tmp_path) is None  # SIGMA's weights: no record
+    record = tmp_path / "sigma_training.json"
+    for text, needle in (
+        ('{"layout": "training"}', None),
+        ('{"layout": "sideways"}', "layout 'sideways' is not one of"),
+        ("[1, 2]", "not a readable training record"),
+        ("{not json", "not a readable training record"),
+        (" " * (1 << 20) + "{}", "over 1 MB"),
+    ):
+        record.write_text(text)
+        if needle is None:
+            assert trained_layout(tmp_path) == "training"
+        else:
+            with pytest.raises(CheckpointError, match=needle):
+                trained_layout(tmp_path)

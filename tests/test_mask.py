@@ -192,7 +192,9 @@ def compositions(draw: st.DrawFn) -> tuple[Composition, dict[int, tuple[int, int
     if not prompt.strip():
         prompt = "a picture"
     size = draw(st.sampled_from([None, (64, 64), (128, 64)]))
-    comp = Composition(prompt=prompt, references=refs, settings=Settings(size=size))
+    # every layout: in "training" the phantom ViT tokens are IMAGE tokens of their group
+    layout = draw(st.sampled_from(["inference", "training", "training-no-vit"]))
+    comp = Composition(prompt=prompt, references=refs, settings=Settings(size=size, layout=layout))
     return comp, {r.slot: draw(SIZES) for r in refs}
 
 

@@ -356,7 +356,8 @@ class BagelGenerator(nn.Module):
         """Final hidden states [L, d] of a packed sequence, every token at once under its mask.
 
         Each latent token enters as in :meth:`embed_latent_block`; text and markers through
-        embed_tokens; a phantom ViT token as zeros. Equal to what segment-by-segment prefill gives the same plan.
+        embed_tokens; a phantom ViT token as zeros. Equal to what segment-by-segment prefill
+        gives the same plan.
         """
         x = self.llm.embed_tokens(seq.token_ids.clamp(min=0))
         x = x * (seq.token_ids >= 0)[:, None].to(x.dtype)  # phantom ViT tokens: zero input

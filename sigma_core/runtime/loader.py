@@ -207,6 +207,8 @@ def trained_layout(folder: Path | None) -> str | None:
     if path is None or not path.is_file():
         return None
     try:
+        if path.stat().st_size > 1 << 20:  # export writes a few kB
+            raise ValueError("over 1 MB")
         layout = json.loads(path.read_text(encoding="utf-8")).get("layout")
     except (OSError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a readable training record ({e})") from None
