@@ -52,7 +52,8 @@ def api_inspect(engine: Engine, preset: str) -> dict[str, Any]:
 
 
 def api_validate_preset(engine: Engine, preset: str) -> dict[str, Any]:
-    """Whether a preset would run here: every problem, or the plan's size and warnings."""
+    """Whether a preset would run here: every problem, or the plan's size, warnings and
+    layout (the one it runs in: what "auto" means with these weights)."""
     try:
         comp = read_preset(preset)
         plan = engine.plan(comp, comp.load_images())
@@ -64,4 +65,5 @@ def api_validate_preset(engine: Engine, preset: str) -> dict[str, Any]:
         "warnings": list(plan.warnings),
         "tokens": plan.length,
         "output_size": list(plan.output_size),
+        "layout": plan.layout,
     }

@@ -41,13 +41,14 @@ class TextPart:
 class Chip:
     """One segment of the sequence the model reads."""
 
-    kind: Literal["text", "image", "output"]
+    kind: Literal["text", "image", "phantom", "output"]
     tokens: int
     parts: tuple[TextPart, ...] = ()  # text
-    slot: int | None = None  # image
-    group: int | None = None  # image
+    slot: int | None = None  # image, phantom
+    group: int | None = None  # image, phantom
     attributes: tuple[str, ...] = ()  # image
-    size: tuple[int, int] | None = None  # image, output
+    size: tuple[int, int] | None = None  # image, phantom (its ViT size), output
+    stands_for: int = 0  # phantom: the ViT tokens its one zero-input token acts as
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,16 @@ def _planned(comp: Composition, plan: Plan) -> Check:
 
 
 def _chip(segment: dict[str, Any]) -> Chip:
+    if segment["kind"] == "phantom":  # the training layout's ViT block (sigma_core's layouts)
+        rows, cols = segment["grid"]
+        return Chip(
+            kind="phantom",
+            tokens=segment["count"],
+            slot=segment["slot"],
+            group=segment["group"],
+            size=tuple(segment["size"]),
+            stands_for=rows * cols,
+        )
     if segment["kind"] != "text":
         return Chip(
             kind="image" if segment["kind"] == "image" else "output",

@@ -64,6 +64,7 @@ class SettingsForm:
     images_per_run: int = 1
     mask: bool = _DEFAULTS.mask
     attribute_projection: bool = _DEFAULTS.attribute_projection
+    layout: str = _DEFAULTS.layout
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def to_settings(form: SettingsForm) -> Settings:
         seed=seed,
         mask=bool(form.mask),
         attribute_projection=bool(form.attribute_projection),
+        layout=form.layout,
     )
 
 
@@ -190,6 +192,7 @@ def settings_form(settings: Settings, images_per_run: int = 1) -> SettingsForm:
         images_per_run=images_per_run,
         mask=settings.mask,
         attribute_projection=settings.attribute_projection,
+        layout=settings.layout,
     )
 
 

@@ -32,6 +32,8 @@ from studio.forms import (
 
 ENGINE_QUEUE = "engine"  # the concurrency id every generation shares: one at a time
 HISTORY_KEY = "sigma-studio-history"
+# The layout dropdown's help: what each choice lays out (the core's words, one line each)
+LAYOUT_INFO = "; ".join(f"{k}: {v}" for k, v in sigma_core.LAYOUT_DESCRIPTIONS.items())
 CURSOR_JS = """(prompt, cursor) => {
   const box = document.querySelector('#prompt textarea');
   return [prompt, box ? box.selectionStart : prompt.length];
@@ -117,6 +119,7 @@ class SettingsControls:
     images_per_run: gr.Slider
     mask: gr.Checkbox
     attribute_projection: gr.Checkbox
+    layout: gr.Dropdown
 
     @property
     def values(self) -> list[gr.components.Component]:
@@ -252,9 +255,16 @@ def _settings_controls() -> SettingsControls:
             label="W_tau attribute projection (no-op for checkpoints without it)",
             elem_id="attribute-projection",
         )
+    layout = gr.Dropdown(
+        choices=list(sigma_core.LAYOUT_CHOICES),
+        value=defaults.layout,
+        label="Sequence layout",
+        info=LAYOUT_INFO,
+        elem_id="layout",
+    )
     return SettingsControls(
         size, steps, cfg_text, cfg_img, cfg_start, cfg_end, shift, renorm_type, renorm_min,
-        seed_mode, seed, images_per_run, mask, attribute_projection,
+        seed_mode, seed, images_per_run, mask, attribute_projection, layout,
     )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ CSS = """
 .sigma-chip .attr { border-radius: 3px; padding: 0 3px; color: #fff; font-weight: 600; }
 .sigma-chip.image { color: #fff; }
 .sigma-chip.output { background: #9c27b0; color: #fff; }
+.sigma-chip.phantom { border-style: dashed; opacity: 0.6; }
 .sigma-chip small { opacity: 0.8; }
 .sigma-strip { display: flex; flex-wrap: wrap; gap: 8px; }
 .sigma-strip-item { cursor: grab; display: flex; flex-direction: column; align-items: center;
@@ -100,6 +101,12 @@ def _chip(chip: Chip) -> str:
     w, h = chip.size or (0, 0)
     if chip.kind == "output":
         return f'<span class="sigma-chip output">output {w}×{h}{count}</span>'
+    if chip.kind == "phantom":
+        return (
+            f'<span class="sigma-chip image phantom" style="background:{_rgb(chip.group)}" '
+            f'title="zero inputs: one token weighted as {chip.stands_for}">'
+            f"ViT [{chip.slot}] {w}×{h}, {chip.stands_for} as one{count}</span>"
+        )
     attrs = html.escape(" ".join(chip.attributes)) or "no attribute"
     return (
         f'<span class="sigma-chip image" style="background:{_rgb(chip.group)}">'
@@ -117,9 +124,12 @@ def sequence(check: Check) -> str:
     counts = ", ".join(f"{name} {n}" for name, n in check.token_counts)
     w, h = check.output_size or (0, 0)
     mask = "on" if check.plan.mask else "off"
+    layout = check.plan.layout  # resolved; "(auto)" after it says the weights chose it
+    if check.composition is not None and check.composition.settings.layout != layout:
+        layout += f" ({check.composition.settings.layout})"
     return (
         f'<div class="sigma-seq">{chips}</div><div><small>{check.length} tokens ({counts}); '
-        f"output {w}×{h}; SIGMA mask {mask}</small></div>"
+        f"output {w}×{h}; SIGMA mask {mask}; layout {layout}</small></div>"
     )
 
 
@@ -143,7 +153,8 @@ def result_info(entry: dict[str, Any]) -> str:
         f"{s.get('cfg_img_scale')} · interval {s.get('cfg_interval')} · shift "
         f"{s.get('timestep_shift')} · renorm {s.get('cfg_renorm_type')} "
         f"(min {s.get('cfg_renorm_min')}) · mask {'on' if s.get('mask') else 'off'} · W_tau "
-        f"{'on' if s.get('attribute_projection') else 'off'}",
+        f"{'on' if s.get('attribute_projection') else 'off'}"
+        + (f" · layout {s['layout']}" if s.get("layout") else ""),  # results before layouts: none
         "timings: "
         + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in t.items() if _is_num(v)),
     ]

@@ -11,11 +11,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 import sigma_core
 from studio.engine import Engine, Sessions, Studio, load_engine
-from studio.layout import build_app
+from studio.forms import Draft, SettingsForm
+from studio.layout import _build_page, build_app
 from studio.main import main, serve
 from studio.options import PRESETS_DIR, StudioOptions, default_model, engine_lock, parse_options
 
@@ -31,7 +33,7 @@ ELEM_IDS = [
     "problems", "sequence-view", "mask-button", "mask-image", "settings", "size", "steps",
     "cfg-text", "cfg-img", "cfg-start", "cfg-end", "shift", "renorm-type", "renorm-min",
     "seed-mode", "seed", "reuse-seed", "images-per-run", "mask", "attribute-projection",
-    "settings-problems", "generate", "cancel", "progress", "live-preview", "gallery",
+    "layout", "settings-problems", "generate", "cancel", "progress", "live-preview", "gallery",
     "result-info", "download", "restore-composition", "compare-with", "ab-button", "slider",
     "slot-order", "precision", "offload", "engine-apply", "engine-status", "memory-estimate",
 ]  # fmt: skip
@@ -218,6 +220,20 @@ def test_the_engine_controls_show_the_engine_and_lock_on_a_shared_studio(studio)
     )
 
 
+def test_the_layout_dropdown_offers_the_cores_layouts_and_travels_with_the_form(studio):
+    demo = build_app(studio)
+    layout = _props(demo, "layout")
+    assert [value for _, value in layout["choices"]] == list(sigma_core.LAYOUT_CHOICES)
+    assert layout["value"] == "auto"
+    assert all(f"{k}: {v}" in layout["info"] for k, v in sigma_core.LAYOUT_DESCRIPTIONS.items())
+    with gr.Blocks():
+        page = _build_page(studio, [])
+    draft = Draft(prompt="A red cube", settings=SettingsForm(layout="training"))
+    values = page.form_of(draft)  # a preset, a PNG or a result loaded into the controls
+    assert values[page.form_outputs.index(page.settings.layout)] == "training"
+    assert page.draft_of(dict(zip(page.form_outputs, values, strict=True))) == draft
+
+
 def test_only_the_api_events_are_public(studio):
     demo = build_app(studio)
     public = sorted(
@@ -262,6 +278,9 @@ def test_gradio_client_generates_through_the_api(client):
 def test_gradio_client_validates_and_inspects(client):
     report = client.predict(_preset(), api_name="/validate_preset")
     assert report["valid"] and report["output_size"] == [64, 64]
+    assert report["layout"] == "inference"  # "auto" with weights that record no layout
+    training = client.predict(_preset(layout="training"), api_name="/validate_preset")
+    assert training["layout"] == "training"
     inspected = client.predict(_preset(), api_name="/inspect")
     assert inspected["groups"][0]["attributes"] == ["<select>"]
     bad = json.loads(_preset())

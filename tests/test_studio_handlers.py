@@ -100,8 +100,22 @@ def test_a_draft_becomes_the_composition_it_shows(images):
 
 
 def test_settings_round_trip_through_the_accordion():
-    settings = sigma_core.Settings(size=(512, 768), seed=None, mask=False, cfg_interval=(0.2, 0.9))
+    settings = sigma_core.Settings(
+        size=(512, 768), seed=None, mask=False, cfg_interval=(0.2, 0.9), layout="training"
+    )
     assert to_settings(settings_form(settings)) == settings
+
+
+def test_the_layout_dropdown_becomes_the_settings_layout_and_a_bad_one_is_refused():
+    assert SettingsForm().layout == sigma_core.Settings().layout == "auto"
+    for layout in sigma_core.LAYOUT_CHOICES:
+        assert to_settings(replace(FAST, layout=layout)).layout == layout
+    with pytest.raises(
+        PresetError,
+        match=r"^settings\.layout: 'trainign' is not one of auto, inference, training, "
+        r"training-no-vit; did you mean 'training'\?$",
+    ):
+        to_settings(replace(FAST, layout="trainign"))
 
 
 def test_seeds_are_text_so_large_ones_stay_exact():
@@ -155,6 +169,35 @@ def test_a_valid_draft_plans_into_chips(engine, images):
     assert dict(result.token_counts)["special"] == 2
     html = views.sequence(result)
     assert html.count("sigma-chip") == 5 and "64×64" in html
+
+
+def test_the_sequence_view_shows_the_layout_and_its_phantom_vit_blocks(engine, images):
+    assert "SIGMA mask on; layout inference (auto)" in views.sequence(
+        compose.check(engine, two_slots(images))
+    )  # "auto" is the inferencer's layout for weights without a recorded one
+    no_vit = replace(two_slots(images), settings=replace(FAST, layout="training-no-vit"))
+    result = compose.check(engine, no_vit)
+    assert [c.kind for c in result.chips] == ["text", "image", "text", "image", "output"]
+    assert views.sequence(result).endswith("layout training-no-vit</small></div>")
+    training = replace(two_slots(images), settings=replace(FAST, layout="training"))
+    result = compose.check(engine, training)
+    assert result.ok, result.problems
+    kinds = [c.kind for c in result.chips]
+    assert kinds == ["text", "image", "phantom", "text", "image", "phantom", "output"]
+    phantom = result.chips[2]
+    assert (phantom.slot, phantom.group, phantom.tokens) == (1, 0, 3)
+    assert phantom.stands_for == (phantom.size[0] // 14) * (phantom.size[1] // 14) > 1
+    assert sum(c.tokens for c in result.chips) == result.length
+    html = views.sequence(result)
+    assert html.count("sigma-chip image phantom") == 2
+    assert f"ViT [1] {phantom.size[0]}×{phantom.size[1]}, {phantom.stands_for} as one" in html
+    assert "layout training</small>" in html
+
+
+def test_a_bad_layout_shows_next_to_the_settings(engine, images):
+    draft = replace(two_slots(images), settings=replace(FAST, layout="trainign"))
+    (problem,) = compose.check(engine, draft).problems
+    assert problem.where == "settings" and "did you mean 'training'" in problem.message
 
 
 @pytest.mark.parametrize(
@@ -350,7 +393,10 @@ def test_a_run_reports_each_step_and_saves_a_png_with_its_composition(engine, im
     assert stored.settings.seed == 42
     assert len(json.dumps(entry)) < 20_000  # a thumbnail, not the image
     assert "data:" not in entry["preset"]  # ... and the composition without its images
-    assert "Seed 42" in views.result_info(entry)
+    info = views.result_info(entry)
+    assert "Seed 42" in info and "W_tau on · layout inference" in info  # what "auto" ran as
+    older = dict(entry, settings={k: v for k, v in entry["settings"].items() if k != "layout"})
+    assert "layout" not in views.result_info(older)  # a result from before layouts
 
 
 def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
@@ -365,6 +411,18 @@ def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
     )
     second, first = (e["seed"] for e in outcome.entries)
     assert second == first + 1
+
+
+def test_a_run_records_its_layout_and_its_png_restores_it(engine, images, tmp_path):
+    draft = replace(two_slots(images), settings=replace(FAST, layout="training"))
+    _, outcome = finish(
+        runs.generate(engine, Sessions(), "a", draft, files=tmp_path, time_limit_s=60)
+    )
+    (entry,) = outcome.entries
+    assert outcome.error is None and entry["settings"]["layout"] == "training"
+    assert "layout training" in views.result_info(entry)
+    png = runs.result_file(entry, tmp_path)
+    assert presets.open_composition(png, tmp_path, max_slots=8).settings.layout == "training"
 
 
 def test_a_bad_draft_never_starts_a_run(engine, images, tmp_path):
@@ -543,6 +601,7 @@ def test_a_generated_png_opens_as_its_composition(made, tmp_path):
     entry, files = made
     draft = presets.open_composition(runs.result_file(entry, files), tmp_path, max_slots=8)
     assert draft.settings.seed == "42" and len(draft.slots) == 2
+    assert draft.settings.layout == "inference"  # the layout "auto" ran as
 
 
 def test_bad_uploads_are_refused_with_the_cores_message(images, tmp_path):
@@ -556,11 +615,23 @@ def test_bad_uploads_are_refused_with_the_cores_message(images, tmp_path):
         presets.open_composition(None, tmp_path, max_slots=8)
 
 
+def test_a_preset_with_a_layout_sets_the_layout_dropdown(tmp_path):
+    comp = sigma_core.Composition(
+        prompt="A red cube", settings=sigma_core.Settings(layout="training")
+    )
+    path = tmp_path / "training.json"
+    path.write_text(sigma_core.dumps_preset(comp))
+    draft = presets.open_composition(path, tmp_path, max_slots=8)
+    assert draft.settings.layout == "training"
+
+
 def test_a_saved_composition_is_self_contained(images, tmp_path):
-    draft = replace(two_slots(images), name="Red & blue!")
+    settings = replace(FAST, layout="training-no-vit")
+    draft = replace(two_slots(images), name="Red & blue!", settings=settings)
     path = presets.save_draft(draft, tmp_path)
     assert path.name == "red-blue.json"
     data = json.loads(path.read_text())
+    assert data["settings"]["layout"] == "training-no-vit"
     assert all(r["image"].startswith("data:image/png;base64,") for r in data["references"])
     loaded = sigma_core.loads_preset(path.read_text())
     reopened = to_draft(loaded, tmp_path / "again", max_slots=8)
@@ -597,6 +668,7 @@ def test_api_inspect_and_validate(engine, images):
     assert [s["kind"] for s in report["segments"]][-1] == "noise"
     good = api.api_validate_preset(engine, preset_text(images))
     assert good["valid"] and good["tokens"] == report["length"]
+    assert good["layout"] == "inference"  # what "auto" resolves to with these weights
     bad = api.api_validate_preset(engine, preset_text(images).replace("[2]", "[3]"))
     assert not bad["valid"] and "slot 3" in bad["problems"][0]
     assert not api.api_validate_preset(engine, "{")["valid"]

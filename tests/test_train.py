@@ -5,7 +5,6 @@ configs are checked, and two processes train through accelerate."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import subprocess
