@@ -3,6 +3,10 @@
 Rows are queries, columns keys; strips along both axes give each token's type and group, and
 the cells the mask M blocks are red. Long plans are drawn on a non-uniform axis, one token per
 pixel, so the L x L matrix is never built. Drawn with numpy from the plan's arrays: no torch.
+
+In the training layout each reference is followed by a phantom ViT block whose one zero-input
+token stands for N (:mod:`sigma_core.planning.layout`): the type strips draw it hatched in its
+own colour, and widened on a downsampled axis, so the block that moves the rope is visible.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sigma_core.planning.sequence import Plan, TokenType
+from sigma_core.inputs.settings import LAYOUT_DESCRIPTIONS
+from sigma_core.planning.layout import DEFAULT_LAYOUT
+from sigma_core.planning.sequence import ZERO_INPUT_ID, Plan, TokenType
 
 RGB = tuple[int, int, int]
 TYPE_COLORS: dict[TokenType, RGB] = {
@@ -44,6 +50,7 @@ GROUP_COLORS: tuple[RGB, ...] = (
     (170, 68, 153),
     (120, 72, 24),
 )
+PHANTOM: RGB = (0, 206, 209)  # a phantom ViT token, hatched with ink in the type strips
 NO_GROUP: RGB = (215, 215, 215)
 ALLOWED: RGB = (40, 55, 75)
 BLOCKED_CAUSAL: RGB = (244, 244, 244)
@@ -57,7 +64,9 @@ _LINE = 14  # line height of Pillow's default font
 _MAX_CELL = 24  # pixels per token for short plans
 _GRID_FROM = 6  # draw lines between cells from this cell size up
 _MAX_GROUP_LINES = 10
-_MAX_EMPHASIS = 5  # pixels per attribute token on a downsampled axis
+_MAX_EMPHASIS = 5  # pixels per attribute or phantom token on a downsampled axis
+_HATCH = 3  # every third diagonal of a phantom token's strip pixels is ink
+_MAX_PHANTOM_NS = 4  # N values listed in the legend
 
 
 @dataclass(frozen=True)
@@ -104,10 +113,13 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
         matrix[:, scale - 1 :: scale] = _BACKGROUND
 
     types = np.array([TYPE_COLORS[TokenType(t)] for t in range(len(TokenType))], dtype=np.uint8)
+    type_strip = types[plan.arrays.token_type[rep].astype(np.int64)]
+    phantom = plan.arrays.token_ids[rep] == ZERO_INPUT_ID
+    type_strip[phantom] = PHANTOM
     grp = plan.arrays.group[rep]
     group_strip = np.array(GROUP_COLORS, dtype=np.uint8)[grp % len(GROUP_COLORS)]
     group_strip[grp < 0] = NO_GROUP
-    strips = [types[plan.arrays.token_type[rep].astype(np.int64)], group_strip]
+    strips = [type_strip, group_strip]
 
     n = matrix.shape[0]
     x0, y0 = margin + lead, head + lead
@@ -122,6 +134,9 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
         canvas[y0 : y0 + n, margin + i * (strip + 2) : margin + i * (strip + 2) + strip] = colors[
             :, None
         ]
+    ink = _hatch(np.repeat(phantom, scale), strip)  # on the type strips, outermost
+    canvas[head : head + strip, x0 : x0 + n][ink] = _INK
+    canvas[y0 : y0 + n, margin : margin + strip][ink.T] = _INK
 
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
@@ -135,6 +150,9 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
         draw.rectangle(
             (left + x, top + y + 2, left + x + 9, top + y + 11), fill=color, outline=_INK
         )
+        if color == PHANTOM:
+            for a, b in zip(*np.nonzero(_hatch(np.ones(8, dtype=bool), 8)), strict=True):
+                draw.point((left + x + 1 + int(b), top + y + 3 + int(a)), fill=_INK)
         draw.text((left + x + 14, top + y), text, fill=_INK, font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,16 +185,30 @@ def mask_cells(plan: Plan, rep: np.ndarray) -> np.ndarray:
     return cells
 
 
+def _hatch(phantom: np.ndarray, strip: int) -> np.ndarray:
+    """bool [strip, len(phantom)]: the ink diagonals over a strip's phantom pixels."""
+    along, across = np.arange(len(phantom))[None, :], np.arange(strip)[:, None]
+    return phantom[None, :] & ((along + across) % _HATCH == 0)
+
+
 def _title(plan: Plan, downsampled: bool) -> list[str]:
     mask = "on" if plan.mask else "off (plain BAGEL)"
-    return [
+    widened = (
+        "attribute and phantom tokens"
+        if any(s.kind == "phantom" for s in plan.segments)
+        else "attribute tokens"
+    )
+    lines = [
         f"SIGMA attention mask B = (C and M) or S: {plan.length} tokens, "
         f"{plan.num_groups} reference groups, mask {mask}",
         "rows: queries, columns: keys; outer strip: token type, inner strip: group",
-        "downsampled: image blocks compressed first, attribute tokens widened"
+        f"downsampled: image blocks compressed first, {widened} widened"
         if downsampled
         else "1 cell = 1 token",
     ]
+    if plan.layout != DEFAULT_LAYOUT:  # the default's picture stays as it was before layouts
+        lines.append(f"layout {plan.layout}: {LAYOUT_DESCRIPTIONS[plan.layout]}")
+    return lines
 
 
 def _wrap(
@@ -201,6 +233,10 @@ def _legend(plan: Plan) -> list[list[tuple[RGB | None, str]]]:
     """Legend columns: a header line, then (colour, label) entries."""
     types: list[tuple[RGB | None, str]] = [(None, "Token type (outer strip)")]
     types += [(TYPE_COLORS[t], TYPE_NAMES[t]) for t in TokenType]
+    ns = [str(s.phantom_tokens) for s in plan.segments if s.kind == "phantom"]
+    if ns:
+        shown = ", ".join(ns[:_MAX_PHANTOM_NS]) + (", ..." if len(ns) > _MAX_PHANTOM_NS else "")
+        types.append((PHANTOM, f"phantom ViT block{'s' * (len(ns) > 1)} (N = {shown})"))
     groups: list[tuple[RGB | None, str]] = [(None, "Group (inner strip)")]
     images = [s for s in plan.segments if s.kind == "image"]
     for s in images[:_MAX_GROUP_LINES]:
@@ -274,19 +310,21 @@ def _axis(plan: Plan, budget: int) -> tuple[np.ndarray, int]:
 
 
 def _runs(plan: Plan, emphasis: int) -> list[_Run]:
-    """The plan cut into runs: each attribute token alone (wanting ``emphasis`` px), the text
-    between them, and each block as marker, latents, marker."""
+    """The plan cut into runs: each attribute token alone and each phantom block's inside
+    (wanting ``emphasis`` px, so they stay visible), the text between them, and each block as
+    marker, latents, marker."""
     runs: list[_Run] = []
     for seg in plan.segments:
         if seg.kind != "text":
             if seg.length < 3:
                 runs.append(_Run(seg.start, seg.length, 3, 1, seg.length))
                 continue
-            runs += [
-                _Run(seg.start, 1, 2, 0, 1),
-                _Run(seg.start + 1, seg.length - 2, 3, 1, seg.length - 2),
-                _Run(seg.end - 1, 1, 2, 0, 1),
-            ]
+            inside = (
+                _Run(seg.start + 1, seg.length - 2, 0, 1, emphasis)
+                if seg.kind == "phantom"
+                else _Run(seg.start + 1, seg.length - 2, 3, 1, seg.length - 2)
+            )
+            runs += [_Run(seg.start, 1, 2, 0, 1), inside, _Run(seg.end - 1, 1, 2, 0, 1)]
             continue
         start = seg.start
         special = (plan.arrays.token_type[seg.start : seg.end] == TokenType.SPECIAL).tolist()

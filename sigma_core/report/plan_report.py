@@ -4,6 +4,10 @@
 Every range, in both views, is half-open: ``[start, end)`` holds start and stops before end,
 like a Python slice. Neither the report nor this module imports torch: the counts come from the
 plan's segments.
+
+The layout (:mod:`sigma_core.planning.layout`) is shown because it moves rope positions and, in
+the training layout, adds a phantom ViT block per reference: a compact block of 3 tokens whose
+one inside token stands for N zero tokens through a logit bias of ln N.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 
 from sigma_core.inputs.attributes import ALIASES, ATTRIBUTES, DESCRIPTIONS, find_attribute_tokens
 from sigma_core.inputs.composition import Composition
+from sigma_core.inputs.settings import AUTO_LAYOUT, LAYOUT_DESCRIPTIONS
+from sigma_core.planning.layout import LAYOUT_SPECS, phantom_bias
 from sigma_core.planning.sequence import Expert, Plan, Segment, TokenType
 from sigma_core.planning.tokenizer import MARKER_TOKENS, QWEN25_SIGMA_FIRST_ID
 
@@ -36,6 +42,12 @@ def plan_report(plan: Plan, comp: Composition) -> dict[str, Any]:
     return {
         "name": comp.name,
         "raw_prompt": plan.raw_prompt,
+        "layout": plan.layout,
+        "layout_auto": comp.settings.layout == AUTO_LAYOUT,
+        "layout_description": LAYOUT_DESCRIPTIONS[plan.layout],
+        "rope_per_reference": LAYOUT_SPECS[plan.layout].rope_per_reference,
+        "rope_holes": _rope_holes(plan.segments),
+        "phantom_blocks": _phantom_summary(plan),
         "length": plan.length,
         "ranges": "half-open [start, end)",
         "references": plan.num_references,
@@ -73,25 +85,67 @@ def _segment(index: int, s: Segment) -> dict[str, Any]:
         "grid": list(s.grid) if s.grid else None,
         "text": s.text if is_text else None,
         "token_ids": list(s.token_ids) if is_text else None,
+        "phantom_tokens": s.phantom_tokens if s.kind == "phantom" else None,
+        "key_bias": _bias(s) if s.kind == "phantom" else None,
+    }
+
+
+def _bias(s: Segment) -> float:
+    """The logit bias each inside token of phantom block ``s`` carries (0 when literal)."""
+    return phantom_bias(s.phantom_tokens, s.length - 2)
+
+
+def _rope_holes(segments: list[Segment]) -> list[int]:
+    """Rope positions below the last one that no token holds: where training-no-vit drops each
+    reference's ViT block."""
+    held: set[int] = set()
+    for s in segments:
+        held.update(range(s.position, s.last_position + 1))
+    return sorted(set(range(max(held, default=-1) + 1)) - held)
+
+
+def _phantom_summary(plan: Plan) -> dict[str, Any] | None:
+    """What the phantom blocks cost here against SIGMA's literal N + 2 tokens each, so users see
+    what the compact block saves; None without phantom blocks."""
+    blocks = [s for s in plan.segments if s.kind == "phantom"]
+    if not blocks:
+        return None
+    tokens = sum(s.length for s in blocks)
+    literal = sum(s.phantom_tokens + 2 for s in blocks)
+    return {
+        "blocks": len(blocks),
+        "tokens": tokens,
+        "literal_tokens": literal,
+        "saved": literal - tokens,
+        "literal_length": plan.length - tokens + literal,
     }
 
 
 def _groups(plan: Plan) -> list[dict[str, Any]]:
-    """Each placed reference: its attribute tokens and its latent tokens (inside the markers)."""
+    """Each placed reference: its attribute tokens, its latent tokens (inside the markers) and
+    its phantom ViT tokens (the mask guards them as the group's image tokens too)."""
     texts = [s for s in plan.segments if s.kind == "text"]
-    return [
-        {
-            "group": s.group,
-            "slot": s.slot,
-            "attributes": list(s.attributes),
-            "attribute_tokens": [
-                t.start + k for t in texts if t.group == s.group for k in t.attribute_offsets
-            ],
-            "image_tokens": {"start": s.start + 1, "end": s.end - 1},
-        }
-        for s in plan.segments
-        if s.kind == "image"
-    ]
+    phantoms = {s.group: s for s in plan.segments if s.kind == "phantom"}
+    out = []
+    for s in plan.segments:
+        if s.kind != "image":
+            continue
+        ph = phantoms.get(s.group)
+        out.append(
+            {
+                "group": s.group,
+                "slot": s.slot,
+                "attributes": list(s.attributes),
+                "attribute_tokens": [
+                    t.start + k for t in texts if t.group == s.group for k in t.attribute_offsets
+                ],
+                "image_tokens": {"start": s.start + 1, "end": s.end - 1},
+                "phantom_tokens": {"start": ph.start + 1, "end": ph.end - 1, "n": ph.phantom_tokens}
+                if ph
+                else None,
+            }
+        )
+    return out
 
 
 def _counts(segments: list[Segment]) -> tuple[dict[TokenType, int], dict[Expert, int]]:
@@ -105,6 +159,9 @@ def _counts(segments: list[Segment]) -> tuple[dict[TokenType, int], dict[Expert,
             specials = len(s.attribute_offsets)
             types[TokenType.SPECIAL] += specials
             types[TokenType.TEXT] += s.length - markers - specials
+            experts[Expert.UND] += s.length
+        elif s.kind == "phantom":  # zero-input image tokens of the group, understanding expert
+            types[TokenType.IMAGE] += s.length - markers
             experts[Expert.UND] += s.length
         else:
             types[TokenType.IMAGE if s.kind == "image" else TokenType.NOISE] += s.length - markers
@@ -141,12 +198,15 @@ def render_report(report: dict[str, Any]) -> str:
     if report.get("tokenizer_note"):
         out.append(f"note: {e(report['tokenizer_note'])}")
     out += ["", "raw SIGMA prompt:", f"  {e(report['raw_prompt'])}", ""]
+    out += _layout_lines(report)
 
     rows = []
     for s in report["segments"]:
         first, end = s["positions"]
         if s["kind"] == "text":
             content = e(json.dumps(s["text"], ensure_ascii=False))
+        elif s["kind"] == "phantom":
+            content = _phantom_content(s)
         else:
             (w, h), (grid_h, grid_w) = s["size"], s["grid"]
             content = f"{w}x{h} px -> {grid_h}x{grid_w} latents"
@@ -182,10 +242,13 @@ def render_report(report: dict[str, Any]) -> str:
     for g in report["groups"]:
         attrs = e(" ".join(g["attributes"])) or "(no attribute)"
         at = ", ".join(str(i) for i in g["attribute_tokens"]) or "none"
-        img = g["image_tokens"]
+        img, ph = g["image_tokens"], g["phantom_tokens"]
+        phantom = (
+            f"; phantom ViT tokens {_span(ph['start'], ph['end'])} (N = {ph['n']})" if ph else ""
+        )
         out.append(
             f"  group {g['group']}: slot {g['slot']} {attrs}; attribute tokens at {at}; "
-            f"image tokens {_span(img['start'], img['end'])}"
+            f"image tokens {_span(img['start'], img['end'])}{phantom}"
         )
     if not report["groups"]:
         out.append("  none")
@@ -198,10 +261,18 @@ def render_report(report: dict[str, Any]) -> str:
         + f" (total {report['length']})"
     )
     out.append(f"  ({TOKEN_TYPES_NOTE})")
+    phantoms = report["phantom_blocks"]
+    if phantoms:
+        inside = phantoms["tokens"] - 2 * phantoms["blocks"]
+        out.append(
+            f"  (image includes the phantom ViT tokens: {inside}, zero inputs of their "
+            "reference's group)"
+        )
     experts = report["experts"]
+    und = "text, markers and phantom ViT tokens" if phantoms else "text and markers"
     out.append(
         f"experts: understanding {experts['und']}, generation {experts['gen']} tokens "
-        "(text and markers / VAE latents)"
+        f"({und} / VAE latents)"
     )
     w, h = report["output_size"]
     out.append(f"output: {w}x{h} (from {report['output_size_from']})")
@@ -212,6 +283,37 @@ def render_report(report: dict[str, Any]) -> str:
     out.append("warnings:" + ("" if report["warnings"] else " none"))
     out += [f"  - {e(line)}" for line in report["warnings"]]
     return "\n".join(out)
+
+
+def _phantom_content(s: dict[str, Any]) -> str:
+    """A phantom row: the ViT block it stands for and how (one token and a bias, or literal)."""
+    (w, h), (rows, cols), n = s["size"], s["grid"], s["phantom_tokens"]
+    inside = s["count"] - 2
+    block = f"phantom ViT block: {w}x{h} px -> {rows}x{cols} ViT patches, N = {n} zero tokens"
+    if inside == n:
+        return f"{block}, literal (no logit bias)"
+    ratio = "N" if inside == 1 else f"(N/{inside})"
+    return f"{block} as {inside} (logit bias ln {ratio} = {s['key_bias']:.2f})"
+
+
+def _layout_lines(report: dict[str, Any]) -> list[str]:
+    """The layout, what it means, and what it does to this plan: phantom blocks or rope holes."""
+    auto = " (auto)" if report["layout_auto"] else ""
+    out = [f"layout: {report['layout']}{auto} - {report['layout_description']}"]
+    phantoms = report["phantom_blocks"]
+    if phantoms:
+        k, tokens = phantoms["blocks"], phantoms["tokens"]
+        here = "3 tokens each here" if tokens == 3 * k else f"{tokens:,} tokens here"
+        out.append(
+            f"  phantom blocks: {k}, {here}, N+2 each literally ({phantoms['saved']:,} tokens "
+            f"saved; the literal sequence is {phantoms['literal_length']:,} tokens)"
+        )
+    if report["rope_holes"]:
+        out.append(
+            f"  rope holes: {', '.join(map(str, report['rope_holes']))} (positions no token "
+            f"holds; rope +{report['rope_per_reference']} per reference)"
+        )
+    return [*out, ""]
 
 
 def _dash(v: Any) -> str:
