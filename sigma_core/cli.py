@@ -296,7 +296,7 @@ def _settings_with_options(settings: Any, args: argparse.Namespace) -> Any:
     if args.seed is not None:
         changes["seed"] = args.seed
     if args.size is not None:
-        changes["size"] = _parse_size(args.size)
+        changes["size"] = parse_size(args.size)
     if args.layout is not None:
         changes["layout"] = args.layout
     try:
@@ -319,7 +319,8 @@ def _layout_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """``--size WxH`` as (width, height); the bounds are the settings' to check."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
