@@ -199,7 +199,30 @@ def render_report(report: dict[str, Any]) -> str:
         out.append(f"note: {e(report['tokenizer_note'])}")
     out += ["", "raw SIGMA prompt:", f"  {e(report['raw_prompt'])}", ""]
     out += _layout_lines(report)
+    out.append(
+        f"segments ({report['length']} tokens; ranges are half-open [start, end): start is in "
+        "the range, end is not):"
+    )
+    headers = ["#", "kind", "tokens", "count", "rope", "slot", "group", "attributes", "content"]
+    out += format_table(headers, _segment_rows(report), right={0, 3})
+    out.append("")
+    out += _group_lines(report)
+    out.append("")
+    out += _count_lines(report)
+    w, h = report["output_size"]
+    out.append(f"output: {w}x{h} (from {report['output_size_from']})")
+    out.append(
+        "mask: "
+        + ("on (SIGMA's intra-group mask)" if report["mask"] else "off (plain causal, as BAGEL)")
+    )
+    out.append("warnings:" + ("" if report["warnings"] else " none"))
+    out += [f"  - {e(line)}" for line in report["warnings"]]
+    return "\n".join(out)
 
+
+def _segment_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One table row per segment: its tokens, rope position(s), group and content."""
+    e = escape_text
     rows = []
     for s in report["segments"]:
         first, end = s["positions"]
@@ -225,20 +248,18 @@ def render_report(report: dict[str, Any]) -> str:
                 content,
             ]
         )
-    out.append(
-        f"segments ({report['length']} tokens; ranges are half-open [start, end): start is in "
-        "the range, end is not):"
-    )
-    headers = ["#", "kind", "tokens", "count", "rope", "slot", "group", "attributes", "content"]
-    out += format_table(headers, rows, right={0, 3})
-    out.append("")
+    return rows
 
+
+def _group_lines(report: dict[str, Any]) -> list[str]:
+    """Each group's slot, attribute tokens, image tokens and phantom tokens."""
+    e = escape_text
     n_groups, n_refs = len(report["groups"]), report.get("references", len(report["groups"]))
-    out.append(
+    out = [
         f"groups ({n_groups} placement{'s' * (n_groups != 1)} of {n_refs} "
         f"reference{'s' * (n_refs != 1)}; with the mask on, an attribute token sees no other "
         "group's image):"
-    )
+    ]
     for g in report["groups"]:
         attrs = e(" ".join(g["attributes"])) or "(no attribute)"
         at = ", ".join(str(i) for i in g["attribute_tokens"]) or "none"
@@ -252,15 +273,18 @@ def render_report(report: dict[str, Any]) -> str:
         )
     if not report["groups"]:
         out.append("  none")
-    out.append("")
+    return out
 
+
+def _count_lines(report: dict[str, Any]) -> list[str]:
+    """Tokens per type and per expert, phantom ViT tokens accounted for."""
     counts = report["token_counts"]
-    out.append(
+    out = [
         "token types: "
         + ", ".join(f"{k} {v}" for k, v in counts.items())
-        + f" (total {report['length']})"
-    )
-    out.append(f"  ({TOKEN_TYPES_NOTE})")
+        + f" (total {report['length']})",
+        f"  ({TOKEN_TYPES_NOTE})",
+    ]
     phantoms = report["phantom_blocks"]
     if phantoms:
         inside = phantoms["tokens"] - 2 * phantoms["blocks"]
@@ -274,15 +298,7 @@ def render_report(report: dict[str, Any]) -> str:
         f"experts: understanding {experts['und']}, generation {experts['gen']} tokens "
         f"({und} / VAE latents)"
     )
-    w, h = report["output_size"]
-    out.append(f"output: {w}x{h} (from {report['output_size_from']})")
-    out.append(
-        "mask: "
-        + ("on (SIGMA's intra-group mask)" if report["mask"] else "off (plain causal, as BAGEL)")
-    )
-    out.append("warnings:" + ("" if report["warnings"] else " none"))
-    out += [f"  - {e(line)}" for line in report["warnings"]]
-    return "\n".join(out)
+    return out
 
 
 def _phantom_content(s: dict[str, Any]) -> str:
