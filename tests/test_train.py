@@ -270,16 +270,23 @@ def test_cli_train_prints_the_config_samples_logs_and_exports(checkpoint, shards
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    assert cli_main(["train", "--config", str(path), "--set", "steps=2"]) == 0
+    args = ["train", "--config", str(path), "--set", "steps=2", "--set", "layout=training"]
+    assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "max_tokens: 480" in out and "step 2 of 2" in out
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["steps"] == 2
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (written["steps"], written["layout"]) == (2, "training")
     sample = tmp_path / "run" / "samples" / "step-0000002.png"
     assert Image.open(sample).size[0] >= 64  # the validation composition, EMA weights
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))  # TensorBoard logs
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
     assert cli_main(["export", str(ckpt), str(tmp_path / "w")]) == 0
     assert (tmp_path / "w" / "ema.safetensors").is_file()
+    assert "| sequence layout | training |" in (tmp_path / "w" / "README.md").read_text()
+    # the validation sample runs in the sequence the model trains on
+    trainer = _trainer(cfg.replace(layout="training", mask=False, output_dir=str(tmp_path / "s")))
+    sample = trainer.sample_composition.settings
+    assert (sample.layout, sample.mask, sample.num_timesteps) == ("training", False, 2)
     assert cli_main(["train", "--config", str(path), "--set", "lr=-1"]) == 2
     assert "lr:" in capsys.readouterr().err
     assert cli_main(["export", str(tmp_path), str(tmp_path / "w2")]) == 2

@@ -145,7 +145,10 @@ class Trainer:
         self.sample_composition = None
         if cfg.sample_every:
             comp = load_preset(cfg.sample_preset)
-            settings = comp.settings.replace(num_timesteps=cfg.sample_steps, seed=0)
+            # sampled in the sequence the model trains on: its layout and mask
+            settings = comp.settings.replace(
+                num_timesteps=cfg.sample_steps, seed=0, layout=cfg.layout, mask=cfg.mask
+            )
             self.sample_composition = dataclasses.replace(comp, settings=settings)
         # fp32 on the CPU first: prepare_model casts, and accelerate places it
         self.pipe = pipeline or SigmaPipeline.from_pretrained(
