@@ -44,7 +44,6 @@ from sigma_core.inputs.png import find_png_text
 from sigma_core.inputs.preset import PNG_METADATA_KEY, load_composition
 from sigma_core.inputs.prompt import IMAGE_PLACEHOLDER, to_raw_prompt
 from sigma_core.inputs.settings import LAYOUTS, Settings
-from sigma_core.limits import MAX_SEED, MAX_TIMESTEPS, MIN_TIMESTEPS
 from sigma_core.model.modes import PRECISIONS
 
 EXIT_OK, EXIT_INPUT = 0, 2
@@ -134,20 +133,15 @@ def check(args: argparse.Namespace) -> Experiment:
     if len(set(layouts)) < len(layouts):
         raise SigmaInputError(f"--layouts: {' '.join(layouts)} names a layout twice")
     seeds = tuple(args.seeds)
-    bad = [s for s in seeds if not 0 <= s < MAX_SEED]
-    if bad:
-        raise SigmaInputError(f"--seeds: {bad[0]} is not in 0 <= seed < 2^63")
+    for seed in seeds:
+        _bounded("--seeds", seed=seed)
     if len(set(seeds)) < len(seeds):
         raise SigmaInputError(f"--seeds: {' '.join(map(str, seeds))} repeats a seed")
     changes: dict[str, Any] = {}
     if args.steps is not None:
-        if not MIN_TIMESTEPS <= args.steps <= MAX_TIMESTEPS:
-            raise SigmaInputError(
-                f"--steps: {args.steps} must be from {MIN_TIMESTEPS} to {MAX_TIMESTEPS}"
-            )
-        changes["num_timesteps"] = args.steps
+        changes["num_timesteps"] = _bounded("--steps", num_timesteps=args.steps)
     if args.size is not None:
-        changes["size"] = _parse_size(args.size)
+        changes["size"] = _bounded("--size", size=parse_size(args.size))
     if args.sigma_weights and not args.checkpoint:
         raise SigmaInputError(
             "--sigma-weights needs --checkpoint (the BAGEL folder that supplies the configs, the "
@@ -183,14 +177,15 @@ def check(args: argparse.Namespace) -> Experiment:
     return Experiment(sources, layouts, seeds, out, resolve_device(args.device))
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    """``--size`` parsed as the CLI parses it, and checked against the settings' bounds."""
-    w, h = parse_size(text)
+def _bounded(option: str, **value: Any) -> Any:
+    """One setting's value, checked by :class:`Settings` (the one place its bounds live); a
+    refusal names the option."""
+    ((name, given),) = value.items()
     try:
-        Settings(size=(w, h))
+        Settings(**value)
     except PresetError as e:
-        raise SigmaInputError(f"--size: {str(e).removeprefix('settings.size: ')}") from None
-    return w, h
+        raise SigmaInputError(f"{option}: {str(e).removeprefix(f'settings.{name}: ')}") from None
+    return given
 
 
 # ----------------------------------------------------------------------------- generation

@@ -149,14 +149,13 @@ def _planned(comp: Composition, plan: Plan) -> Check:
 
 def _chip(segment: dict[str, Any]) -> Chip:
     if segment["kind"] == "phantom":  # the training layout's ViT block (sigma_core's layouts)
-        rows, cols = segment["grid"]
         return Chip(
             kind="phantom",
             tokens=segment["count"],
             slot=segment["slot"],
             group=segment["group"],
             size=tuple(segment["size"]),
-            stands_for=rows * cols,
+            stands_for=segment["phantom_tokens"],
         )
     if segment["kind"] != "text":
         return Chip(

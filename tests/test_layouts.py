@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +287,17 @@ def test_a_broken_training_record_is_a_clear_checkpoint_error(tmp_path):
         else:
             with pytest.raises(CheckpointError, match=needle):
                 trained_layout(tmp_path)
+
+
+def test_cli_generate_runs_the_layout_asked_and_records_it(tmp_path, capsys):
+    from sigma_core import read_png_composition
+    from sigma_core.cli import main
+
+    preset = Path(__file__).resolve().parent.parent / "presets" / "select_coffee_cup.json"
+    out = tmp_path / "x.png"
+    args = ["generate", str(preset), "--layout", "training", "--steps", "2", "--size", "64x64"]
+    assert main([*args, "-o", str(out)]) == 0
+    assert read_png_composition(out).settings.layout == "training"
+    capsys.readouterr()
+    assert main([*args[:2], "--layout", "sideways", "-o", str(tmp_path / "y.png")]) == 2
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 CARD_FILE = "README.md"
-META_FILE = TRAINING_META_FILE
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -229,7 +228,7 @@ def export(
         "config": cfg,
     }
     save_file(_contiguous(tensors), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    _write_json(out_dir / META_FILE, meta)
+    _write_json(out_dir / TRAINING_META_FILE, meta)
     (out_dir / CARD_FILE).write_text(model_card(meta, sorted(tensors)), encoding="utf-8")
     return out_dir
 
@@ -272,7 +271,7 @@ Load with `SigmaPipeline.from_pretrained(base, sigma_weights=<this folder>)`; th
 Data:
 {data}
 
-The full config is in `{META_FILE}`.
+The full config is in `{TRAINING_META_FILE}`.
 """
 
 
