@@ -24,6 +24,12 @@ from sigma_core.runtime.sampler import Guidance, euler_step, timesteps
 
 ENDS_WITH_TEXT = "Put [1] on a beach next to [2] at sunset"
 ENDS_WITH_IMAGE = "Put [1] on a beach next to [2]"
+# fp32 rounding: the compact and the literal block sum their attention over different numbers of
+# keys, in an order that depends on the thread count, so each result may differ by a number of
+# units in the last place of its own scale. The worst seen over the matrix below, 1 or 2 threads,
+# is about 21 ulps (2.5e-6 of the scale); 128 leaves room for other machines' kernels. In float64
+# the two agree to 1e-12 (test_compact_phantom_is_exact_in_float64): rounding, not approximation.
+ULPS = 128
 
 
 def _image(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -64,6 +70,34 @@ def _outside_phantoms(plan) -> list[int]:
         if s.kind == "phantom":
             keep[s.start + 1 : s.end - 1] = False
     return np.nonzero(keep)[0].tolist()
+
+
+def _assert_fp32_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to ULPS fp32 units in the last place of ``expected``'s largest magnitude."""
+    scale = expected.abs().max().clamp(min=1.0).item()
+    tolerance = ULPS * torch.finfo(torch.float32).eps * scale
+    worst = (actual - expected).abs().max().item()
+    assert worst <= tolerance, f"{worst:.3g} > {tolerance:.3g} ({ULPS} ulps of {scale:.3g})"
+
+
+def _compare_caches(ctx_c, ctx_l, plan, literal, assert_close) -> None:
+    """Keys and values of every token outside the phantom blocks, every layer, every CFG row."""
+    cache_c, cache_l = ctx_c.cache, ctx_l.cache
+    assert (ctx_c.text_row, ctx_c.img_row) == (ctx_l.text_row, ctx_l.img_row)
+    outside_c, outside_l = _outside_phantoms(plan), _outside_phantoms(literal)
+    for row in range(cache_c.batch):
+        n_c, n_l = cache_c.lengths[row], cache_l.lengths[row]
+        keep_c = [i for i in outside_c if i < n_c]
+        keep_l = [i for i in outside_l if i < n_l]
+        if row == ctx_c.img_row:  # text only: the same slots in both
+            keep_c = keep_l = list(range(n_c))
+            assert n_c == n_l
+        assert len(keep_c) == len(keep_l)
+        assert cache_c.positions[row] == cache_l.positions[row]
+        for kc, kl in zip(
+            cache_c.keys + cache_c.values, cache_l.keys + cache_l.values, strict=True
+        ):
+            assert_close(kc[row, :, keep_c], kl[row, :, keep_l])
 
 
 def _sample(pipe, plan, refs, settings: Settings, *, batched: bool, steps: int = 4):
@@ -142,36 +176,19 @@ def test_compact_phantom_equals_literal_block(pipe, prompt, mask, n, batched):
     with torch.no_grad():
         ctx_c, v_c, x_c = _sample(pipe, plan, refs, settings, batched=batched)
         ctx_l, v_l, x_l = _sample(pipe, literal, refs, settings, batched=batched)
-    # keys and values of every token outside the phantom blocks, every layer, every CFG row
-    cache_c, cache_l = ctx_c.cache, ctx_l.cache
-    assert (ctx_c.text_row, ctx_c.img_row) == (ctx_l.text_row, ctx_l.img_row)
-    outside_c, outside_l = _outside_phantoms(plan), _outside_phantoms(literal)
-    for row in range(cache_c.batch):
-        n_c, n_l = cache_c.lengths[row], cache_l.lengths[row]
-        keep_c = [i for i in outside_c if i < n_c]
-        keep_l = [i for i in outside_l if i < n_l]
-        if row == ctx_c.img_row:  # text only: the same slots in both
-            keep_c = keep_l = list(range(n_c))
-            assert n_c == n_l
-        assert cache_c.positions[row] == cache_l.positions[row]
-        for kc, kl in zip(
-            cache_c.keys + cache_c.values, cache_l.keys + cache_l.values, strict=True
-        ):
-            torch.testing.assert_close(kc[row, :, keep_c], kl[row, :, keep_l], rtol=1e-5, atol=1e-5)
+    _compare_caches(ctx_c, ctx_l, plan, literal, _assert_fp32_close)
     for step_c, step_l in zip(v_c, v_l, strict=True):
         for a, b in zip(step_c, step_l, strict=True):
             assert (a is None) == (b is None)
             if a is not None:
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    # CFG (scales 4 and 2) amplifies the per-branch rounding: the final latent is held to 1e-5
-    # of its own scale (the test below shows the difference is rounding: 0 in float64)
-    assert (x_c - x_l).abs().max() <= 1e-5 * x_l.abs().max().clamp(min=1)
+                _assert_fp32_close(a, b)
+    _assert_fp32_close(x_c, x_l)
 
 
 @pytest.mark.parametrize("n", [7, None])
 def test_compact_phantom_is_exact_in_float64(tiny_checkpoint, n):
-    """In float64 the compact block and the literal one agree to 1e-12 in every key and value:
-    the ln N bias is exact, not an approximation."""
+    """In float64 the compact block and the literal one agree to 1e-10 in every key and value
+    of every CFG row (0.0 measured): the ln N bias is exact, not an approximation."""
     from sigma_core import SigmaPipeline
 
     pipe = SigmaPipeline.from_pretrained(tiny_checkpoint, device="cpu")
@@ -183,14 +200,14 @@ def test_compact_phantom_is_exact_in_float64(tiny_checkpoint, n):
     literal = literal_phantoms(plan)
     refs = {k: v.double() for k, v in refs.items()}
     with torch.no_grad():
-        cache_c = prefill_contexts(pipe.model, plan, refs).cache
-        cache_l = prefill_contexts(pipe.model, literal, refs).cache
-    keep_c = [i for i in _outside_phantoms(plan) if i < cache_c.lengths[0]]
-    keep_l = [i for i in _outside_phantoms(literal) if i < cache_l.lengths[0]]
-    assert len(keep_c) == len(keep_l) == cache_c.lengths[0] - 2
-    for kc, kl in zip(cache_c.keys + cache_c.values, cache_l.keys + cache_l.values, strict=True):
-        assert kc.dtype == torch.float64
-        assert (kc[0, :, keep_c] - kl[0, :, keep_l]).abs().max() < 1e-12
+        ctx_c = prefill_contexts(pipe.model, plan, refs)
+        ctx_l = prefill_contexts(pipe.model, literal, refs)
+    assert ctx_c.cache.batch == 3 and ctx_c.cache.keys[0].dtype == torch.float64
+
+    def exact(a: torch.Tensor, b: torch.Tensor) -> None:
+        assert (a - b).abs().max().item() <= 1e-10
+
+    _compare_caches(ctx_c, ctx_l, plan, literal, exact)
 
 
 def test_phantom_blocks_change_the_result_and_the_bias_matters(pipe):
