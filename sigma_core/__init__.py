@@ -21,16 +21,28 @@ from sigma_core.lazy import lazy_exports
 
 
 class _DropBitsandbytesNotices(logging.Filter):
-    """bitsandbytes logs a warning at import on CPUs without its optional 'kernels' package
-    (its fallback is fine), and one on every int8 matmul that casts bf16/fp32 inputs to fp16
-    (that is how LLM.int8 works): users should see neither."""
+    """bitsandbytes logs a warning at import on CPUs when its optional 'kernels' CPU kernel is
+    missing or cannot be fetched (its fallback is fine); the 'kernels' package, when installed
+    (transformers pulls it in), logs that offline mode skips its publisher check; and
+    bitsandbytes logs one on every int8 matmul that casts bf16/fp32 inputs to fp16 (that is how
+    LLM.int8 works): users should see none of them."""
+
+    NOTICES = (
+        "gemm_4bit_forward",
+        "MatMul8bitLt: inputs will be cast",
+        "Skipping publisher trust check",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        return "gemm_4bit_forward" not in text and "MatMul8bitLt: inputs will be cast" not in text
+        return not any(notice in text for notice in self.NOTICES)
 
 
-for _name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+for _name in (
+    "bitsandbytes.backends.cpu.ops",
+    "bitsandbytes.autograd._functions",
+    "kernels._internals.hf_hub",
+):
     logging.getLogger(_name).addFilter(_DropBitsandbytesNotices())
 
 _EXPORTS = {
