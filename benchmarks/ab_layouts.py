@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sigma_core.cli import parse_size
 from sigma_core.errors import PresetError, SigmaError, SigmaInputError
 from sigma_core.geometry import latent_shape
 from sigma_core.inputs.attributes import find_attribute_tokens
@@ -43,7 +42,7 @@ from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.png import find_png_text
 from sigma_core.inputs.preset import PNG_METADATA_KEY, load_composition
 from sigma_core.inputs.prompt import IMAGE_PLACEHOLDER, to_raw_prompt
-from sigma_core.inputs.settings import LAYOUTS, Settings
+from sigma_core.inputs.settings import LAYOUTS, Settings, parse_size
 from sigma_core.model.modes import PRECISIONS
 
 EXIT_OK, EXIT_INPUT = 0, 2

@@ -101,9 +101,9 @@ def compare(pipe: SigmaPipeline, comp: Composition, repeats: int) -> dict[str, d
 def _literal_run(pipe: SigmaPipeline, comp: Composition) -> dict[str, float]:
     """The training layout with N materialised tokens per phantom block: prefill and the median
     sequential step, timed through the engine's own contexts and denoiser."""
-    from sigma_core.planning.layout import literal_phantoms
     from sigma_core.runtime.contexts import Denoiser, prefill_contexts
     from sigma_core.runtime.sampler import Guidance, timesteps
+    from tests.phantoms import literal_phantoms
 
     images = comp.load_images()
     plan = literal_phantoms(pipe.plan(comp, images))

@@ -80,7 +80,7 @@ _EXPORTS = {
     "DESCRIPTIONS": "sigma_core.inputs.attributes",
     "RENORM_TYPES": "sigma_core.inputs.settings",
     "LAYOUT_CHOICES": "sigma_core.inputs.settings",
-    "LAYOUT_DESCRIPTIONS": "sigma_core.inputs.settings",
+    "SETTING_SPECS": "sigma_core.inputs.settings",
     "is_raw": "sigma_core.inputs.prompt",
     "placed_slots": "sigma_core.inputs.prompt",
     "renumber_slots": "sigma_core.inputs.prompt",

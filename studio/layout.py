@@ -33,7 +33,7 @@ from studio.forms import (
 ENGINE_QUEUE = "engine"  # the concurrency id every generation shares: one at a time
 HISTORY_KEY = "sigma-studio-history"
 # The layout dropdown's help: what each choice lays out (the core's words, one line each)
-LAYOUT_INFO = "; ".join(f"{k}: {v}" for k, v in sigma_core.LAYOUT_DESCRIPTIONS.items())
+LAYOUT_INFO = next(s.help for s in sigma_core.SETTING_SPECS if s.name == "layout")
 CURSOR_JS = """(prompt, cursor) => {
   const box = document.querySelector('#prompt textarea');
   return [prompt, box ? box.selectionStart : prompt.length];

@@ -352,4 +352,4 @@ def test_generate_bad_inputs_exit_2(capsys, tmp_path: Path) -> None:
     code, _, err = run(capsys, "generate", COMBINE, "--checkpoint", tmp_path / "none")
     assert code == 2 and "not a checkpoint folder" in err
     code, _, err = run(capsys, "generate", COMBINE, "--size", "big")
-    assert code == 2 and "--size: 'big' is not WIDTHxHEIGHT" in err
+    assert code == 2 and "--size (settings.size): 'big' is not WIDTHxHEIGHT" in err

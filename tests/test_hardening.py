@@ -392,19 +392,19 @@ def test_disk_full_keeps_the_image(capsys, monkeypatch, tmp_path: Path) -> None:
     import errno
 
     from sigma_core.errors import SigmaResourceError
-    from sigma_core.runtime import SigmaOutput
+    from sigma_core.runtime import output
 
-    real_save = SigmaOutput.save
+    real_write = output.write_png
     target = tmp_path / "o.png"
 
-    def full(self: SigmaOutput, path: object, **kwargs: object) -> Path:
+    def full(image: object, composition: object, path: object, **kwargs: object) -> Path:
         if Path(str(path)) == target:
             raise SigmaResourceError(
                 f"disk full while writing {path} ({os.strerror(errno.ENOSPC)})"
             )
-        return real_save(self, path, **kwargs)
+        return real_write(image, composition, path, **kwargs)
 
-    monkeypatch.setattr(SigmaOutput, "save", full)
+    monkeypatch.setattr(output, "write_png", full)
     code, _, err = run(capsys, "generate", COMBINE, *FAST, "-o", target)
     assert code == 2 and "disk full" in err and "the image was saved to" in err
     rescued = Path(err.split("the image was saved to ")[1].split(" instead")[0])

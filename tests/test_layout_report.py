@@ -13,12 +13,13 @@ from PIL import Image
 
 from sigma_core import Composition, Reference, Settings, cli
 from sigma_core.inputs import load_composition
-from sigma_core.inputs.settings import LAYOUT_DESCRIPTIONS, LAYOUTS
+from sigma_core.inputs.settings import LAYOUTS, describe_layout
 from sigma_core.planning import Expert, Plan, TokenType, build_plan
-from sigma_core.planning.layout import literal_phantoms, vit_grid, vit_size
+from sigma_core.planning.layout import vit_grid, vit_size
 from sigma_core.planning.mask import dense_mask
 from sigma_core.report import mask_png, plan_report, render_report
 from sigma_core.report.mask_picture import _INK, ALLOWED, PHANTOM, TYPE_COLORS, mask_cells
+from tests.phantoms import literal_phantoms
 
 ROOT = Path(__file__).resolve().parent.parent
 BEACH = ROOT / "presets" / "layout_beach_sketch.json"
@@ -48,7 +49,7 @@ def test_report_names_the_layout_and_its_rope(tokenizer, layout: str) -> None:
     plan, comp = _plan(tokenizer, layout)
     report = json.loads(json.dumps(plan_report(plan, comp)))  # as inspect --json prints it
     assert report["layout"] == layout and report["layout_auto"] is False
-    assert report["layout_description"] == LAYOUT_DESCRIPTIONS[layout]
+    assert report["layout_description"] == describe_layout(layout)
     step = 1 if layout == "inference" else 2
     assert report["rope_per_reference"] == step
     segs = report["segments"]
@@ -129,7 +130,7 @@ def test_text_shows_layout_phantom_blocks_and_n(tokenizer) -> None:
     report = _report(plan, comp)
     text = render_report(report)
     lines = text.splitlines()
-    assert f"layout: training - {LAYOUT_DESCRIPTIONS['training']}" in lines
+    assert f"layout: training - {describe_layout('training')}" in lines
     saved = report["phantom_blocks"]["saved"]
     assert f"  phantom blocks: 2, 3 tokens each here, N+2 each literally ({saved:,} tokens" in text
     for s in report["segments"]:
@@ -152,7 +153,7 @@ def test_text_shows_layout_phantom_blocks_and_n(tokenizer) -> None:
 
 def test_text_for_the_other_layouts(tokenizer) -> None:
     text = render_report(_report(*_plan(tokenizer, "auto")))
-    assert f"layout: inference (auto) - {LAYOUT_DESCRIPTIONS['inference']}" in text
+    assert f"layout: inference (auto) - {describe_layout('inference')}" in text
     assert "phantom" not in text and "rope holes" not in text
     plan, comp = _plan(tokenizer, "training-no-vit")
     text = render_report(_report(plan, comp))

@@ -18,9 +18,10 @@ from PIL import Image
 
 from sigma_core import Composition, Reference, Settings
 from sigma_core.planning import build_plan
-from sigma_core.planning.layout import literal_phantoms, vit_grid, vit_size
+from sigma_core.planning.layout import vit_grid, vit_size
 from sigma_core.runtime.contexts import Denoiser, prefill_contexts
 from sigma_core.runtime.sampler import Guidance, euler_step, timesteps
+from tests.phantoms import literal_phantoms
 
 ENDS_WITH_TEXT = "Put [1] on a beach next to [2] at sunset"
 ENDS_WITH_IMAGE = "Put [1] on a beach next to [2]"

@@ -15,6 +15,7 @@ import gradio as gr
 import pytest
 
 import sigma_core
+from sigma_core.inputs.settings import describe_layout
 from studio.engine import Engine, Sessions, Studio, load_engine
 from studio.forms import Draft, SettingsForm
 from studio.layout import _build_page, build_app
@@ -225,7 +226,8 @@ def test_the_layout_dropdown_offers_the_cores_layouts_and_travels_with_the_form(
     layout = _props(demo, "layout")
     assert [value for _, value in layout["choices"]] == list(sigma_core.LAYOUT_CHOICES)
     assert layout["value"] == "auto"
-    assert all(f"{k}: {v}" in layout["info"] for k, v in sigma_core.LAYOUT_DESCRIPTIONS.items())
+    descriptions = [f"{k}: {describe_layout(k)}" for k in sigma_core.LAYOUT_CHOICES]
+    assert all(text in layout["info"] for text in descriptions)
     with gr.Blocks():
         page = _build_page(studio, [])
     draft = Draft(prompt="A red cube", settings=SettingsForm(layout="training"))

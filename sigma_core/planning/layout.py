@@ -1,8 +1,8 @@
 """Sequence layouts: where the reference blocks sit, and SIGMA's phantom ViT block.
 
 SIGMA's checkpoint was trained on one sequence and is run, by its released inferencer, on
-another. Its data code (SepPhotoTokenIterableDataset.parse_row with PackedDataset.pack_sequence,
-run with ``--visual_und False``) emits, for every reference:
+another. SIGMA's data code (SepPhotoTokenIterableDataset.parse_row with
+PackedDataset.pack_sequence, run with ``--visual_und False``) emits, for every reference:
 
 - the VAE block ``<|vision_start|>`` latents ``<|vision_end|>`` at rope p, as at inference;
 - then a ViT block ``<|vision_start|>`` N tokens ``<|vision_end|>`` at rope p + 1, full
@@ -11,7 +11,9 @@ run with ``--visual_und False``) emits, for every reference:
 - rope p + 2 for what follows. A dropped block (CFG dropout: VAE 0.3, ViT 0.3 per reference)
   still advances rope by one.
 
-The released inferencer omits the ViT block and advances rope by 1. The three layouts:
+The released inferencer omits the ViT block and advances rope by 1. The three layouts (specified
+beside the other settings, as :data:`sigma_core.inputs.settings.LAYOUTS`; this module holds the
+phantom block's arithmetic):
 
 ======================  ==============================  ========================================
 layout                  rope per reference              after each reference's VAE block
@@ -27,8 +29,9 @@ query that sees them, N copies of a key with logit s weigh N e^s = e^(s + ln N):
 ONE key whose logit is raised by ln N. So the block is built as ``<|vision_start|>``, one
 zero-input token, ``<|vision_end|>`` (3 tokens instead of N + 2, about 1,000), and that token's
 key carries a bias of ln N for every query (:attr:`Plan.key_bias`; the model adds it to the
-attention logits). :func:`literal_phantoms` materialises the N tokens, the reference the compact
-form is tested against (equal in fp32 to float rounding; in bf16 the bias is rounded to bf16).
+attention logits). The tests materialise the N tokens (tests/phantoms.py) as the reference the
+compact form is checked against: equal in fp32 to float rounding; in bf16 the bias is rounded
+to bf16.
 
 **N** follows SIGMA's ViT transform (its training config: ``vit_image_transform_args`` with
 max 518, min 224, stride 14; ``ImageTransform``'s pixel cap 14*14*9*1024), applied to the
@@ -57,51 +60,12 @@ one key. fp32 keeps it to 1e-7.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sigma_core.geometry import MAX_PIXELS, vae_size
-from sigma_core.inputs.settings import AUTO_LAYOUT, LAYOUTS
-
-if TYPE_CHECKING:
-    from sigma_core.planning.sequence import Plan
-
-DEFAULT_LAYOUT = "inference"  # what "auto" means for weights without a recorded layout
 
 # SIGMA's ViT transform (data/configs: vit_image_transform_args; patch 14)
 VIT_MAX_SIDE, VIT_MIN_SIDE, VIT_PATCH = 518, 224, 14
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How references are laid out: rope positions per reference, and the phantom block."""
-
-    name: str
-    rope_per_reference: int  # 1: the released inferencer; 2: SIGMA's training code
-    phantom: bool  # a phantom ViT block after each reference's VAE block
-
-    @property
-    def keeps_holes(self) -> bool:
-        """Whether a context without the references keeps their rope positions (cfg_img)."""
-        return self.rope_per_reference > 1
-
-
-LAYOUT_SPECS = {
-    "inference": Layout("inference", 1, phantom=False),
-    "training": Layout("training", 2, phantom=True),
-    "training-no-vit": Layout("training-no-vit", 2, phantom=False),
-}
-assert tuple(LAYOUT_SPECS) == LAYOUTS
-
-
-def resolve_layout(setting: str, weights_layout: str | None = None) -> Layout:
-    """The layout a run uses: the setting, or for "auto" the one the weights were trained in
-    (``weights_layout``, from their model card), else SIGMA's released inferencer."""
-    if setting == AUTO_LAYOUT:
-        setting = weights_layout or DEFAULT_LAYOUT
-    return LAYOUT_SPECS[setting]
 
 
 def vit_size(width: int, height: int) -> tuple[int, int]:
@@ -125,15 +89,3 @@ def vit_grid(width: int, height: int) -> tuple[int, int]:
 def phantom_bias(tokens: int, inside: int) -> float:
     """The logit bias of each of ``inside`` tokens standing for ``tokens`` identical ones."""
     return math.log(tokens / inside)
-
-
-def literal_phantoms(plan: Plan) -> Plan:
-    """The plan with every phantom block's N zero-input tokens materialised (no bias): the
-    sequence SIGMA's packer builds, token for token. For tests; costs N tokens a reference."""
-    segments, start = [], 0
-    for seg in plan.segments:
-        if seg.kind == "phantom":
-            seg = dataclasses.replace(seg, length=seg.phantom_tokens + 2)
-        segments.append(dataclasses.replace(seg, start=start))
-        start += seg.length
-    return dataclasses.replace(plan, segments=segments)

@@ -29,9 +29,9 @@ from sigma_core.geometry import DEFAULT_OUTPUT_SIZE, latent_grid, vae_size
 from sigma_core.inputs.attributes import find_attribute_tokens
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.prompt import Piece, is_raw, require_slot, split_prompt, to_raw_prompt
-from sigma_core.inputs.settings import Settings
+from sigma_core.inputs.settings import Layout, Settings, resolve_layout
 from sigma_core.limits import MAX_PLAN_TOKENS, MAX_POSITIONS
-from sigma_core.planning.layout import Layout, phantom_bias, resolve_layout, vit_grid, vit_size
+from sigma_core.planning.layout import phantom_bias, vit_grid, vit_size
 from sigma_core.planning.tokenizer import TokenIds
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Plan:
     segments: list[Segment]
     output_size: tuple[int, int]  # (width, height) of the generated image
     mask: bool = True  # whether SIGMA's intra-group mask applies
-    layout: str = "inference"  # a name in sigma_core.planning.layout.LAYOUT_SPECS
+    layout: str = "inference"  # a name in sigma_core.inputs.settings.LAYOUTS
     raw_prompt: str = ""
     warnings: list[str] = field(default_factory=list)
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sigma_core.inputs.settings import LAYOUT_DESCRIPTIONS
-from sigma_core.planning.layout import DEFAULT_LAYOUT
+from sigma_core.inputs.settings import DEFAULT_LAYOUT, describe_layout
 from sigma_core.planning.sequence import ZERO_INPUT_ID, Plan, TokenType
 
 RGB = tuple[int, int, int]
@@ -207,7 +206,7 @@ def _title(plan: Plan, downsampled: bool) -> list[str]:
         else "1 cell = 1 token",
     ]
     if plan.layout != DEFAULT_LAYOUT:  # the default's picture stays as it was before layouts
-        lines.append(f"layout {plan.layout}: {LAYOUT_DESCRIPTIONS[plan.layout]}")
+        lines.append(f"layout {plan.layout}: {describe_layout(plan.layout)}")
     return lines
 
 

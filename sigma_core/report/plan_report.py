@@ -17,8 +17,8 @@ from typing import Any
 
 from sigma_core.inputs.attributes import ALIASES, ATTRIBUTES, DESCRIPTIONS, find_attribute_tokens
 from sigma_core.inputs.composition import Composition
-from sigma_core.inputs.settings import AUTO_LAYOUT, LAYOUT_DESCRIPTIONS
-from sigma_core.planning.layout import LAYOUT_SPECS, phantom_bias
+from sigma_core.inputs.settings import AUTO_LAYOUT, LAYOUTS, describe_layout
+from sigma_core.planning.layout import phantom_bias
 from sigma_core.planning.sequence import Expert, Plan, Segment, TokenType
 from sigma_core.planning.tokenizer import MARKER_TOKENS, QWEN25_SIGMA_FIRST_ID
 
@@ -44,8 +44,8 @@ def plan_report(plan: Plan, comp: Composition) -> dict[str, Any]:
         "raw_prompt": plan.raw_prompt,
         "layout": plan.layout,
         "layout_auto": comp.settings.layout == AUTO_LAYOUT,
-        "layout_description": LAYOUT_DESCRIPTIONS[plan.layout],
-        "rope_per_reference": LAYOUT_SPECS[plan.layout].rope_per_reference,
+        "layout_description": describe_layout(plan.layout),
+        "rope_per_reference": LAYOUTS[plan.layout].rope_per_reference,
         "rope_holes": _rope_holes(plan.segments),
         "phantom_blocks": _phantom_summary(plan),
         "length": plan.length,

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.model.bagel import BagelGenerator, DenoiseContext, unpatchify
 from sigma_core.model.cache import KVCache
-from sigma_core.planning.layout import LAYOUT_SPECS
 from sigma_core.planning.mask import segment_masks
 from sigma_core.planning.sequence import Plan
 from sigma_core.runtime.sampler import Guidance, guide
@@ -83,7 +83,7 @@ def prefill_contexts(
         dtype=model.dtype,
         device=model.layer_devices(),
     )
-    holes = LAYOUT_SPECS[plan.layout].keeps_holes
+    holes = LAYOUTS[plan.layout].keeps_holes
     hidden, cut = [], cache.mark(0)
     for seg, seg_mask in zip(context, segment_masks(plan), strict=False):
         _seek(cache, 0, seg.position, holes)

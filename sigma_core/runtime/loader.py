@@ -212,7 +212,7 @@ def trained_layout(folder: Path | None) -> str | None:
         layout = json.loads(path.read_text(encoding="utf-8")).get("layout")
     except (OSError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a readable training record ({e})") from None
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise CheckpointError(
             f"{path}: layout {str(layout)[:40]!r} is not one of {', '.join(LAYOUTS)}"
         )

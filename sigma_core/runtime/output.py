@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,7 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sigma_core.errors import GenerationCancelled, SigmaInputError, SigmaOutOfMemoryError
+from sigma_core.errors import (
+    GenerationCancelled,
+    SigmaError,
+    SigmaInputError,
+    SigmaOutOfMemoryError,
+    SigmaResourceError,
+)
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.preset import write_png
 from sigma_core.inputs.settings import Settings
@@ -45,21 +53,28 @@ class SigmaOutput:
     def notice(self) -> str | None:
         return PREVIEW_NOTICE if self.preview else None
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def save(
+        self, path: str | os.PathLike, *, overwrite: bool = False, rescue: bool = False
+    ) -> Path:
         """PNG with the composition (the placed references embedded) in its metadata, written
         atomically. Returns the path written: an existing file is kept unless ``overwrite``, and
         the image goes to ``stem-2.png``; that, and references left out, are added to
-        ``warnings``."""
+        ``warnings``. With ``rescue``, an image that cannot be written there (the disk filled
+        up, the folder went away during the run) is saved in the system's temporary folder and
+        the error says where, so a long run is never lost."""
         if not isinstance(self.images, list) or not self.images:
             raise SigmaInputError("save: this result has no PIL image (use output_type='pil')")
-        return write_png(
-            self.images[0],
-            self.composition,
-            path,
-            notice=self.notice,
-            overwrite=overwrite,
-            warnings=self.warnings,
+        write = functools.partial(
+            write_png, self.images[0], self.composition, notice=self.notice, warnings=self.warnings
         )
+        try:
+            return write(path, overwrite=overwrite)
+        except SigmaError as e:
+            if not rescue:
+                raise
+            saved = write(Path(tempfile.gettempdir()) / f"sigma-{self.seed}-{os.getpid()}.png")
+            kind = SigmaResourceError if isinstance(e, SigmaResourceError) else SigmaInputError
+            raise kind(f"{e}\nthe image was saved to {saved} instead") from None
 
 
 class CancelToken(Protocol):

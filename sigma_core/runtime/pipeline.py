@@ -24,13 +24,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
 from sigma_core.inputs.composition import Composition
-from sigma_core.inputs.fields import did_you_mean
-from sigma_core.inputs.settings import LAYOUTS, Settings
+from sigma_core.inputs.settings import DEFAULT_LAYOUT, Settings, check_layout_name
 from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
 from sigma_core.model.modes import VAE_DTYPES
 from sigma_core.model.precision import DTYPES, Precision, resolve_precision
 from sigma_core.model.vae import FluxVAE
-from sigma_core.planning.layout import DEFAULT_LAYOUT
 from sigma_core.planning.sequence import Plan, build_plan
 from sigma_core.planning.tokenizer import load_tokenizer
 from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, prefill_contexts
@@ -394,11 +392,7 @@ def _check_layout(layout: str | None, trained: str | None) -> str:
     released inferencer's; warns when it differs from the one the weights were trained in."""
     if layout is None:
         return trained or DEFAULT_LAYOUT
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise SigmaInputError(
-            f"layout: {str(layout)[:40]!r} is not one of {', '.join(LAYOUTS)}"
-            + did_you_mean(layout, LAYOUTS)
-        )
+    check_layout_name(layout)
     if trained is not None and layout != trained:
         warnings.warn(_layout_warning(layout, trained), UserWarning, stacklevel=3)
     return layout

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +49,44 @@ def tiny_llm_config(vocab_size: int, *, layers: int = 2, hidden: int = 64) -> LL
     )
 
 
+def write_new_tiny_checkpoint(out_dir: str | os.PathLike, **options: Any) -> Path:
+    """:func:`make_tiny_checkpoint` into ``out_dir``, which must be new or empty: written into
+    a private folder beside it first and moved in place when complete, so a failure never
+    leaves half a checkpoint. ``options`` as for make_tiny_checkpoint."""
+    _check_options(options.get("seed", 0), options.get("layers", 2))
+    out = Path(out_dir)
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SigmaInputError(
+                f"OUT_DIR: {str(out_dir)!r} already exists and is not an empty folder; "
+                "choose a new folder"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise SigmaInputError(f"OUT_DIR: cannot write {str(out_dir)!r} ({reason})") from None
+    try:
+        make_tiny_checkpoint(staging, **options)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except OSError as e:
+        raise SigmaInputError(
+            f"OUT_DIR: cannot write {str(out_dir)!r} ({e.strerror or e})"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _check_options(seed: Any, layers: Any) -> None:
+    if not is_int(layers) or not 1 <= layers <= MAX_TINY_LAYERS:
+        raise SigmaInputError(f"layers: {shown(layers)} must be from 1 to {MAX_TINY_LAYERS}")
+    if not is_int(seed) or not 0 <= seed < MAX_SEED:
+        raise SigmaInputError(f"seed: {shown(seed)} must be 0 <= seed < 2^63")
+
+
 def make_tiny_checkpoint(
     out_dir: str | os.PathLike,
     *,
@@ -56,10 +97,7 @@ def make_tiny_checkpoint(
     hidden: int = 64,
 ) -> Path:
     """Write a random checkpoint folder; returns its path. Deterministic for a given seed."""
-    if not is_int(layers) or not 1 <= layers <= MAX_TINY_LAYERS:
-        raise SigmaInputError(f"layers: {shown(layers)} must be from 1 to {MAX_TINY_LAYERS}")
-    if not is_int(seed) or not 0 <= seed < MAX_SEED:
-        raise SigmaInputError(f"seed: {shown(seed)} must be 0 <= seed < 2^63")
+    _check_options(seed, layers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make_tiny_tokenizer(out)

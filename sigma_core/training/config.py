@@ -173,7 +173,7 @@ CHOICES = {
     "train": TRAINABLE,
     "mixed_precision": MIXED_PRECISIONS,
     "weights_dtype": WEIGHT_DTYPES,
-    "layout": LAYOUTS,
+    "layout": tuple(LAYOUTS),
 }
 FLAGS = ("mask", "attribute_projection", "gradient_checkpointing", "flex_attention")
 INTS = {
