@@ -41,7 +41,7 @@ from sigma_core.inputs.attributes import find_attribute_tokens
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.png import find_png_text
 from sigma_core.inputs.preset import PNG_METADATA_KEY, load_composition
-from sigma_core.inputs.prompt import IMAGE_PLACEHOLDER, to_raw_prompt
+from sigma_core.inputs.prompt import IMAGE_PLACEHOLDER
 from sigma_core.inputs.settings import LAYOUTS, Settings, parse_size
 from sigma_core.model.modes import PRECISIONS
 
@@ -428,7 +428,7 @@ def load_scorers(device: torch.device, models: dict[str, str] = SCORE_MODELS) ->
 def prompt_text(composition: Composition) -> str:
     """The prompt as CLIP-T reads it: SIGMA's raw prompt without its attribute tokens and
     <image_k> placeholders."""
-    raw, _ = to_raw_prompt(composition)
+    raw, _ = composition.raw_prompt()
     text = IMAGE_PLACEHOLDER.sub(" ", raw)
     for m in reversed(find_attribute_tokens(text)):
         text = f"{text[: m.start()]} {text[m.end() :]}"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sigma_core import ATTRIBUTES, Composition, Reference, Settings
 from sigma_core.errors import CheckpointError, PromptError, SigmaInputError
 from sigma_core.geometry import vae_size
-from sigma_core.inputs.prompt import Piece, split_prompt, to_raw_prompt
+from sigma_core.inputs.prompt import Piece, split_prompt
 from sigma_core.planning.sequence import Expert, TokenType, build_plan, tokenize_text
 from sigma_core.planning.tokenizer import (
     QWEN2_SPECIAL_TOKENS,
@@ -56,7 +56,7 @@ def _comp(prompt: str, settings: Settings | None = None, refs=None) -> Compositi
 
 
 def test_template_expands_to_sigmas_triple():
-    raw, warnings = to_raw_prompt(_comp("Show [1] walking [2] on [3]."))
+    raw, warnings = _comp("Show [1] walking [2] on [3].").raw_prompt()
     assert raw == (
         "Show <id> the woman <image_1> walking <subject> the dog <image_2> on "
         "<background> <image_3>."
@@ -65,7 +65,7 @@ def test_template_expands_to_sigmas_triple():
 
 
 def test_template_attribute_override_allows_attribute_dense_samples():
-    raw, _ = to_raw_prompt(_comp("Paint [1:style] of [1:id+clothing]"))
+    raw, _ = _comp("Paint [1:style] of [1:id+clothing]").raw_prompt()
     assert raw == "Paint <style> the woman <image_1> of <id> <clothing> the woman <image_1>"
 
 
@@ -95,7 +95,7 @@ def test_two_syntaxes_one_result(tokenizer):
 
 
 def test_raw_aliases_are_canonicalised_and_unknown_words_warned():
-    raw, warnings = to_raw_prompt(_comp("Use <identity> her <image_1> and <Style> <image_2> <foo>"))
+    raw, warnings = _comp("Use <identity> her <image_1> and <Style> <image_2> <foo>").raw_prompt()
     assert raw == "Use <id> her <image_1> and <style> <image_2> <foo>"
     assert any("'<foo>' is not an attribute token" in w for w in warnings)
 
@@ -113,7 +113,7 @@ def test_raw_aliases_are_canonicalised_and_unknown_words_warned():
 )
 def test_prompt_errors(prompt, needle):
     with pytest.raises(PromptError) as e:
-        to_raw_prompt(_comp(prompt))
+        _comp(prompt).raw_prompt()
     assert needle in str(e.value)
 
 

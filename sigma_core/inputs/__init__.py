@@ -30,7 +30,6 @@ from sigma_core.inputs.prompt import (
     placed_slots,
     renumber_slots,
     split_prompt,
-    to_raw_prompt,
 )
 from sigma_core.inputs.settings import RENORM_TYPES, Settings
 
@@ -64,7 +63,6 @@ __all__ = [
     "renumber_slots",
     "save_preset",
     "split_prompt",
-    "to_raw_prompt",
     "vae_resize",
     "write_png",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from sigma_core.errors import ImageInputError, PresetError
+from sigma_core.errors import ImageInputError, PresetError, PromptError
 from sigma_core.inputs.attributes import UnknownAttributeError, normalize_attribute
 from sigma_core.inputs.fields import is_int
 from sigma_core.inputs.images import (
@@ -25,7 +25,7 @@ from sigma_core.inputs.images import (
     load_image,
     read_image_bytes,
 )
-from sigma_core.inputs.prompt import check_entity, placed_slots
+from sigma_core.inputs.prompt import check_entity, placed_slots, to_raw_prompt
 from sigma_core.inputs.settings import Settings
 from sigma_core.limits import (
     MAX_ASPECT,
@@ -111,6 +111,26 @@ class Composition:
     def reference(self, slot: int) -> Reference | None:
         """The reference in ``slot``, or None."""
         return next((r for r in self.references if r.slot == slot), None)
+
+    def placed_reference(self, slot: int, written: str) -> Reference:
+        """The reference ``written`` (``[2]``, ``<image_2>``) places; it must exist with an
+        image, else a PromptError names what the prompt wrote."""
+        ref = self.reference(slot)
+        if ref is None:
+            have = ", ".join(str(r.slot) for r in self.references) or "none"
+            raise PromptError(
+                f"prompt: {written} refers to slot {slot}, which does not exist (slots: {have})"
+            )
+        if ref.image is None:
+            raise PromptError(
+                f"prompt: {written} refers to slot {slot}, which has no image; "
+                "add one or remove the reference"
+            )
+        return ref
+
+    def raw_prompt(self) -> tuple[str, list[str]]:
+        """The prompt in raw SIGMA syntax (templates expanded from the slots), and warnings."""
+        return to_raw_prompt(self.prompt, self.placed_reference)
 
     def referenced_slots(self) -> list[int]:
         """Slots the prompt places, in order, repeats included (raw syntax wins if present)."""

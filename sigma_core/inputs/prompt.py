@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from sigma_core.errors import PromptError
 from sigma_core.inputs.attributes import (
@@ -21,9 +21,6 @@ from sigma_core.inputs.attributes import (
     normalize_attribute,
     suggest_attribute,
 )
-
-if TYPE_CHECKING:
-    from sigma_core.inputs.composition import Composition, Reference
 
 IMAGE_PLACEHOLDER = re.compile(r"<image(?:[_\s]+)(\d+)>")
 SLOT_REFERENCE = re.compile(r"\[(\d+)(?::([^\]]*))?\]")
@@ -128,11 +125,18 @@ def _check_prompt_text(prompt: str, template: bool) -> None:
         )
 
 
-def to_raw_prompt(composition: Composition) -> tuple[str, list[str]]:
-    """The prompt in raw SIGMA syntax, and warnings. Template prompts ([k]) are expanded to
-    SIGMA's triple ``<attr...> phrase <image_k>``; raw prompts are checked and aliases
-    (``<identity>``) canonicalised."""
-    prompt = composition.prompt
+class PlacedSlot(Protocol):
+    """What a template's ``[k]`` expands from: a slot's attributes and entity phrase."""
+
+    attributes: tuple[str, ...]
+    entity: str
+
+
+def to_raw_prompt(prompt: str, placed: Callable[[int, str], PlacedSlot]) -> tuple[str, list[str]]:
+    """``prompt`` in raw SIGMA syntax, and warnings. Template prompts ([k]) are expanded to
+    SIGMA's triple ``<attr...> phrase <image_k>`` from ``placed(k, "[k]")``, the slot each one
+    places (which raises a PromptError for a missing or empty slot); raw prompts are checked
+    and aliases (``<identity>``) canonicalised."""
     has_raw = is_raw(prompt)
     has_template = SLOT_REFERENCE.search(prompt) is not None
     if has_raw and has_template:
@@ -142,14 +146,14 @@ def to_raw_prompt(composition: Composition) -> tuple[str, list[str]]:
     _check_prompt_text(prompt, template=not has_raw)
     warnings: list[str] = []
     if not has_raw:
-        prompt = _expand_template(prompt, composition)
+        prompt = _expand_template(prompt, placed)
     return _canonicalize_tokens(prompt, warnings), warnings
 
 
-def _expand_template(prompt: str, composition: Composition) -> str:
+def _expand_template(prompt: str, placed: Callable[[int, str], PlacedSlot]) -> str:
     def expand(m: re.Match[str]) -> str:
         slot = int(m.group(1))
-        ref = require_slot(composition, slot, m.group(0))
+        ref = placed(slot, m.group(0))
         attrs = ref.attributes
         if m.group(2) is not None:
             try:
@@ -212,19 +216,3 @@ def split_prompt(raw: str) -> list[Piece]:
     if tail:
         pieces.append(Piece("text", text=tail))
     return pieces
-
-
-def require_slot(composition: Composition, slot: int, written: str) -> Reference:
-    """The reference ``written`` (``[2]``, ``<image_2>``) places; it must exist with an image."""
-    ref = composition.reference(slot)
-    if ref is None:
-        have = ", ".join(str(r.slot) for r in composition.references) or "none"
-        raise PromptError(
-            f"prompt: {written} refers to slot {slot}, which does not exist (slots: {have})"
-        )
-    if ref.image is None:
-        raise PromptError(
-            f"prompt: {written} refers to slot {slot}, which has no image; "
-            "add one or remove the reference"
-        )
-    return ref

@@ -28,7 +28,7 @@ from sigma_core.errors import PromptError
 from sigma_core.geometry import DEFAULT_OUTPUT_SIZE, latent_grid, vae_size
 from sigma_core.inputs.attributes import find_attribute_tokens
 from sigma_core.inputs.composition import Composition
-from sigma_core.inputs.prompt import Piece, is_raw, require_slot, split_prompt, to_raw_prompt
+from sigma_core.inputs.prompt import Piece, is_raw, split_prompt
 from sigma_core.inputs.settings import Layout, Settings, resolve_layout
 from sigma_core.limits import MAX_PLAN_TOKENS, MAX_POSITIONS
 from sigma_core.planning.layout import phantom_bias, vit_grid, vit_size
@@ -265,7 +265,7 @@ def build_plan(
     if image_sizes is None:
         image_sizes = {slot: im.size for slot, im in composition.load_images().items()}
     ids = TokenIds.from_tokenizer(tokenizer)
-    raw, warnings = to_raw_prompt(composition)
+    raw, warnings = composition.raw_prompt()
     pieces = split_prompt(raw)
     if not pieces:
         raise PromptError("prompt: is empty; describe the image and place references with [1]")
@@ -279,7 +279,7 @@ def build_plan(
         if piece.kind == "text":
             b.text(text_ids[i], piece.text, next_group[i])
             continue
-        ref = require_slot(composition, piece.slot, f"<image_{piece.slot}>")
+        ref = composition.placed_reference(piece.slot, f"<image_{piece.slot}>")
         if piece.slot not in image_sizes:
             raise PromptError(f"references[slot {piece.slot}]: no image size is known")
         last_size = resize(*image_sizes[piece.slot])

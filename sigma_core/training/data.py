@@ -39,7 +39,7 @@ from sigma_core.inputs.images import (
     read_image_bytes,
 )
 from sigma_core.inputs.preset import parse_json, preset_from_dict
-from sigma_core.inputs.prompt import placed_slots, to_raw_prompt
+from sigma_core.inputs.prompt import placed_slots
 from sigma_core.limits import MAX_ASPECT, MAX_COMPOSITION_BYTES, MAX_REFERENCES
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _checked_prompt(
         skipped.skip(MISSING_PLACEHOLDER, source, f"places slot {missing[0]}; images: {have}")
         return False
     try:
-        to_raw_prompt(comp)
+        comp.raw_prompt()
     except SigmaInputError as e:
         skipped.skip(BAD_PROMPT, source, str(e))
         return False
