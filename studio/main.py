@@ -30,7 +30,7 @@ def make_studio(options: StudioOptions) -> Studio:
 def serve(studio: Studio, **launch: Any) -> Any:
     """Build the page and serve it: a bounded queue, gradio's default of one run at a time,
     files served only from the studio's folder. ``launch`` overrides gradio's launch()."""
-    from studio.layout import build_app
+    from studio.app import build_app
     from studio.views import CSS
 
     options = studio.options

@@ -3,11 +3,13 @@ elem_id) and its HTTP API, called with gradio_client against the app served in-p
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,12 +17,15 @@ import gradio as gr
 import pytest
 
 import sigma_core
+from sigma_core import PresetError, SigmaInputError
 from sigma_core.inputs.settings import describe_layout
+from studio.app import build_app
 from studio.engine import Engine, Sessions, Studio, load_engine
 from studio.forms import Draft, SettingsForm
-from studio.layout import _build_page, build_app
 from studio.main import main, serve
 from studio.options import PRESETS_DIR, StudioOptions, default_model, engine_lock, parse_options
+from studio.page import build_page
+from studio.wiring import warns
 
 # gradio's queue metrics use pandas APIs that pandas 3 deprecates; not the studio's concern
 pytestmark = [
@@ -28,6 +33,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
 ROOT = Path(__file__).resolve().parent.parent
+PROGRESS = gr.Progress()
 ELEM_IDS = [
     "engine-banner", "preset-dropdown", "preset-upload", "save-preset", "preset-file",
     "examples", "add-slot", "composition-name", "prompt", "prompt-problems", "auto-compose",
@@ -229,11 +235,40 @@ def test_the_layout_dropdown_offers_the_cores_layouts_and_travels_with_the_form(
     descriptions = [f"{k}: {describe_layout(k)}" for k in sigma_core.LAYOUT_CHOICES]
     assert all(text in layout["info"] for text in descriptions)
     with gr.Blocks():
-        page = _build_page(studio, [])
+        page = build_page(studio, [])
     draft = Draft(prompt="A red cube", settings=SettingsForm(layout="training"))
     values = page.form_of(draft)  # a preset, a PNG or a result loaded into the controls
     assert values[page.form_outputs.index(page.settings.layout)] == "training"
     assert page.draft_of(dict(zip(page.form_outputs, values, strict=True))) == draft
+
+
+def test_a_handlers_sigma_error_becomes_an_escaped_toast_and_the_outputs_stay():
+    kept = ["kept"]
+
+    @warns(keep=lambda: kept)
+    def check(data: dict) -> list[str]:
+        raise PresetError("'<idd>' is not an attribute")
+
+    with pytest.warns(UserWarning, match="^&#x27;&lt;idd&gt;&#x27; is not an attribute$"):
+        assert check({}) is kept  # gr.Warning outside a request is a Python warning
+
+    @warns(keep=dict)
+    def run(data: dict, event: gr.EventData, progress: gr.Progress = PROGRESS) -> Iterator[dict]:
+        yield {"status": "step 1"}
+        raise SigmaInputError("the engine went away")
+
+    assert inspect.isgeneratorfunction(run)  # gradio streams it only if it is one
+    wrapped = gr.helpers.special_args(run, [{}, None, None])[1:3]
+    assert wrapped == gr.helpers.special_args(run.__wrapped__, [{}, None, None])[1:3] == (2, 1)
+    with pytest.warns(UserWarning, match="the engine went away"):
+        assert list(run({}, None)) == [{"status": "step 1"}, {}]
+
+    @warns(keep=dict)
+    def bug(data: dict) -> None:
+        raise KeyError("not a SigmaError: gradio shows it as the error it is")
+
+    with pytest.raises(KeyError):
+        bug({})
 
 
 def test_only_the_api_events_are_public(studio):

@@ -8,6 +8,7 @@ each is checked not to be blank (a one-colour picture means the page did not ren
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -159,3 +160,37 @@ def page(open_page: Callable[[], object], request: pytest.FixtureRequest) -> Ite
     page = open_page()
     yield page
     save_screenshot(page, request.node.name)
+
+
+@pytest.fixture
+def pictures(tmp_path: Path) -> dict[str, Path]:
+    """Small reference PNGs, and the bad files of section 6."""
+    from PIL import Image
+
+    out = {}
+    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220)), ("green", (30, 160, 60))):
+        out[name] = tmp_path / f"{name}.png"
+        image = Image.new("RGB", (256, 256), colour)
+        image.paste((255, 255, 255), (64, 64, 192, 192))  # not one flat colour
+        image.save(out[name])
+    out["text"] = tmp_path / "notes.png"  # a text file named .png
+    out["text"].write_text("these are notes, not an image\n")
+    whole = out["red"].read_bytes()
+    out["truncated"] = tmp_path / "truncated.png"
+    out["truncated"].write_bytes(whole[: len(whole) // 2])
+    out["malformed"] = tmp_path / "malformed.json"
+    out["malformed"].write_text('{"prompt": "A photo of [1]", "references": [')
+    out["invalid"] = tmp_path / "invalid.json"
+    out["invalid"].write_text(  # well-formed, but an attribute that does not exist
+        json.dumps(
+            {
+                "format": "sigma-studio/preset",
+                "version": 1,
+                "prompt": "A photo of [1]",
+                "references": [{"slot": 1, "attributes": ["<idd>"]}],
+            }
+        )
+    )
+    out["plain"] = tmp_path / "plain.png"  # a PNG that SIGMA Studio did not make
+    Image.new("RGB", (64, 64), (0, 128, 0)).save(out["plain"])
+    return out

@@ -1,0 +1,510 @@
+"""The studio's page: every control of the gradio Blocks, built once, and nothing else (the
+events are connected in :mod:`studio.wiring`).
+
+Every control has a stable ``elem_id`` (the browser tests find them by it). Slots are built up
+front, ``--max-references`` of them, and shown or hidden by the slot count, so their controls
+and events never change identity. The browser-side JavaScript lives in ``studio/static/``, read
+once at import.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.data_classes import ImageData
+
+import sigma_core
+from studio import modes, presets, views
+from studio.engine import Studio, refusals
+from studio.forms import (
+    MAX_IMAGES_PER_RUN,
+    SEED_MODES,
+    SIZE_CHOICES,
+    Draft,
+    SettingsForm,
+    SlotForm,
+)
+
+STATIC = Path(__file__).resolve().parent / "static"
+HISTORY_KEY = "sigma-studio-history"
+# The layout dropdown's help: what each choice lays out (the core's words, one line each)
+LAYOUT_INFO = next(s.help for s in sigma_core.SETTING_SPECS if s.name == "layout")
+# An insert button's browser side: the prompt and the caret's place in it
+CURSOR_JS = (STATIC / "cursor.js").read_text(encoding="utf-8")
+# The slot strip: a thumbnail per slot (gr.HTML's template escapes {{...}}); its script sends
+# the order a drag and drop makes as an "input" event.
+STRIP_TEMPLATE = """<div class="sigma-strip">{{#each value}}
+<div class="sigma-strip-item" draggable="true" data-slot="{{this.slot}}" title="drag to reorder">
+{{#if this.thumb}}<img src="{{this.thumb}}" alt="" draggable="false">{{/if}}
+<span>[{{this.slot}}] {{this.label}}</span></div>{{/each}}</div>"""
+STRIP_JS = (STATIC / "slot_strip.js").read_text(encoding="utf-8")
+
+
+def _untouched_upload(payload: ImageData | None) -> str | None:
+    """A reference image's preprocess: the uploaded file's path (or a pasted data URI) as it
+    is. gr.Image's own preprocess opens every upload with PIL before the handler runs, so a
+    file that is not an image fails inside gradio with PIL's message; sigma_core reads it
+    instead, with its limits and its message. (Set on the instance: a gr.Image subclass makes
+    gradio write a .pyi stub next to this module at import.)"""
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        return payload.url
+    return payload.path
+
+
+@dataclass(frozen=True)
+class SlotControls:
+    box: gr.Column
+    image: gr.Image
+    attributes: gr.Dropdown
+    entity: gr.Textbox
+    crop: gr.Textbox
+    thumb: gr.Image
+    info: gr.Markdown
+    messages: gr.HTML
+    up: gr.Button
+    down: gr.Button
+    remove: gr.Button
+    insert: gr.Button
+
+    @property
+    def values(self) -> list[gr.components.Component]:
+        return [self.image, self.attributes, self.entity, self.crop]
+
+
+@dataclass(frozen=True)
+class SettingsControls:
+    size: gr.Dropdown
+    steps: gr.Slider
+    cfg_text: gr.Slider
+    cfg_img: gr.Slider
+    cfg_start: gr.Slider
+    cfg_end: gr.Slider
+    shift: gr.Slider
+    renorm_type: gr.Dropdown
+    renorm_min: gr.Slider
+    seed_mode: gr.Radio
+    seed: gr.Textbox
+    images_per_run: gr.Slider
+    mask: gr.Checkbox
+    attribute_projection: gr.Checkbox
+    layout: gr.Dropdown
+
+    @property
+    def values(self) -> list[gr.components.Component]:
+        return [getattr(self, name) for name in SettingsForm.__dataclass_fields__]
+
+
+def _slot_controls(k: int, visible: bool) -> SlotControls:
+    attribute_choices = [(f"{t}: {sigma_core.DESCRIPTIONS[t]}", t) for t in sigma_core.ATTRIBUTES]
+    with gr.Column(variant="panel", visible=visible, elem_id=f"slot-{k}") as box:
+        gr.Markdown(f"**Slot {k}**, placed in the prompt as `[{k}]`")
+        with gr.Row():
+            image = gr.Image(
+                label=f"Reference [{k}]",
+                type="filepath",
+                sources=["upload", "clipboard", "webcam"],
+                format="png",
+                height=220,
+                elem_id=f"slot-{k}-image",
+            )
+            image.preprocess = _untouched_upload
+            with gr.Column(min_width=160):
+                thumb = gr.Image(
+                    label="As the model sees it",
+                    interactive=False,
+                    format="png",
+                    height=150,
+                    elem_id=f"slot-{k}-thumb",
+                )
+                info = gr.Markdown(elem_id=f"slot-{k}-info")
+        attributes = gr.Dropdown(
+            choices=attribute_choices,
+            multiselect=True,
+            label="Attributes",
+            info="What this image contributes; [k] expands to these tokens, its entity and "
+            "the image",
+            elem_id=f"slot-{k}-attributes",
+        )
+        entity = gr.Textbox(
+            label="Entity phrase",
+            placeholder="woman with brown hair",
+            max_length=sigma_core.MAX_ENTITY_CHARS,
+            elem_id=f"slot-{k}-entity",
+        )
+        crop = gr.Textbox(
+            label="Crop (optional)",
+            placeholder="left, top, right, bottom in pixels of the upright image; empty: none",
+            elem_id=f"slot-{k}-crop",
+        )
+        messages = gr.HTML(elem_id=f"slot-{k}-problems")
+        with gr.Row():
+            up = gr.Button("▲ Up", size="sm", elem_id=f"slot-{k}-up")
+            down = gr.Button("▼ Down", size="sm", elem_id=f"slot-{k}-down")
+            remove = gr.Button("✕ Remove", size="sm", variant="stop", elem_id=f"slot-{k}-remove")
+    insert = gr.Button(f"[{k}]", size="sm", visible=visible, render=False, elem_id=f"insert-{k}")
+    return SlotControls(
+        box, image, attributes, entity, crop, thumb, info, messages, up, down, remove, insert
+    )
+
+
+def _settings_controls() -> SettingsControls:
+    defaults = SettingsForm()
+    with gr.Row():
+        size = gr.Dropdown(
+            choices=list(SIZE_CHOICES),
+            value=defaults.size,
+            allow_custom_value=True,
+            label="Size",
+            info="Follow the last reference (as BAGEL does), a preset aspect, or WIDTHxHEIGHT",
+            elem_id="size",
+        )
+        steps = gr.Slider(
+            sigma_core.MIN_TIMESTEPS,
+            min(sigma_core.MAX_TIMESTEPS, 200),
+            value=defaults.steps,
+            step=1,
+            label="Timesteps",
+            info="N timesteps make N-1 steps",
+            elem_id="steps",
+        )
+    with gr.Row():
+        cfg_text = gr.Slider(
+            0, sigma_core.MAX_CFG_SCALE, value=defaults.cfg_text, step=0.1,
+            label="Text guidance (cfg_text)", elem_id="cfg-text",
+        )  # fmt: skip
+        cfg_img = gr.Slider(
+            0, sigma_core.MAX_CFG_SCALE, value=defaults.cfg_img, step=0.1,
+            label="Image guidance (cfg_img)", elem_id="cfg-img",
+        )  # fmt: skip
+    with gr.Row():
+        cfg_start = gr.Slider(
+            0, 1, value=defaults.cfg_start, step=0.05, label="Guidance from t", elem_id="cfg-start"
+        )
+        cfg_end = gr.Slider(
+            0, 1, value=defaults.cfg_end, step=0.05, label="Guidance to t", elem_id="cfg-end"
+        )
+        shift = gr.Slider(
+            sigma_core.MIN_SHIFT, sigma_core.MAX_SHIFT, value=defaults.shift, step=0.05,
+            label="Timestep shift", elem_id="shift",
+        )  # fmt: skip
+    with gr.Row():
+        renorm_type = gr.Dropdown(
+            choices=list(sigma_core.RENORM_TYPES),
+            value=defaults.renorm_type,
+            label="CFG renorm",
+            elem_id="renorm-type",
+        )
+        renorm_min = gr.Slider(
+            0, 1, value=defaults.renorm_min, step=0.05, label="Renorm min", elem_id="renorm-min"
+        )
+    with gr.Row():
+        seed_mode = gr.Radio(
+            list(SEED_MODES), value=defaults.seed_mode, label="Seed", elem_id="seed-mode"
+        )
+        seed = gr.Textbox(
+            value=defaults.seed, label="Seed value", info="0 to 2^63 - 1", elem_id="seed"
+        )
+        images_per_run = gr.Slider(
+            1, MAX_IMAGES_PER_RUN, value=1, step=1, label="Images per run (seed, seed+1 ...)",
+            elem_id="images-per-run",
+        )  # fmt: skip
+    with gr.Row():
+        mask = gr.Checkbox(
+            value=defaults.mask,
+            label="SIGMA's attention mask (attribute tokens see only their own image)",
+            elem_id="mask",
+        )
+        attribute_projection = gr.Checkbox(
+            value=defaults.attribute_projection,
+            label="W_tau attribute projection (no-op for checkpoints without it)",
+            elem_id="attribute-projection",
+        )
+    layout = gr.Dropdown(
+        choices=list(sigma_core.LAYOUT_CHOICES),
+        value=defaults.layout,
+        label="Sequence layout",
+        info=LAYOUT_INFO,
+        elem_id="layout",
+    )
+    return SettingsControls(
+        size, steps, cfg_text, cfg_img, cfg_start, cfg_end, shift, renorm_type, renorm_min,
+        seed_mode, seed, images_per_run, mask, attribute_projection, layout,
+    )  # fmt: skip
+
+
+@dataclass
+class Page:
+    """Every control of the page, built once; :mod:`studio.wiring` connects them."""
+
+    history: gr.BrowserState
+    selected: gr.State
+    slot_count: gr.State
+    cursor: gr.Number
+    banner: gr.HTML
+    preset_dropdown: gr.Dropdown
+    preset_upload: gr.File
+    save_button: gr.Button
+    preset_file: gr.File
+    examples: gr.Gallery
+    slots: list[SlotControls]
+    add_button: gr.Button
+    name: gr.Textbox
+    prompt: gr.Textbox
+    prompt_messages: gr.HTML
+    auto_button: gr.Button
+    problems: gr.HTML
+    sequence: gr.HTML
+    mask_button: gr.Button
+    mask_image: gr.Image
+    settings: SettingsControls
+    reuse_seed: gr.Button
+    settings_messages: gr.HTML
+    generate_button: gr.Button
+    cancel_button: gr.Button
+    status: gr.HTML
+    live_preview: gr.Image
+    gallery: gr.Gallery
+    result_info: gr.Markdown
+    download: gr.DownloadButton
+    restore_button: gr.Button
+    compare_with: gr.Dropdown
+    ab_button: gr.Button
+    slider: gr.ImageSlider
+    slot_strip: gr.HTML
+    precision: gr.Dropdown
+    offload: gr.Radio
+    engine_apply: gr.Button
+    engine_status: gr.HTML
+    memory: gr.HTML
+
+    @property
+    def draft_inputs(self) -> set[Any]:
+        """The controls a draft is read from (a set: handlers get a dict by control)."""
+        slot_values = {c for sc in self.slots for c in sc.values}
+        return {self.slot_count, self.name, self.prompt, *slot_values, *self.settings.values}
+
+    @property
+    def form_outputs(self) -> list[Any]:
+        """The controls a draft is written to, in :meth:`form_of`'s order."""
+        return [
+            self.slot_count, self.name, self.prompt,
+            *(c for sc in self.slots for c in sc.values), *self.settings.values,
+            *(sc.box for sc in self.slots), *(sc.insert for sc in self.slots),
+        ]  # fmt: skip
+
+    @property
+    def check_outputs(self) -> list[Any]:
+        return [
+            self.problems, self.sequence, self.prompt_messages, self.settings_messages,
+            self.memory, *(sc.messages for sc in self.slots),
+        ]  # fmt: skip
+
+    @property
+    def result_outputs(self) -> list[Any]:
+        return [
+            self.status, self.live_preview, self.gallery, self.result_info, self.download,
+            self.history, self.selected, self.compare_with, self.slider, self.banner,
+        ]  # fmt: skip
+
+    def draft_of(self, data: dict[Any, Any]) -> Draft:
+        forms = tuple(
+            SlotForm(
+                image=data[sc.image],
+                attributes=tuple(data[sc.attributes] or ()),
+                entity=data[sc.entity] or "",
+                crop=data[sc.crop] or "",
+            )
+            for sc in self.slots[: int(data[self.slot_count])]
+        )
+        values = {n: data[getattr(self.settings, n)] for n in SettingsForm.__dataclass_fields__}
+        return Draft(
+            prompt=data[self.prompt] or "",
+            slots=forms,
+            settings=SettingsForm(**values),
+            name=data[self.name] or "",
+        )
+
+    def form_of(self, draft: Draft) -> list[Any]:
+        """Every control's value for ``draft``; slots past it are emptied and hidden."""
+        count = len(draft.slots)
+        padded = [*draft.slots, *[SlotForm()] * (len(self.slots) - count)]
+        slot_values = [v for s in padded for v in (s.image, list(s.attributes), s.entity, s.crop)]
+        setting_values = [getattr(draft.settings, n) for n in SettingsForm.__dataclass_fields__]
+        shown = [gr.update(visible=k <= count) for k in range(1, len(self.slots) + 1)]
+        return [count, draft.name, draft.prompt, *slot_values, *setting_values, *shown, *shown]
+
+    def keep_form(self) -> list[Any]:
+        """The form left as it is: a skip for each of :attr:`form_outputs`."""
+        return [gr.skip()] * len(self.form_outputs)
+
+
+def with_cover(entries: list[presets.PresetEntry]) -> list[presets.PresetEntry]:
+    """The presets the examples gallery shows: those with a picture (a text-only preset is
+    in the dropdown only)."""
+    return [e for e in entries if e.cover is not None]
+
+
+def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Page:
+    """Every control, in the current gr.Blocks context, none of them wired yet."""
+    history = gr.BrowserState([], storage_key=HISTORY_KEY)
+    selected = gr.State(None)  # the chosen result's history entry
+    slot_count = gr.State(1)
+    cursor = gr.Number(visible=False)
+    gr.Markdown("# SIGMA Studio\nCompose one image from references, each bound to one attribute.")
+    banner = gr.HTML(views.banner(studio.engine.info, ""), elem_id="engine-banner")
+    with gr.Row():
+        preset_dropdown = gr.Dropdown(
+            choices=[(e.name, e.path.name) for e in preset_entries],
+            value=None,
+            label="Preset",
+            elem_id="preset-dropdown",
+        )
+        preset_upload = gr.File(
+            label="Open a preset JSON, or a PNG made by SIGMA Studio",
+            file_types=[".json", ".png"],
+            elem_id="preset-upload",
+        )
+        with gr.Column():
+            save_button = gr.Button("Save composition as JSON", elem_id="save-preset")
+            preset_file = gr.File(label="Saved preset", interactive=False, elem_id="preset-file")
+    examples = gr.Gallery(
+        value=[(e.cover, e.name) for e in with_cover(preset_entries)],
+        label="Examples: one click fills every slot, the prompt and the settings",
+        columns=6,
+        height=180,
+        allow_preview=False,
+        buttons=[],
+        elem_id="examples",
+    )
+    with gr.Row():
+        with gr.Column(scale=5):
+            slot_strip = gr.HTML(
+                [],
+                html_template=STRIP_TEMPLATE,
+                js_on_load=STRIP_JS,
+                label="Slot order: drag a thumbnail onto another to move it there",
+                show_label=True,
+                container=True,
+                elem_id="slot-order",
+            )
+            slot_list = [
+                _slot_controls(k, k == 1) for k in range(1, studio.options.max_references + 1)
+            ]
+            add_button = gr.Button("+ Add a reference slot", elem_id="add-slot")
+        with gr.Column(scale=6):
+            name = gr.Textbox(
+                label="Title", max_length=sigma_core.MAX_NAME_CHARS, elem_id="composition-name"
+            )
+            prompt = gr.Textbox(
+                label="Prompt: a template with [1], [2] ... or raw SIGMA syntax "
+                "(<id> woman <image_1>)",
+                lines=3,
+                max_length=sigma_core.MAX_PROMPT_CHARS,
+                elem_id="prompt",
+            )
+            prompt_messages = gr.HTML(elem_id="prompt-problems")
+            with gr.Row():
+                for sc in slot_list:
+                    sc.insert.render()
+                auto_button = gr.Button("Auto-compose", size="sm", elem_id="auto-compose")
+            problems = gr.HTML(elem_id="problems")
+            sequence = gr.HTML(elem_id="sequence-view")
+            mask_button = gr.Button("Show the attention mask", size="sm", elem_id="mask-button")
+            mask_image = gr.Image(
+                label="Attention mask (red: blocked by SIGMA's mask)",
+                interactive=False,
+                format="png",
+                visible=False,
+                elem_id="mask-image",
+            )
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
+                settings = _settings_controls()
+                reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
+                settings_messages = gr.HTML(elem_id="settings-problems")
+                precision, offload, engine_apply, engine_status = _engine_controls(studio)
+            memory = gr.HTML(elem_id="memory-estimate")
+            with gr.Row():
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            status = gr.HTML(elem_id="progress")
+            live_preview = gr.Image(
+                label="Live preview (the current estimate of the final image)",
+                interactive=False,
+                format="png",
+                height=256,
+                elem_id="live-preview",
+            )
+    with gr.Row():
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(
+                label="Results (this browser's history)",
+                columns=4,
+                format="png",
+                elem_id="gallery",
+            )
+        with gr.Column(scale=2):
+            result_info = gr.Markdown(elem_id="result-info")
+            download = gr.DownloadButton(
+                "Download PNG (composition embedded)", visible=False, elem_id="download"
+            )
+            restore_button = gr.Button(
+                "Restore this result's composition", elem_id="restore-composition"
+            )
+            compare_with = gr.Dropdown(
+                choices=[], label="Compare the result with reference", elem_id="compare-with"
+            )
+            ab_button = gr.Button(
+                "Leakage A/B: the same seed with the mask flipped", elem_id="ab-button"
+            )
+    slider = gr.ImageSlider(label="Compare", format="png", elem_id="slider")
+    return Page(
+        history, selected, slot_count, cursor, banner, preset_dropdown, preset_upload,
+        save_button, preset_file, examples, slot_list, add_button, name, prompt,
+        prompt_messages, auto_button, problems, sequence, mask_button, mask_image, settings,
+        reuse_seed, settings_messages, generate_button, cancel_button, status, live_preview,
+        gallery, result_info, download, restore_button, compare_with, ab_button, slider,
+        slot_strip, precision, offload, engine_apply, engine_status, memory,
+    )  # fmt: skip
+
+
+def _engine_controls(studio: Studio) -> tuple[gr.Dropdown, gr.Radio, gr.Button, gr.HTML]:
+    """Precision and offload of the one engine every session shares: offered only where the
+    engine's ``lock`` allows, each mode this machine cannot run marked with the reason."""
+    info, lock = studio.engine.info, studio.engine.lock
+    refused = refusals(info.device)
+    gr.Markdown(
+        "**Engine**: applies to everyone using this studio (one engine serves every session); "
+        "it reloads after the run in progress."
+    )
+    with gr.Row():
+        precision = gr.Dropdown(
+            choices=modes.precision_choices(refused),
+            value=info.precision,
+            label="Precision",
+            info=sigma_core.PRECISION_HELP,
+            interactive=lock is None,
+            elem_id="precision",
+        )
+        offload = gr.Radio(
+            choices=modes.offload_choices(refused, info.precision),
+            value=info.offload,
+            label="Offload",
+            info=sigma_core.OFFLOAD_HELP,
+            interactive=lock is None,
+            elem_id="offload",
+        )
+    apply = gr.Button(
+        "Reload the engine with this precision and offload",
+        size="sm",
+        interactive=lock is None,
+        elem_id="engine-apply",
+    )
+    note = "" if lock is None else f"Locked: {lock}. Restart it with --precision / --offload."
+    status = gr.HTML(html.escape(note), elem_id="engine-status")
+    return precision, offload, apply, status

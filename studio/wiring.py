@@ -1,0 +1,475 @@
+"""The page's events, connected to their handlers, nothing else.
+
+Each handler is a thin wrapper over a function of the studio's other modules (compose, slots,
+runs, presets, modes, api) that the tests call directly. A handler's error (any SigmaError)
+becomes a warning toast and a message next to its cause, and leaves every control as it was,
+so the user's work is kept (:func:`warns`).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import gradio as gr
+
+from sigma_core import SigmaError, SigmaInputError
+from studio import api, compose, modes, presets, runs, slots, views
+from studio.engine import Studio, refusals
+from studio.forms import Draft, SlotForm, to_draft
+from studio.page import CURSOR_JS, Page, with_cover
+
+ENGINE_QUEUE = "engine"  # the concurrency id every generation shares: one at a time
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def _warn(error: SigmaError) -> None:
+    gr.Warning(html.escape(str(error)))  # toasts render HTML: <id> must stay visible
+
+
+def warns(keep: Callable[[], Any]) -> Callable[[Handler], Handler]:
+    """A handler whose SigmaError becomes a warning toast and ``keep()``: its outputs as they
+    were (``gr.skip``, ``Page.keep_form`` ...), so the user's work is kept. A generator handler
+    (a run) yields ``keep()`` once instead. The wrapper keeps the handler's signature (gradio
+    finds gr.Request, gr.EventData and gr.Progress there) and its kind (gradio streams a
+    generator)."""
+
+    def decorate(handler: Handler) -> Handler:
+        if inspect.isgeneratorfunction(handler):
+
+            @functools.wraps(handler)
+            def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                try:
+                    yield from handler(*args, **kwargs)
+                except SigmaError as e:
+                    _warn(e)
+                    yield keep()
+
+            return cast(Handler, stream)
+
+        @functools.wraps(handler)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return handler(*args, **kwargs)
+            except SigmaError as e:
+                _warn(e)
+                return keep()
+
+        return cast(Handler, call)
+
+    return decorate
+
+
+def wire(studio: Studio, page: Page, demo: gr.Blocks, entries: list[presets.PresetEntry]) -> None:
+    """Every event of ``page`` (built in ``demo`` from the presets ``entries``), and the API."""
+    _wire_checks(studio, page, demo)
+    _wire_slots(studio, page, demo)
+    _wire_engine(studio, page, demo)
+    _wire_generation(studio, page)
+    _wire_results(studio, page, demo)
+    _wire_presets(studio, page, entries)
+    _wire_api(studio)
+
+    def forget(request: gr.Request) -> None:
+        studio.sessions.forget(request.session_hash)
+
+    demo.unload(forget)
+
+
+def _quiet(**kwargs: Any) -> dict[str, Any]:
+    """Event options of the small UI events: never queued behind a run, not in the API."""
+    return {"concurrency_limit": None, "api_visibility": "private", **kwargs}
+
+
+def _memory(studio: Studio, result: compose.Check) -> str:
+    """The predicted peak of a draft that plans."""
+    if result.composition is None:
+        return views.memory(None)
+    try:
+        return views.memory(modes.fit_for(studio.engine, result.composition))
+    except SigmaError as e:
+        return views.messages([str(e)], [])
+
+
+def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
+    """Validation as you type: problems next to their causes, and the sequence view."""
+
+    def validate(data: dict[Any, Any]) -> list[Any]:
+        draft = page.draft_of(data)
+        result = compose.check(studio.engine, draft)
+        per_slot = [
+            views.messages(*result.at(f"slot {k}")) if k <= len(draft.slots) else ""
+            for k in range(1, len(page.slots) + 1)
+        ]
+        return [
+            views.problems_panel(result),
+            views.sequence(result),
+            views.messages(*result.at("prompt")) + views.messages(*result.at("composition")),
+            views.messages(*result.at("settings")),
+            _memory(studio, result),
+            *per_slot,
+        ]
+
+    # The banner changes with the engine (a switch, a run's memory): the prediction follows.
+    triggers = [page.prompt.change, page.name.change, page.slot_count.change, page.banner.change]
+    triggers += [c.change for sc in page.slots for c in sc.values]
+    triggers += [c.change for c in page.settings.values]
+    gr.on(
+        triggers, validate, inputs=page.draft_inputs, outputs=page.check_outputs,
+        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+    )  # fmt: skip
+    demo.load(validate, inputs=page.draft_inputs, outputs=page.check_outputs, **_quiet())
+
+    @warns(keep=gr.skip)
+    def show_mask(data: dict[Any, Any]) -> Any:
+        result = compose.check(studio.engine, page.draft_of(data))
+        path = compose.mask_picture(result, studio.files)
+        return gr.update(value=str(path), visible=True)
+
+    page.mask_button.click(
+        show_mask, inputs=page.draft_inputs, outputs=[page.mask_image], **_quiet()
+    )
+
+    @warns(keep=gr.skip)
+    def auto(data: dict[Any, Any]) -> Any:
+        return compose.auto_compose(page.draft_of(data))
+
+    page.auto_button.click(auto, inputs=page.draft_inputs, outputs=[page.prompt], **_quiet())
+
+
+def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
+    """Add, remove, move, insert [k], and each slot's thumbnail."""
+
+    def form_handler(change: Callable[[Draft], Draft]) -> Callable[[dict[Any, Any]], list[Any]]:
+        @warns(keep=page.keep_form)
+        def handler(data: dict[Any, Any]) -> list[Any]:
+            return page.form_of(change(page.draft_of(data)))
+
+        return handler
+
+    for k, sc in enumerate(page.slots, start=1):
+
+        def show_thumbnail(image: str | None, crop: str | None, k: int = k) -> list[Any]:
+            thumb = slots.thumbnail(SlotForm(image=image, crop=crop or ""), k)
+            return [thumb.image, thumb.caption]  # a problem shows in the slot's messages
+
+        gr.on(
+            [sc.image.change, sc.crop.change], show_thumbnail, inputs=[sc.image, sc.crop],
+            outputs=[sc.thumb, sc.info],
+            **_quiet(trigger_mode="always_last", show_progress="hidden"),
+        )  # fmt: skip
+        for button, change in (
+            (sc.up, lambda d, k=k: slots.move_slot(d, k, -1)),
+            (sc.down, lambda d, k=k: slots.move_slot(d, k, +1)),
+            (sc.remove, lambda d, k=k: slots.remove_slot(d, k)),
+        ):
+            button.click(
+                form_handler(change), inputs=page.draft_inputs, outputs=page.form_outputs,
+                **_quiet(),
+            )  # fmt: skip
+
+        def insert(text: str | None, at: float | None, k: int = k) -> str:
+            return slots.insert_reference(text or "", k, None if at is None else int(at))[0]
+
+        sc.insert.click(
+            insert, inputs=[page.prompt, page.cursor], outputs=[page.prompt], js=CURSOR_JS,
+            **_quiet(),
+        )  # fmt: skip
+
+    max_slots = studio.options.max_references
+    page.add_button.click(
+        form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs,
+        outputs=page.form_outputs, **_quiet(),
+    )  # fmt: skip
+
+    def drop(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
+        order = getattr(event, "_data", None) or {}
+        return form_handler(lambda d: slots.reorder_slots(d, order.get("order")))(data)
+
+    page.slot_strip.input(drop, inputs=page.draft_inputs, outputs=page.form_outputs, **_quiet())
+
+    def strip(data: dict[Any, Any]) -> list[dict[str, Any]]:
+        return views.slot_strip(page.draft_of(data))
+
+    triggers = [page.slot_count.change]
+    triggers += [c.change for sc in page.slots for c in (sc.image, sc.crop, sc.attributes)]
+    triggers += [sc.entity.change for sc in page.slots]
+    gr.on(
+        triggers, strip, inputs=page.draft_inputs, outputs=[page.slot_strip],
+        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+    )  # fmt: skip
+    demo.load(strip, inputs=page.draft_inputs, outputs=[page.slot_strip], **_quiet())
+
+
+def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
+    """The engine's precision and offload: one reload for every session, queued with the runs
+    (never during one), the old engine kept when the new one cannot load."""
+    refused = refusals(studio.engine.info.device)
+
+    def offload_for(precision: str) -> Any:
+        return gr.update(choices=modes.offload_choices(refused, precision))
+
+    page.precision.input(offload_for, inputs=[page.precision], outputs=[page.offload], **_quiet())
+
+    def current() -> dict[Any, Any]:
+        """The engine's modes now (another session may have switched them)."""
+        info = studio.engine.info
+        return {
+            page.banner: views.banner(info, studio.engine.memory_in_use()),
+            page.precision: info.precision,
+            page.offload: gr.update(
+                value=info.offload, choices=modes.offload_choices(refused, info.precision)
+            ),
+        }
+
+    def apply(precision: str, offload: str) -> Iterator[dict[Any, Any]]:
+        yield {page.engine_status: f"Loading {html.escape(precision)}, offload "
+               f"{html.escape(offload)}… generation waits until it is loaded."}  # fmt: skip
+        try:
+            done = modes.switch_engine(studio.engine, precision, offload)
+        except SigmaError as e:
+            _warn(e)
+            yield {**current(), page.engine_status: views.messages([str(e)], [])}
+            return
+        yield {**current(), page.engine_status: html.escape(done)}
+
+    engine_outputs = [page.banner, page.precision, page.offload, page.engine_status]
+    page.engine_apply.click(
+        apply, inputs=[page.precision, page.offload], outputs=engine_outputs,
+        concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
+        show_progress_on=[page.engine_status], api_visibility="private",
+    )  # fmt: skip
+    demo.load(current, outputs=engine_outputs[:3], **_quiet())
+
+
+_PROGRESS = gr.Progress()  # a marker default: gradio gives each call its own tracker
+
+
+def _wire_generation(studio: Studio, page: Page) -> None:
+    """Generate (one run at a time for all sessions), Cancel (this session's only), the A/B
+    run, and reusing a seed."""
+
+    def arm(request: gr.Request) -> None:
+        studio.sessions.arm(request.session_hash)
+
+    def cancel(request: gr.Request) -> str:
+        if studio.sessions.cancel(request.session_hash):
+            return "Cancelling: the run stops after the current step…"
+        return "Nothing to cancel."
+
+    def run(
+        data: dict[Any, Any], request: gr.Request, progress: gr.Progress = _PROGRESS
+    ) -> Iterator[dict[Any, Any]]:
+        yield {page.status: "Waiting for the engine…", page.live_preview: None}
+        items = runs.generate(
+            studio.engine, studio.sessions, request.session_hash, page.draft_of(data),
+            files=studio.files, time_limit_s=studio.options.time_limit_s,
+        )  # fmt: skip
+        yield from _stream_to_page(studio, page, items, data[page.history], progress)
+
+    @warns(keep=dict)  # {}: no output changes
+    def run_ab(
+        data: dict[Any, Any], request: gr.Request, progress: gr.Progress = _PROGRESS
+    ) -> Iterator[dict[Any, Any]]:
+        entry = data[page.selected]
+        if entry is None:
+            raise SigmaInputError("A/B: choose a result in the gallery first")
+        twins = runs.ab_compositions(entry, studio.files)
+        yield {page.status: "A/B: the same seed with the mask flipped…"}
+        items = runs.stream(
+            studio.engine, studio.sessions, request.session_hash, twins,
+            files=studio.files, time_limit_s=studio.options.time_limit_s,
+        )  # fmt: skip
+        pair = lambda other: runs.ab_pair(entry, other, studio.files)  # noqa: E731
+        yield from _stream_to_page(studio, page, items, data[page.history], progress, pair)
+
+    for button, fn, inputs in (
+        (page.generate_button, run, {*page.draft_inputs, page.history}),
+        (page.ab_button, run_ab, {page.selected, page.history}),
+    ):
+        button.click(arm, **_quiet()).then(
+            fn, inputs=inputs, outputs=page.result_outputs, concurrency_id=ENGINE_QUEUE,
+            concurrency_limit=1, show_progress="minimal", show_progress_on=[page.status],
+            api_visibility="private",
+        )  # fmt: skip
+    page.cancel_button.click(cancel, outputs=[page.status], **_quiet())
+
+    def reuse(entry: dict[str, Any] | None, stored: Any) -> list[Any]:
+        latest = entry or next(iter(runs.valid_history(stored)), None)
+        if latest is None:
+            gr.Warning("No result yet: generate once, then its seed can be reused.")
+            return [gr.skip(), gr.skip()]
+        return ["fixed", str(latest["seed"])]
+
+    page.reuse_seed.click(
+        reuse, inputs=[page.selected, page.history],
+        outputs=[page.settings.seed_mode, page.settings.seed], **_quiet(),
+    )  # fmt: skip
+
+
+def _stream_to_page(
+    studio: Studio, page: Page, items: Iterator[runs.RunItem], old_history: Any,
+    progress: gr.Progress, pair: Callable[[dict[str, Any]], Any] | None = None,
+) -> Iterator[dict[Any, Any]]:  # fmt: skip
+    """A run's progress as page updates; at the end the results, or the error (the form is
+    never among the outputs, so the composition stays as it is)."""
+    for item in items:
+        if isinstance(item, runs.Progress):
+            progress((item.step, item.steps), desc=f"image {item.image}/{item.images}")
+            update: dict[Any, Any] = {page.status: views.progress(item)}
+            if item.preview is not None:
+                update[page.live_preview] = item.preview
+            yield update
+            continue
+        memory = studio.engine.memory_in_use()
+        out: dict[Any, Any] = {page.banner: views.banner(studio.engine.info, memory)}
+        if item.error:
+            (gr.Info if item.cancelled else gr.Warning)(html.escape(item.error))
+            out[page.status] = views.messages([item.error], [])
+        else:
+            out[page.status] = "Done."
+        if item.entries:
+            new_history = runs.add_to_history(old_history, item.entries)
+            out.update(_selection(studio, page, item.entries[0]))
+            out[page.history] = new_history
+            out[page.gallery] = gr.update(
+                value=runs.gallery_items(new_history, studio.files), selected_index=0
+            )
+            if pair is not None:
+                out[page.slider] = pair(item.entries[0])
+        yield out
+
+
+def _selection(studio: Studio, page: Page, entry: dict[str, Any]) -> dict[Any, Any]:
+    """The result panel for one history entry."""
+    path = runs.result_file(entry, studio.files)
+    choices = [(f"reference [{s}]", str(s)) for s in runs.placed_references(entry)]
+    return {
+        page.selected: entry,
+        page.result_info: views.result_info(entry),
+        page.download: gr.update(value=str(path) if path else None, visible=path is not None),
+        page.compare_with: gr.update(choices=choices, value=None),
+    }
+
+
+def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
+    """The gallery: select a result, compare it, restore its composition."""
+
+    def on_select(stored: Any, event: gr.SelectData) -> dict[Any, Any]:
+        entries = runs.valid_history(stored)
+        if not 0 <= event.index < len(entries):
+            return {}
+        return _selection(studio, page, entries[event.index])
+
+    page.gallery.select(
+        on_select, inputs=[page.history],
+        outputs=[page.selected, page.result_info, page.download, page.compare_with], **_quiet(),
+    )  # fmt: skip
+
+    @warns(keep=gr.skip)
+    def compare(entry: dict[str, Any] | None, slot: str | None) -> Any:
+        if entry is None or not slot:
+            return gr.skip()
+        return runs.compare_with_reference(entry, int(slot), studio.files)
+
+    page.compare_with.input(
+        compare, inputs=[page.selected, page.compare_with], outputs=[page.slider], **_quiet()
+    )
+
+    @warns(keep=page.keep_form)
+    def restore(entry: dict[str, Any] | None) -> list[Any]:
+        if entry is None:
+            raise SigmaInputError("history: choose a result in the gallery first")
+        comp = runs.entry_composition(entry, studio.files)
+        return page.form_of(to_draft(comp, studio.files, max_slots=studio.options.max_references))
+
+    page.restore_button.click(
+        restore, inputs=[page.selected], outputs=page.form_outputs, **_quiet()
+    )
+
+    def load_page(stored: Any) -> list[Any]:
+        return runs.gallery_items(stored, studio.files)
+
+    demo.load(load_page, inputs=[page.history], outputs=[page.gallery], **_quiet())
+
+
+def _wire_presets(studio: Studio, page: Page, entries: list[presets.PresetEntry]) -> None:
+    """The preset dropdown, the examples, opening an upload, saving the composition."""
+    by_name = {e.path.name: e.path for e in entries}
+
+    @warns(keep=page.keep_form)
+    def open_path(path: Any) -> list[Any]:
+        max_slots = studio.options.max_references
+        return page.form_of(presets.open_composition(path, studio.files, max_slots=max_slots))
+
+    page.preset_dropdown.input(
+        lambda choice: open_path(by_name.get(choice or "")), inputs=[page.preset_dropdown],
+        outputs=page.form_outputs, **_quiet(),
+    )  # fmt: skip
+
+    shown = with_cover(entries)
+
+    def open_example(event: gr.SelectData) -> list[Any]:
+        return open_path(shown[event.index].path if 0 <= event.index < len(shown) else None)
+
+    page.examples.select(open_example, outputs=page.form_outputs, **_quiet())
+    page.preset_upload.upload(
+        lambda path: [*open_path(path), None],  # emptied again, ready for the next file
+        inputs=[page.preset_upload],
+        outputs=[*page.form_outputs, page.preset_upload],
+        **_quiet(),
+    )
+
+    @warns(keep=gr.skip)
+    def save(data: dict[Any, Any]) -> Any:
+        return str(presets.save_draft(page.draft_of(data), studio.files))
+
+    page.save_button.click(save, inputs=page.draft_inputs, outputs=[page.preset_file], **_quiet())
+
+
+def _wire_api(studio: Studio) -> None:
+    """/generate, /inspect and /validate_preset: preset JSON in, for gradio_client and curl."""
+    with gr.Row(visible=False):
+        preset = gr.Textbox(label="preset JSON")
+        image = gr.File(label="image")
+        meta = gr.JSON(label="metadata")
+        report = gr.JSON(label="report")
+        buttons = [gr.Button() for _ in range(3)]
+
+    def generate(preset_json: str, request: gr.Request) -> tuple[str, dict[str, Any]]:
+        """Generate a preset given as JSON (images embedded as data URIs, or named from the
+        shipped assets); returns the PNG, its composition embedded, and its metadata."""
+        studio.sessions.arm(request.session_hash)
+        try:
+            return api.api_generate(
+                studio.engine, studio.sessions, request.session_hash, preset_json,
+                files=studio.files, time_limit_s=studio.options.time_limit_s,
+            )  # fmt: skip
+        except SigmaError as e:
+            raise gr.Error(str(e)) from None
+
+    def inspect(preset_json: str) -> dict[str, Any]:
+        """The interleaved sequence a preset makes: segments, groups and token counts."""
+        try:
+            return api.api_inspect(studio.engine, preset_json)
+        except SigmaError as e:
+            raise gr.Error(str(e)) from None
+
+    def validate_preset(preset_json: str) -> dict[str, Any]:
+        """Whether a preset would run: its problems, or its token count and warnings."""
+        return api.api_validate_preset(studio.engine, preset_json)
+
+    buttons[0].click(
+        generate, inputs=[preset], outputs=[image, meta], api_name="generate",
+        concurrency_id=ENGINE_QUEUE, concurrency_limit=1,
+    )  # fmt: skip
+    buttons[1].click(
+        inspect, inputs=[preset], outputs=[report], api_name="inspect", concurrency_limit=None
+    )
+    buttons[2].click(
+        validate_preset, inputs=[preset], outputs=[report], api_name="validate_preset",
+        concurrency_limit=None,
+    )  # fmt: skip

@@ -1,0 +1,92 @@
+"""Saving and loading in chromium: a saved preset, the history after a reload, restoring a
+result's composition, and a downloaded result PNG opened again."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+from playwright.sync_api import Page, expect
+
+import sigma_core
+from tests.browser.conftest import save_screenshot
+from tests.browser.helpers import (
+    TEMPLATE,
+    compose_one,
+    compose_two,
+    generate,
+    open_settings,
+    prompt_box,
+    set_run,
+    type_into,
+    type_prompt,
+)
+
+
+def test_save_preset_reload_see_history_and_load_it_back(page: Page, pictures, tmp_path) -> None:
+    compose_two(page, pictures)
+    type_into(page, "#composition-name textarea", "Red and cat")
+    set_run(page, steps=3)
+    generate(page)
+    expect(page.locator("#gallery img").first).to_be_visible()
+    # Save: the preset file appears, downloadable, self-contained.
+    page.locator("#save-preset").click()
+    link = page.locator("#preset-file a[download]")
+    expect(link).to_have_attribute("download", "red-and-cat.json")
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "saved.json"
+    download.value.save_as(saved)
+    preset = json.loads(saved.read_text())
+    assert preset["prompt"] == TEMPLATE and preset["name"] == "Red and cat"
+    assert [r["attributes"] for r in preset["references"]] == [["<id>"], ["<subject>"]]
+    assert all(r["image"].startswith("data:image/") for r in preset["references"])
+    # Reload: the form starts afresh, the history comes back from browser storage.
+    page.reload()
+    page.wait_for_selector("#engine-banner")
+    expect(page.locator("#gallery .caption-label").first).to_contain_text("seed 42 · 64×64")
+    expect(prompt_box(page)).to_have_value("")
+    expect(page.locator("#slot-2")).to_have_count(0)
+    save_screenshot(page, "reloaded_history")
+    # Load the saved preset: the prompt, both slots, their images and the settings return.
+    page.locator("#preset-upload input[type=file]").set_input_files(saved)
+    expect(prompt_box(page)).to_have_value(TEMPLATE)
+    expect(page.locator("#composition-name textarea")).to_have_value("Red and cat")
+    expect(page.locator("#slot-2")).to_be_visible()
+    expect(page.locator("#slot-1-info")).to_contain_text("256×256")
+    expect(page.locator("#slot-2-info")).to_contain_text("451×300")
+    expect(page.locator("#slot-2-entity textarea")).to_have_value("tabby cat")
+    expect(page.locator("#slot-1-attributes")).to_contain_text("<id>")
+    expect(page.locator("#problems")).to_contain_text("ready to generate")
+    open_settings(page)
+    expect(page.locator("#steps input[type=number]")).to_have_value("3")
+    expect(page.locator("#size input")).to_have_value("64x64")
+    # A history entry restores its composition too (from its PNG, which the server keeps).
+    page.locator("#gallery .thumbnail-item").first.click()
+    expect(page.locator("#result-info")).to_contain_text("Seed 42 · 64×64")
+    type_prompt(page, "")
+    page.locator("#restore-composition").click()
+    expect(prompt_box(page)).to_have_value(TEMPLATE)
+    expect(page.locator("#slot-2-info")).to_contain_text("451×300")
+
+
+def test_a_downloaded_result_png_loads_back(page: Page, pictures, tmp_path) -> None:
+    compose_one(page, pictures["green"], "A studio portrait of [1]")
+    set_run(page, steps=3)
+    generate(page)
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    png = tmp_path / download.value.suggested_filename
+    download.value.save_as(png)
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (64, 64)
+    stored = sigma_core.read_png_composition(png)
+    assert stored.prompt == "A studio portrait of [1]"
+    # Change the form, then open the PNG: its composition comes back.
+    type_prompt(page, "something else entirely")
+    page.locator("#preset-upload input[type=file]").set_input_files(png)
+    expect(prompt_box(page)).to_have_value("A studio portrait of [1]")
+    expect(page.locator("#slot-1-info")).to_contain_text("256×256")
+    expect(page.locator("#slot-1-attributes")).to_contain_text("<id>")
+    expect(page.locator("#problems")).to_contain_text("ready to generate")
+    save_screenshot(page, "png_loaded_back")

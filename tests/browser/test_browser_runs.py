@@ -1,0 +1,212 @@
+"""Runs in chromium: progress and the live preview, the result and the image slider, the
+leakage A/B, switching the engine, Cancel, and two browser sessions kept apart. Runs are kept
+cheap: 64x64 outputs and a few timesteps (a long run only where a Cancel must land in the
+middle of it)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from PIL import Image, ImageChops, ImageOps
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import save_screenshot
+from tests.browser.helpers import (
+    CAT,
+    RUN_TIMEOUT_MS,
+    compose_one,
+    compose_two,
+    gallery_captions,
+    generate,
+    open_settings,
+    prompt_box,
+    run_log,
+    set_run,
+    start_run,
+    toast,
+    wait_first_step,
+    wait_run,
+    watch,
+)
+
+
+def test_generate_shows_progress_live_preview_result_and_slider(page: Page, pictures) -> None:
+    compose_two(page, pictures)
+    set_run(page, steps=6)
+    generate(page)
+    log = run_log(page)
+    steps_seen = {m for e in log for m in re.findall(r"step (\d+/\d+)", e["text"])}
+    assert {"1/5", "5/5"} <= steps_seen or len(steps_seen) >= 3, log
+    previews = [e["preview"] for e in log if e["preview"] and "step" in e["text"]]
+    assert previews, f"no live preview during the run: {log}"
+    expect(page.locator("#live-preview img")).to_be_visible()
+    # The result: in the gallery, with its seed, settings and timings.
+    expect(page.locator("#gallery img").first).to_be_visible()
+    assert any("seed 42 · 64×64 · preview engine" in c for c in gallery_captions(page))
+    info = page.locator("#result-info")
+    expect(info).to_contain_text("Seed 42 · 64×64")
+    expect(info).to_contain_text("steps 6")
+    expect(info).to_contain_text("mask on")
+    expect(info).to_contain_text("timings:")
+    expect(page.locator("#download")).to_be_visible()
+    # Compare with reference [2] in the image slider, and drag its handle.
+    page.locator("#compare-with input").click()
+    options = page.locator("#compare-with li[role=option]")
+    expect(options).to_have_text([re.compile(r"reference \[1\]$"), re.compile(r"reference \[2\]$")])
+    options.nth(1).click()
+    halves = page.locator("#slider [data-testid=imageslider-image]")
+    expect(halves).to_have_count(2)
+    expect(halves.nth(1)).to_have_attribute("style", re.compile(r"inset\(0px 0px 0px 50%\)"))
+    # The left half is reference [2] fitted to the result's frame, the right half the result.
+    left, right = (slider_picture(page, halves.nth(i)) for i in range(2))
+    assert left.size == right.size == (64, 64)
+    with Image.open(CAT) as cat:
+        expected = ImageOps.fit(cat.convert("RGB"), (64, 64))
+    assert mean_difference(left, expected) < 12, "the slider's left image is not reference [2]"
+    assert mean_difference(right, expected) > 20
+    # Drag the handle left (the slider spans the block; the picture sits in its middle): the
+    # reference shows up to there.
+    handle = page.locator("#slider [data-testid=slider]")
+    handle.scroll_into_view_if_needed()
+    frame = halves.nth(0).bounding_box()
+    start = handle.bounding_box()
+    y = start["y"] + start["height"] / 2
+    page.mouse.move(start["x"] + start["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(frame["x"] + frame["width"] * 0.4, y, steps=8)
+    page.mouse.up()
+    expect(halves.nth(1)).not_to_have_attribute("style", re.compile(r"inset\(0px 0px 0px 50%\)"))
+    clip = re.search(r"inset\(0px 0px 0px ([\d.]+)%\)", halves.nth(1).get_attribute("style"))
+    assert clip and 30 < float(clip[1]) < 48, halves.nth(1).get_attribute("style")
+    save_screenshot(page, "generated_result_and_slider")
+    # Leakage A/B: the same seed with the mask off, into the slider.
+    start_run_ab(page)
+    expect(info).to_contain_text("mask off")
+    assert sum("seed 42" in c for c in gallery_captions(page)) == 2
+    expect(halves).to_have_count(2)
+
+
+def choose_engine(page: Page, precision: str, offload: str = "none") -> None:
+    """Settings › Engine: pick a precision and an offload, reload, wait until it says so."""
+    open_settings(page)
+    box = page.locator("#precision input")
+    box.click()
+    box.press("ControlOrMeta+a")
+    box.press_sequentially(precision)  # typing opens the list, filtered
+    page.locator("#precision li[role=option]").filter(
+        has_text=re.compile(rf"^\W*{precision}$")
+    ).click()
+    page.locator("#offload label", has_text=re.compile(rf"^\s*{offload}$")).click()
+    page.locator("#engine-apply").click()
+    expect(page.locator("#engine-status")).to_contain_text(
+        re.compile(rf"(now|already) runs {precision} with offload {offload}"), timeout=60_000
+    )
+
+
+def test_switching_the_engine_to_int8_reloads_it_and_runs(page: Page, pictures) -> None:
+    """Settings › Engine on the preview engine: fp8 is marked as not runnable here, int8
+    reloads the engine (the banner follows), a run predicts its memory and generates."""
+    compose_one(page, pictures["green"], "A photo of [1]")
+    set_run(page, steps=3)
+    memory = page.locator("#memory-estimate")
+    expect(memory).to_contain_text(re.compile(r"Predicted peak about [\d.]+ GiB: weights"))
+    expect(memory).to_contain_text("available on cpu")
+    expect(page.locator("#engine-banner")).to_contain_text("fp32 on cpu · offload none · VAE fp32")
+    page.locator("#precision input").click()
+    expect(page.locator("#precision li[role=option]", has_text="fp8")).to_contain_text(
+        "not here: fp8 runs on NVIDIA GPUs"
+    )
+    page.keyboard.press("Escape")
+    try:
+        choose_engine(page, "int8")
+        expect(page.locator("#engine-banner")).to_contain_text("int8 on cpu · offload none")
+        expect(page.locator("#offload")).to_contain_text("model (not here: bitsandbytes int8")
+        expect(memory).to_contain_text("Predicted peak")
+        save_screenshot(page, "engine_int8")
+        generate(page)
+        expect(page.locator("#gallery .caption-label").first).to_contain_text("seed")
+    finally:
+        choose_engine(page, "fp32")  # the server is shared by the whole suite
+    expect(page.locator("#engine-banner")).to_contain_text("fp32 on cpu · offload none")
+
+
+def slider_picture(page: Page, image) -> Image.Image:
+    """An image the slider shows, as the server sends it."""
+    response = page.request.get(image.get_attribute("src"))
+    assert response.ok, response.status
+    return Image.open(io.BytesIO(response.body())).convert("RGB")
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    diff = ImageChops.difference(a, b).convert("L")
+    return sum(i * n for i, n in enumerate(diff.histogram())) / (a.width * a.height)
+
+
+def start_run_ab(page: Page) -> None:
+    watch(page)
+    page.locator("#ab-button").click()
+    page.wait_for_function(
+        """() => (window.__sigmaLog || []).some(e => e.text.includes('A/B'))
+                 && /^\\s*Done\\.\\s*$/.test(document.querySelector('#progress').innerText)""",
+        timeout=RUN_TIMEOUT_MS,
+    )
+
+
+def test_cancel_stops_a_run_and_the_studio_keeps_working(page: Page, pictures) -> None:
+    compose_one(page, pictures["blue"], "A portrait of [1]")
+    set_run(page, steps=200, size="128x128")
+    start_run(page)
+    wait_first_step(page)
+    page.locator("#cancel").click()
+    wait_run(page, "cancelled")
+    status = page.locator("#progress")
+    expect(status).to_contain_text("the composition is unchanged, press Generate to run it again")
+    log = [e["text"] for e in run_log(page)]
+    assert any("Cancelling: the run stops after the current step" in t for t in log), log
+    match = re.search(r"cancelled \D*(\d+)", status.inner_text())
+    assert match and int(match[1]) < 150, status.inner_text()  # stopped early, not at the end
+    expect(toast(page, "cancelled")).to_be_visible()
+    expect(page.locator("#gallery img")).to_have_count(0)  # nothing half-made in the history
+    save_screenshot(page, "cancelled_run")
+    # The composition is kept and a new run works.
+    expect(prompt_box(page)).to_have_value("A portrait of [1]")
+    set_run(page, steps=3, size="64x64")
+    generate(page)
+    expect(page.locator("#result-info")).to_contain_text("steps 3")
+    expect(page.locator("#gallery img").first).to_be_visible()
+
+
+def test_two_browser_sessions_stay_apart(open_page, pictures) -> None:
+    """Two contexts at once: different prompts and slots, neither sees the other's; a Cancel
+    in one stops its own run and never the other's."""
+    first, second = open_page(), open_page()
+    compose_one(first, pictures["red"], "A photo of [1] in Paris")
+    compose_two(second, pictures, "A cat [2] beside [1]")
+    expect(prompt_box(first)).to_have_value("A photo of [1] in Paris")
+    expect(first.locator("#slot-2")).to_have_count(0)
+    expect(second.locator("#slot-2")).to_be_visible()
+    expect(second.locator("#slot-1-info")).to_contain_text("256×256")
+    set_run(first, steps=60)
+    set_run(second, steps=3)
+    # The first runs; the second queues behind it, then cancels its own run.
+    start_run(first)
+    wait_first_step(first)
+    start_run(second)
+    expect(second.locator("#progress")).to_contain_text(re.compile(r"queue|Waiting", re.I))
+    second.locator("#cancel").click()
+    first_status = first.locator("#progress").inner_text()
+    wait_run(second, "cancelled")
+    wait_run(first)
+    assert re.search(r"step \d+/59", first_status), f"the first was not running: {first_status}"
+    steps_seen = {m for e in run_log(first) for m in re.findall(r"step (\d+)/59", e["text"])}
+    assert "59" in steps_seen, run_log(first)  # the first ran to its end
+    expect(first.locator("#result-info")).to_contain_text("steps 60")
+    expect(first.locator("#gallery img").first).to_be_visible()
+    expect(second.locator("#gallery img")).to_have_count(0)
+    expect(second.locator("#result-info")).to_have_text("")
+    # Each keeps its own composition.
+    expect(prompt_box(first)).to_have_value("A photo of [1] in Paris")
+    expect(prompt_box(second)).to_have_value("A cat [2] beside [1]")
+    save_screenshot(first, "two_sessions_first")
+    save_screenshot(second, "two_sessions_second")
