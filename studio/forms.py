@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from typing import Any
 import sigma_core
 from sigma_core import Composition, Reference, Settings, SigmaInputError
 
-FOLLOW_LAST = "last-reference"
+SPECS = {spec.name: spec for spec in sigma_core.SETTING_SPECS}
 SIZE_CHOICES: tuple[tuple[str, str], ...] = (
-    ("Follow the last reference", FOLLOW_LAST),
+    ("Follow the last reference", SPECS["size"].text(None)),
     ("1:1 (1024×1024)", "1024x1024"),
     ("4:3 (1024×768)", "1024x768"),
     ("3:4 (768×1024)", "768x1024"),
@@ -32,7 +33,6 @@ SIZE_CHOICES: tuple[tuple[str, str], ...] = (
 )
 SEED_MODES = ("random", "fixed")
 MAX_IMAGES_PER_RUN = 4
-_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
@@ -46,25 +46,34 @@ class SlotForm:
     crop: str = ""
 
 
+def _control_value(spec: Any, value: Any) -> Any:
+    """A setting's value as its control holds it: text for the size and the seed."""
+    return spec.text(value) if spec.kind in ("size", "seed") else value
+
+
 @dataclass(frozen=True)
 class SettingsForm:
-    """The settings accordion's controls; defaults are SIGMA's."""
+    """The settings controls' values, by setting name (``sigma_core.SETTING_SPECS``), as the
+    controls hold them: the size and the seed as text, the guidance interval as (start, end),
+    everything unchecked until :func:`to_settings`; and the studio's own two controls, the seed
+    mode and the images per run. Defaults are the core's."""
 
-    size: str = FOLLOW_LAST
-    steps: int = _DEFAULTS.num_timesteps
-    cfg_text: float = _DEFAULTS.cfg_text_scale
-    cfg_img: float = _DEFAULTS.cfg_img_scale
-    cfg_start: float = _DEFAULTS.cfg_interval[0]
-    cfg_end: float = _DEFAULTS.cfg_interval[1]
-    shift: float = _DEFAULTS.timestep_shift
-    renorm_type: str = _DEFAULTS.cfg_renorm_type
-    renorm_min: float = _DEFAULTS.cfg_renorm_min
+    values: Mapping[str, Any] = field(
+        default_factory=lambda: {n: _control_value(s, s.default) for n, s in SPECS.items()}
+    )
     seed_mode: str = "fixed"
-    seed: str = str(_DEFAULTS.seed)
     images_per_run: int = 1
-    mask: bool = _DEFAULTS.mask
-    attribute_projection: bool = _DEFAULTS.attribute_projection
-    layout: str = _DEFAULTS.layout
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def replace(self, **changes: Any) -> SettingsForm:
+        """A copy with controls changed, by setting name (or seed_mode, images_per_run)."""
+        own = {k: changes.pop(k) for k in ("seed_mode", "images_per_run") if k in changes}
+        unknown = sorted(set(changes) - set(SPECS))
+        if unknown:
+            raise KeyError(f"no setting named {unknown[0]!r}")
+        return replace(self, values={**self.values, **changes}, **own)
 
 
 @dataclass(frozen=True)
@@ -124,75 +133,53 @@ def parse_crop(text: str, slot: int) -> tuple[int, int, int, int] | None:
 
 
 def to_settings(form: SettingsForm) -> Settings:
-    """Settings from the accordion; sigma_core checks every bound."""
-    seed = None if form.seed_mode == "random" else parse_seed(form.seed)
+    """Settings from the controls: each value read as its spec says, then every bound checked
+    by sigma_core. A random seed stays None here: each run draws its own."""
+    random_seed = form.seed_mode == "random"
     return Settings(
-        size=parse_size(form.size),
-        num_timesteps=_whole(form.steps),
-        cfg_text_scale=float(form.cfg_text),
-        cfg_img_scale=float(form.cfg_img),
-        cfg_interval=(float(form.cfg_start), float(form.cfg_end)),
-        timestep_shift=float(form.shift),
-        cfg_renorm_type=form.renorm_type,
-        cfg_renorm_min=float(form.renorm_min),
-        seed=seed,
-        mask=bool(form.mask),
-        attribute_projection=bool(form.attribute_projection),
-        layout=form.layout,
+        **{
+            name: None
+            if random_seed and spec.kind == "seed"
+            else _READ.get(spec.kind, _as_is)(spec, form[name])
+            for name, spec in SPECS.items()
+        }
     )
 
 
-def parse_seed(text: Any) -> int:
-    """The seed box holds text: browsers round integers past 2^53, seeds go to 2^63."""
-    value = str(text).strip()
-    if not re.fullmatch(r"\d{1,19}", value):
-        raise SigmaInputError(
-            f"settings.seed: {value[:30]!r} is not a whole number; write one from 0 to 2^63 - 1, "
-            "or choose a random seed"
-        )
-    return int(value)
+def _number(value: Any) -> Any:
+    """A slider's number as a float (30.0 as 30 where a whole number is due); anything else as
+    it is, for the core to refuse with its message."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return float(value)
 
 
-def parse_size(text: str) -> tuple[int, int] | None:
-    """ "WIDTHxHEIGHT", or "last-reference"; bounds are the core's."""
-    if text in (FOLLOW_LAST, "", None):
-        return None
-    match = re.fullmatch(r"\s*(\d{1,5})\s*[x×]\s*(\d{1,5})\s*", str(text))
-    if not match:
-        raise SigmaInputError(
-            f"settings.size: {str(text)[:30]!r} is not WIDTHxHEIGHT (e.g. 1024x768) or "
-            "'follow the last reference'"
-        )
-    return int(match[1]), int(match[2])
-
-
-def _whole(value: Any) -> Any:
-    """A slider's 30.0 as 30; anything else as it is, for the core to refuse."""
+def _whole(spec: Any, value: Any) -> Any:
+    value = _number(value)
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def size_text(size: tuple[int, int] | None) -> str:
-    return FOLLOW_LAST if size is None else f"{size[0]}x{size[1]}"
+def _as_is(spec: Any, value: Any) -> Any:
+    return value
+
+
+_READ = {
+    "size": lambda spec, value: spec.parse(str(value or "")),
+    "seed": lambda spec, value: spec.parse(str(value)),
+    "int": _whole,
+    "number": lambda spec, value: _number(value),
+    "interval": lambda spec, value: (
+        tuple(map(_number, value)) if isinstance(value, tuple | list) else value
+    ),
+}
 
 
 def settings_form(settings: Settings, images_per_run: int = 1) -> SettingsForm:
-    """The accordion's values for ``settings``."""
+    """The controls' values for ``settings``."""
     return SettingsForm(
-        size=size_text(settings.size),
-        steps=settings.num_timesteps,
-        cfg_text=settings.cfg_text_scale,
-        cfg_img=settings.cfg_img_scale,
-        cfg_start=settings.cfg_interval[0],
-        cfg_end=settings.cfg_interval[1],
-        shift=settings.timestep_shift,
-        renorm_type=settings.cfg_renorm_type,
-        renorm_min=settings.cfg_renorm_min,
+        values={n: _control_value(s, getattr(settings, n)) for n, s in SPECS.items()},
         seed_mode="random" if settings.seed is None else "fixed",
-        seed="" if settings.seed is None else str(settings.seed),
         images_per_run=images_per_run,
-        mask=settings.mask,
-        attribute_projection=settings.attribute_projection,
-        layout=settings.layout,
     )
 
 

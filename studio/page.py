@@ -20,19 +20,11 @@ from gradio.data_classes import ImageData
 import sigma_core
 from studio import modes, presets, views
 from studio.engine import Studio, refusals
-from studio.forms import (
-    MAX_IMAGES_PER_RUN,
-    SEED_MODES,
-    SIZE_CHOICES,
-    Draft,
-    SettingsForm,
-    SlotForm,
-)
+from studio.forms import Draft, SlotForm
+from studio.settings_panel import SettingsControls, settings_controls
 
 STATIC = Path(__file__).resolve().parent / "static"
 HISTORY_KEY = "sigma-studio-history"
-# The layout dropdown's help: what each choice lays out (the core's words, one line each)
-LAYOUT_INFO = next(s.help for s in sigma_core.SETTING_SPECS if s.name == "layout")
 # An insert button's browser side: the prompt and the caret's place in it
 CURSOR_JS = (STATIC / "cursor.js").read_text(encoding="utf-8")
 # The slot strip: a thumbnail per slot (gr.HTML's template escapes {{...}}); its script sends
@@ -75,29 +67,6 @@ class SlotControls:
     @property
     def values(self) -> list[gr.components.Component]:
         return [self.image, self.attributes, self.entity, self.crop]
-
-
-@dataclass(frozen=True)
-class SettingsControls:
-    size: gr.Dropdown
-    steps: gr.Slider
-    cfg_text: gr.Slider
-    cfg_img: gr.Slider
-    cfg_start: gr.Slider
-    cfg_end: gr.Slider
-    shift: gr.Slider
-    renorm_type: gr.Dropdown
-    renorm_min: gr.Slider
-    seed_mode: gr.Radio
-    seed: gr.Textbox
-    images_per_run: gr.Slider
-    mask: gr.Checkbox
-    attribute_projection: gr.Checkbox
-    layout: gr.Dropdown
-
-    @property
-    def values(self) -> list[gr.components.Component]:
-        return [getattr(self, name) for name in SettingsForm.__dataclass_fields__]
 
 
 def _slot_controls(k: int, visible: bool) -> SlotControls:
@@ -151,91 +120,6 @@ def _slot_controls(k: int, visible: bool) -> SlotControls:
     return SlotControls(
         box, image, attributes, entity, crop, thumb, info, messages, up, down, remove, insert
     )
-
-
-def _settings_controls() -> SettingsControls:
-    defaults = SettingsForm()
-    with gr.Row():
-        size = gr.Dropdown(
-            choices=list(SIZE_CHOICES),
-            value=defaults.size,
-            allow_custom_value=True,
-            label="Size",
-            info="Follow the last reference (as BAGEL does), a preset aspect, or WIDTHxHEIGHT",
-            elem_id="size",
-        )
-        steps = gr.Slider(
-            sigma_core.MIN_TIMESTEPS,
-            min(sigma_core.MAX_TIMESTEPS, 200),
-            value=defaults.steps,
-            step=1,
-            label="Timesteps",
-            info="N timesteps make N-1 steps",
-            elem_id="steps",
-        )
-    with gr.Row():
-        cfg_text = gr.Slider(
-            0, sigma_core.MAX_CFG_SCALE, value=defaults.cfg_text, step=0.1,
-            label="Text guidance (cfg_text)", elem_id="cfg-text",
-        )  # fmt: skip
-        cfg_img = gr.Slider(
-            0, sigma_core.MAX_CFG_SCALE, value=defaults.cfg_img, step=0.1,
-            label="Image guidance (cfg_img)", elem_id="cfg-img",
-        )  # fmt: skip
-    with gr.Row():
-        cfg_start = gr.Slider(
-            0, 1, value=defaults.cfg_start, step=0.05, label="Guidance from t", elem_id="cfg-start"
-        )
-        cfg_end = gr.Slider(
-            0, 1, value=defaults.cfg_end, step=0.05, label="Guidance to t", elem_id="cfg-end"
-        )
-        shift = gr.Slider(
-            sigma_core.MIN_SHIFT, sigma_core.MAX_SHIFT, value=defaults.shift, step=0.05,
-            label="Timestep shift", elem_id="shift",
-        )  # fmt: skip
-    with gr.Row():
-        renorm_type = gr.Dropdown(
-            choices=list(sigma_core.RENORM_TYPES),
-            value=defaults.renorm_type,
-            label="CFG renorm",
-            elem_id="renorm-type",
-        )
-        renorm_min = gr.Slider(
-            0, 1, value=defaults.renorm_min, step=0.05, label="Renorm min", elem_id="renorm-min"
-        )
-    with gr.Row():
-        seed_mode = gr.Radio(
-            list(SEED_MODES), value=defaults.seed_mode, label="Seed", elem_id="seed-mode"
-        )
-        seed = gr.Textbox(
-            value=defaults.seed, label="Seed value", info="0 to 2^63 - 1", elem_id="seed"
-        )
-        images_per_run = gr.Slider(
-            1, MAX_IMAGES_PER_RUN, value=1, step=1, label="Images per run (seed, seed+1 ...)",
-            elem_id="images-per-run",
-        )  # fmt: skip
-    with gr.Row():
-        mask = gr.Checkbox(
-            value=defaults.mask,
-            label="SIGMA's attention mask (attribute tokens see only their own image)",
-            elem_id="mask",
-        )
-        attribute_projection = gr.Checkbox(
-            value=defaults.attribute_projection,
-            label="W_tau attribute projection (no-op for checkpoints without it)",
-            elem_id="attribute-projection",
-        )
-    layout = gr.Dropdown(
-        choices=list(sigma_core.LAYOUT_CHOICES),
-        value=defaults.layout,
-        label="Sequence layout",
-        info=LAYOUT_INFO,
-        elem_id="layout",
-    )
-    return SettingsControls(
-        size, steps, cfg_text, cfg_img, cfg_start, cfg_end, shift, renorm_type, renorm_min,
-        seed_mode, seed, images_per_run, mask, attribute_projection, layout,
-    )  # fmt: skip
 
 
 @dataclass
@@ -322,11 +206,10 @@ class Page:
             )
             for sc in self.slots[: int(data[self.slot_count])]
         )
-        values = {n: data[getattr(self.settings, n)] for n in SettingsForm.__dataclass_fields__}
         return Draft(
             prompt=data[self.prompt] or "",
             slots=forms,
-            settings=SettingsForm(**values),
+            settings=self.settings.form_of(data),
             name=data[self.name] or "",
         )
 
@@ -335,7 +218,7 @@ class Page:
         count = len(draft.slots)
         padded = [*draft.slots, *[SlotForm()] * (len(self.slots) - count)]
         slot_values = [v for s in padded for v in (s.image, list(s.attributes), s.entity, s.crop)]
-        setting_values = [getattr(draft.settings, n) for n in SettingsForm.__dataclass_fields__]
+        setting_values = self.settings.values_of(draft.settings)
         shown = [gr.update(visible=k <= count) for k in range(1, len(self.slots) + 1)]
         return [count, draft.name, draft.prompt, *slot_values, *setting_values, *shown, *shown]
 
@@ -424,7 +307,7 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
                 elem_id="mask-image",
             )
             with gr.Accordion("Settings", open=False, elem_id="settings"):
-                settings = _settings_controls()
+                settings = settings_controls()
                 reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
                 settings_messages = gr.HTML(elem_id="settings-problems")
                 precision, offload, engine_apply, engine_status = _engine_controls(studio)

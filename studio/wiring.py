@@ -306,7 +306,7 @@ def _wire_generation(studio: Studio, page: Page) -> None:
 
     page.reuse_seed.click(
         reuse, inputs=[page.selected, page.history],
-        outputs=[page.settings.seed_mode, page.settings.seed], **_quiet(),
+        outputs=[page.settings.seed_mode, page.settings["seed"]], **_quiet(),
     )  # fmt: skip
 
 

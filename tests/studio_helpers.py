@@ -14,7 +14,7 @@ from studio.engine import Engine
 from studio.forms import Draft, SettingsForm, SlotForm
 from studio.options import StudioOptions
 
-FAST = SettingsForm(size="64x64", steps=3)
+FAST = SettingsForm().replace(size="64x64", num_timesteps=3)
 
 
 def tiny_engine(pipe, checkpoint) -> Engine:

@@ -25,6 +25,7 @@ from studio.forms import Draft, SettingsForm
 from studio.main import main, serve
 from studio.options import PRESETS_DIR, StudioOptions, default_model, engine_lock, parse_options
 from studio.page import build_page
+from studio.settings_panel import ROWS, elem_id
 from studio.wiring import warns
 
 # gradio's queue metrics use pandas APIs that pandas 3 deprecates; not the studio's concern
@@ -38,7 +39,8 @@ ELEM_IDS = [
     "engine-banner", "preset-dropdown", "preset-upload", "save-preset", "preset-file",
     "examples", "add-slot", "composition-name", "prompt", "prompt-problems", "auto-compose",
     "problems", "sequence-view", "mask-button", "mask-image", "settings", "size", "steps",
-    "cfg-text", "cfg-img", "cfg-start", "cfg-end", "shift", "renorm-type", "renorm-min",
+    "cfg-text-scale", "cfg-img-scale", "cfg-interval-from", "cfg-interval-to",
+    "timestep-shift", "cfg-renorm-type", "cfg-renorm-min",
     "seed-mode", "seed", "reuse-seed", "images-per-run", "mask", "attribute-projection",
     "layout", "settings-problems", "generate", "cancel", "progress", "live-preview", "gallery",
     "result-info", "download", "restore-composition", "compare-with", "ab-button", "slider",
@@ -200,6 +202,33 @@ def test_every_control_has_its_elem_id(studio):
     assert "slot-4" not in ids  # --max-references 3
 
 
+def test_the_settings_panel_is_made_from_the_cores_spec_table(studio):
+    names = [name for row in ROWS for name in row]
+    assert sorted(names) == sorted(s.name for s in sigma_core.SETTING_SPECS)  # each once
+    demo = build_app(studio)
+    for spec in sigma_core.SETTING_SPECS:
+        ids = [f"{elem_id(spec.name)}-{end}" for end in ("from", "to")]
+        if spec.kind != "interval":
+            ids = [elem_id(spec.name)]
+        for i, key in enumerate(ids):
+            props = _props(demo, key)
+            assert spec.label in props["label"] and props["info"] == spec.help
+            default = spec.default[i] if spec.kind == "interval" else spec.default
+            assert (
+                props["value"] == spec.text(default)
+                if spec.kind in ("size", "seed")
+                else (props["value"] == default)
+            )
+            if spec.kind in ("int", "number", "interval"):
+                assert (props["minimum"], props["maximum"], props["step"]) == (
+                    spec.low,
+                    spec.high,
+                    spec.step,
+                )  # the steps slider reaches the core's 1,000: no bound of the studio's own
+            if spec.kind == "choice":
+                assert [v for _, v in props["choices"]] == list(spec.choices)
+
+
 def _props(demo, elem_id: str) -> dict:
     return next(
         c["props"] for c in demo.config["components"] if c["props"].get("elem_id") == elem_id
@@ -236,9 +265,9 @@ def test_the_layout_dropdown_offers_the_cores_layouts_and_travels_with_the_form(
     assert all(text in layout["info"] for text in descriptions)
     with gr.Blocks():
         page = build_page(studio, [])
-    draft = Draft(prompt="A red cube", settings=SettingsForm(layout="training"))
+    draft = Draft(prompt="A red cube", settings=SettingsForm().replace(layout="training"))
     values = page.form_of(draft)  # a preset, a PNG or a result loaded into the controls
-    assert values[page.form_outputs.index(page.settings.layout)] == "training"
+    assert values[page.form_outputs.index(page.settings["layout"])] == "training"
     assert page.draft_of(dict(zip(page.form_outputs, values, strict=True))) == draft
 
 

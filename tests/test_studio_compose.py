@@ -18,7 +18,6 @@ from studio.forms import (
     SettingsForm,
     SlotForm,
     parse_crop,
-    parse_seed,
     settings_form,
     to_composition,
     to_draft,
@@ -49,23 +48,24 @@ def test_settings_round_trip_through_the_accordion():
 
 
 def test_the_layout_dropdown_becomes_the_settings_layout_and_a_bad_one_is_refused():
-    assert SettingsForm().layout == sigma_core.Settings().layout == "auto"
+    assert SettingsForm()["layout"] == sigma_core.Settings().layout == "auto"
     for layout in sigma_core.LAYOUT_CHOICES:
-        assert to_settings(replace(FAST, layout=layout)).layout == layout
+        assert to_settings(FAST.replace(layout=layout)).layout == layout
     with pytest.raises(
         PresetError,
         match=r"^settings\.layout: 'trainign' is not one of auto, inference, training, "
         r"training-no-vit; did you mean 'training'\?$",
     ):
-        to_settings(replace(FAST, layout="trainign"))
+        to_settings(FAST.replace(layout="trainign"))
 
 
 def test_seeds_are_text_so_large_ones_stay_exact():
-    assert parse_seed(str(2**63 - 1)) == 2**63 - 1
+    assert to_settings(FAST.replace(seed=str(2**63 - 1))).seed == 2**63 - 1
     with pytest.raises(PresetError, match="seed"):
-        to_settings(replace(FAST, seed=str(2**63)))  # the core's bound
+        to_settings(FAST.replace(seed=str(2**63)))  # the core's bound
     with pytest.raises(SigmaInputError, match=r"settings\.seed: '12a' is not a whole number"):
-        parse_seed("12a")
+        to_settings(FAST.replace(seed="12a"))
+    assert to_settings(FAST.replace(seed="12a", seed_mode="random")).seed is None
 
 
 def test_crop_text_is_four_numbers_or_nothing():
@@ -117,11 +117,11 @@ def test_the_sequence_view_shows_the_layout_and_its_phantom_vit_blocks(engine, i
     assert "SIGMA mask on; layout inference (auto)" in views.sequence(
         compose.check(engine, two_slots(images))
     )  # "auto" is the inferencer's layout for weights without a recorded one
-    no_vit = replace(two_slots(images), settings=replace(FAST, layout="training-no-vit"))
+    no_vit = replace(two_slots(images), settings=FAST.replace(layout="training-no-vit"))
     result = compose.check(engine, no_vit)
     assert [c.kind for c in result.chips] == ["text", "image", "text", "image", "output"]
     assert views.sequence(result).endswith("layout training-no-vit</small></div>")
-    training = replace(two_slots(images), settings=replace(FAST, layout="training"))
+    training = replace(two_slots(images), settings=FAST.replace(layout="training"))
     result = compose.check(engine, training)
     assert result.ok, result.problems
     kinds = [c.kind for c in result.chips]
@@ -137,7 +137,7 @@ def test_the_sequence_view_shows_the_layout_and_its_phantom_vit_blocks(engine, i
 
 
 def test_a_bad_layout_shows_next_to_the_settings(engine, images):
-    draft = replace(two_slots(images), settings=replace(FAST, layout="trainign"))
+    draft = replace(two_slots(images), settings=FAST.replace(layout="trainign"))
     (problem,) = compose.check(engine, draft).problems
     assert problem.where == "settings" and "did you mean 'training'" in problem.message
 
@@ -192,7 +192,7 @@ def test_every_problem_is_reported_at_once(engine, images):
             replace(draft.slots[0], entity="woman <image_2>"),
             replace(draft.slots[1], crop="x"),
         ),
-        settings=replace(FAST, seed="-1"),
+        settings=FAST.replace(seed="-1"),
     )
     result = compose.check(engine, draft)
     assert {p.where for p in result.problems} == {"slot 1", "slot 2", "settings"}

@@ -50,12 +50,12 @@ def test_a_run_reports_each_step_and_saves_a_png_with_its_composition(engine, im
 
 
 def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
-    draft = replace(two_slots(images), settings=replace(FAST, seed="7", images_per_run=2))
+    draft = replace(two_slots(images), settings=FAST.replace(seed="7", images_per_run=2))
     _, outcome = finish(
         runs.generate(engine, Sessions(), "a", draft, files=tmp_path, time_limit_s=60)
     )
     assert [e["seed"] for e in outcome.entries] == [8, 7]  # newest first
-    random = replace(draft, settings=replace(draft.settings, seed_mode="random"))
+    random = replace(draft, settings=draft.settings.replace(seed_mode="random"))
     _, outcome = finish(
         runs.generate(engine, Sessions(), "a", random, files=tmp_path, time_limit_s=60)
     )
@@ -64,7 +64,7 @@ def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
 
 
 def test_a_run_records_its_layout_and_its_png_restores_it(engine, images, tmp_path):
-    draft = replace(two_slots(images), settings=replace(FAST, layout="training"))
+    draft = replace(two_slots(images), settings=FAST.replace(layout="training"))
     _, outcome = finish(
         runs.generate(engine, Sessions(), "a", draft, files=tmp_path, time_limit_s=60)
     )
@@ -72,7 +72,7 @@ def test_a_run_records_its_layout_and_its_png_restores_it(engine, images, tmp_pa
     assert outcome.error is None and entry["settings"]["layout"] == "training"
     assert "layout training" in views.result_info(entry)
     png = runs.result_file(entry, tmp_path)
-    assert presets.open_composition(png, tmp_path, max_slots=8).settings.layout == "training"
+    assert presets.open_composition(png, tmp_path, max_slots=8).settings["layout"] == "training"
 
 
 def test_a_bad_draft_never_starts_a_run(engine, images, tmp_path):
@@ -89,7 +89,7 @@ def test_cancel_stops_only_its_own_session_within_one_step(engine, images, tmp_p
     sessions = Sessions()
     sessions.arm("a")
     sessions.arm("b")
-    draft = replace(two_slots(images), settings=replace(FAST, steps=30))
+    draft = replace(two_slots(images), settings=FAST.replace(num_timesteps=30))
     items = runs.generate(engine, sessions, "a", draft, files=tmp_path, time_limit_s=60)
     seen = []
     for item in items:
@@ -125,7 +125,7 @@ def test_the_time_limit_stops_a_run(engine, images, tmp_path):
 
 def test_an_abandoned_run_is_cancelled(engine, images, tmp_path):
     sessions = Sessions()
-    draft = replace(two_slots(images), settings=replace(FAST, steps=40))
+    draft = replace(two_slots(images), settings=FAST.replace(num_timesteps=40))
     items = runs.generate(engine, sessions, "a", draft, files=tmp_path, time_limit_s=60)
     next(item for item in items if isinstance(item, runs.Progress))
     items.close()  # the page went away
@@ -250,8 +250,8 @@ def test_every_shipped_preset_opens_and_plans(engine, tmp_path):
 def test_a_generated_png_opens_as_its_composition(made, tmp_path):
     entry, files = made
     draft = presets.open_composition(runs.result_file(entry, files), tmp_path, max_slots=8)
-    assert draft.settings.seed == "42" and len(draft.slots) == 2
-    assert draft.settings.layout == "inference"  # the layout "auto" ran as
+    assert draft.settings["seed"] == "42" and len(draft.slots) == 2
+    assert draft.settings["layout"] == "inference"  # the layout "auto" ran as
 
 
 def test_bad_uploads_are_refused_with_the_cores_message(images, tmp_path):
@@ -272,11 +272,11 @@ def test_a_preset_with_a_layout_sets_the_layout_dropdown(tmp_path):
     path = tmp_path / "training.json"
     path.write_text(sigma_core.dumps_preset(comp))
     draft = presets.open_composition(path, tmp_path, max_slots=8)
-    assert draft.settings.layout == "training"
+    assert draft.settings["layout"] == "training"
 
 
 def test_a_saved_composition_is_self_contained(images, tmp_path):
-    settings = replace(FAST, layout="training-no-vit")
+    settings = FAST.replace(layout="training-no-vit")
     draft = replace(two_slots(images), name="Red & blue!", settings=settings)
     path = presets.save_draft(draft, tmp_path)
     assert path.name == "red-blue.json"

@@ -142,6 +142,12 @@ class SettingSpec:
         are :meth:`problem`'s. A SigmaInputError names the setting."""
         return _PARSERS.get(self.kind, _as_is)(self, text.strip())
 
+    def text(self, value: Any) -> str:
+        """``value`` as :meth:`parse` reads it back ("" for a random seed)."""
+        if self.kind == "size":
+            return size_text(value)
+        return "" if value is None else str(value)
+
     def bounds_text(self) -> str:
         """The bounds as users read them, e.g. "2 to 1000"."""
         return f"{self.low:g} to {self.high:g}" if self.low is not None else ""
