@@ -2,14 +2,13 @@
 
 Every browser session shares one :class:`Engine`; it runs one generation at a time (a lock, on
 top of gradio's queue, so direct callers such as tests are safe too), and changes precision or
-offload only between runs. As-you-type validation plans on a private copy of the tokenizer: a
-fast tokenizer is not safe to use from two threads at once, and a run tokenizes its prompt while
-the user keeps typing.
+offload only between runs. As-you-type validation plans through the pipeline's planner, which
+takes its own lock (a fast tokenizer is not safe to use from two threads at once, and a run
+tokenizes its prompt while the user keeps typing).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import gc
 import logging
@@ -77,8 +76,6 @@ class Engine:
     def _use(self, pipe: SigmaPipeline) -> None:
         self.pipe = pipe
         self._preview_failed = False
-        self._planner = copy.copy(pipe)
-        self._planner.tokenizer = copy.deepcopy(pipe.tokenizer)
         tensors = [*pipe.model.parameters(), *pipe.model.buffers(), *pipe.vae.parameters()]
         weights = f"{sigma_core.PREVIEW_NOTICE}: {self.weights}" if pipe.preview else self.weights
         self.info = EngineInfo(
@@ -112,7 +109,7 @@ class Engine:
         """Use ``wanted`` with the old engine released first; the old one again on failure.
         Planning waits meanwhile (the plan lock) rather than see no engine."""
         with self._plan_lock:
-            self.pipe = self._planner = None
+            self.pipe = None
             _free_memory()
             try:
                 self._use(load_pipeline(wanted))
@@ -130,7 +127,7 @@ class Engine:
     def plan(self, composition: Composition, images: dict[int, Image.Image]) -> Plan:
         """The plan this engine would run (its tokenizer, its position budget)."""
         with self._plan_lock:
-            return self._planner.plan(composition, images)
+            return self.pipe.planner.plan(composition, images)
 
     def generate(
         self, composition: Composition, *, cancel: Any, on_step: StepReport | None = None
@@ -185,7 +182,7 @@ class Engine:
         if (precision, offload) == (self.info.precision, self.info.offload):
             other = {}  # the engine's own modes, device map included
         with self._plan_lock:
-            return self._planner.estimate_memory(composition, **other)
+            return self.pipe.estimate_memory(composition, **other)
 
     def memory_available(self) -> int | None:
         """Bytes a run on this engine may use: its device's free memory plus what the engine

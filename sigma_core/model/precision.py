@@ -96,6 +96,25 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return mode
 
 
+def precision_name(precision: str | None, dtype: torch.dtype | None, device: torch.device) -> str:
+    """The precision asked, by name or as a torch dtype (the same choice); bf16 on a GPU and
+    fp32 elsewhere when neither is given."""
+    if dtype is not None:
+        if dtype not in DTYPES.values():
+            raise SigmaInputError(f"dtype: {dtype} is not one of float32, bfloat16, float16")
+        if precision is not None and DTYPES.get(precision) != dtype:
+            raise SigmaInputError(f"precision {precision!r} and dtype {dtype} disagree; give one")
+        return dtype_name(dtype)
+    if precision is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """ "fp32", "bf16" or "fp16" for a float dtype of :data:`DTYPES`."""
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
 def precision_mode(name: str, *, on_gpu: bool) -> Precision:
     """The mode ``name`` names, computing in bf16 on a GPU and fp32 on a CPU for int8 and nf4
     (fp8 always bf16); an unknown name is refused. Nothing about this machine is checked:

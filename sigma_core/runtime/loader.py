@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from sigma_core.errors import CheckpointError
-from sigma_core.inputs.settings import LAYOUTS
+from sigma_core.errors import CheckpointError, SigmaInputError
+from sigma_core.inputs.settings import LAYOUTS, check_layout_name
 from sigma_core.model.bagel import ATTRIBUTE_EMBED_KEY, BagelGenerator
 from sigma_core.model.config import LLMConfig
+from sigma_core.model.modes import VAE_DTYPES
 from sigma_core.model.mot import RotaryEmbedding
 from sigma_core.model.precision import (
     Precision,
@@ -33,11 +34,19 @@ from sigma_core.model.precision import (
     finish_layer,
     layer_of,
     place_tensor,
+    precision_name,
+    resolve_precision,
     swap_linears,
 )
 from sigma_core.model.weights import check_tensors, header_shapes
 from sigma_core.planning.tokenizer import TokenIds
-from sigma_core.runtime.placement import auto_device_map, module_device, spread_layers
+from sigma_core.runtime.device import resolve_device
+from sigma_core.runtime.placement import (
+    auto_device_map,
+    check_offload,
+    module_device,
+    spread_layers,
+)
 
 BAGEL_REPO = "ByteDance-Seed/BAGEL-7B-MoT"
 BAGEL_SIZE = "about 29.3 GB (ema.safetensors 29.2 GB, ae.safetensors 0.3 GB, configs, tokenizer)"
@@ -59,6 +68,56 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     overridden: int = 0  # base tensors replaced by the SIGMA weights
     attribute_embed: bool = False
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a checkpoint loads, every choice checked against this machine before a byte is
+    read (the arguments of :meth:`~sigma_core.runtime.pipeline.SigmaPipeline.from_pretrained`).
+    """
+
+    device: torch.device
+    precision: Precision
+    vae_dtype: str = "fp32"
+    offload: str = "none"
+    device_map: str | dict[str, str] | None = None  # "auto" or {module prefix: device}
+    compile: bool = False
+    layout: str | None = None  # what "auto" runs in; None: the weights' trained layout
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+        dtype: torch.dtype | None = None,
+        vae_dtype: str = "fp32",
+        offload: str = "none",
+        device_map: str | dict[str, str] | None = None,
+        compile: bool = False,
+        layout: str | None = None,
+    ) -> LoadOptions:
+        """The options, or a SigmaInputError naming the first one this machine cannot run."""
+        where = resolve_device(device)
+        mode = resolve_precision(precision_name(precision, dtype, where), where)
+        offload = check_offload(offload, mode, where)
+        if vae_dtype not in VAE_DTYPES:
+            raise SigmaInputError(
+                f"vae_dtype: {str(vae_dtype)[:40]!r} is not one of {', '.join(VAE_DTYPES)}"
+            )
+        if device_map is not None and offload != "none":
+            raise SigmaInputError("device_map and offload exclude each other; choose one")
+        if isinstance(device_map, dict):
+            device_map = {k: str(resolve_device(v)) for k, v in device_map.items()}
+        elif device_map not in (None, "auto"):
+            raise SigmaInputError(
+                f"device_map: {str(device_map)[:40]!r} must be 'auto' or {{module: device}}"
+            )
+        if compile is not True and compile is not False:
+            raise SigmaInputError(f"compile: {compile!r} must be True or False")
+        if layout is not None:
+            check_layout_name(layout)
+        return cls(where, mode, vae_dtype, offload, device_map, compile, layout)
 
 
 def resolve_checkpoint(path_or_repo_id: str | os.PathLike, *, patterns: list[str]) -> Path:

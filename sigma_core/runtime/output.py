@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from sigma_core.errors import (
     GenerationCancelled,
@@ -75,6 +75,33 @@ class SigmaOutput:
             saved = write(Path(tempfile.gettempdir()) / f"sigma-{self.seed}-{os.getpid()}.png")
             kind = SigmaResourceError if isinstance(e, SigmaResourceError) else SigmaInputError
             raise kind(f"{e}\nthe image was saved to {saved} instead") from None
+
+
+def to_output(
+    pixels: torch.Tensor, output_type: str, *, preview: bool
+) -> list[Image.Image] | np.ndarray:
+    """Decoded pixels [1, 3, H, W] in [-1, 1] as ``output_type``: "np", a float array
+    [1, H, W, 3] in [0, 1]; "pil", one image, stamped as a preview when ``preview``."""
+    img = (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [1, H, W, 3]
+    if output_type == "np":
+        return img.cpu().numpy()
+    image = Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())
+    return [stamp_preview(image) if preview else image]
+
+
+def stamp_preview(image: Image.Image) -> Image.Image:
+    """A visible label in the bottom-left corner, so a preview is never taken for a result
+    (metadata is lost on a screenshot). Narrow images get the short form."""
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for text in (PREVIEW_NOTICE, "preview engine", "preview"):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left + 4 <= image.width:
+            break
+    y = image.height - (bottom - top) - 4
+    draw.rectangle((0, y, right - left + 4, image.height), fill=(0, 0, 0))
+    draw.text((2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
+    return image
 
 
 class CancelToken(Protocol):

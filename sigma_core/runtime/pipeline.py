@@ -1,10 +1,12 @@
 """SigmaPipeline: composition in, image out, in diffusers' conventions.
 
-What an inferencer does, and only that: plan the sequence, encode the references, prefill the
-CFG contexts, run the Euler loop, decode. Embeddings, expert routing and the KV cache's books are
-the model's (:mod:`sigma_core.model.bagel`); the contexts and the guided step are in
-:mod:`sigma_core.runtime.contexts`. A run keeps all its state to itself, so one pipeline serves
-several threads, each with its own cancel token.
+What BAGEL's inferencer does, and only that, in five numbered phases: plan the sequence, encode
+the references, prefill the CFG contexts, run the Euler loop, decode. Planning is the
+:class:`~sigma_core.planning.planner.Planner`'s; embeddings, expert routing and the KV cache's
+books are the model's (:mod:`sigma_core.model.bagel`); the contexts and the guided step are in
+:mod:`sigma_core.runtime.contexts`; the memory prediction in :mod:`sigma_core.runtime.memory`.
+A run keeps all its state to itself, so one pipeline serves several threads, each with its own
+cancel token.
 """
 
 from __future__ import annotations
@@ -12,31 +14,30 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
 from sigma_core.inputs.composition import Composition
-from sigma_core.inputs.settings import DEFAULT_LAYOUT, Settings, check_layout_name
+from sigma_core.inputs.settings import Settings
 from sigma_core.model.bagel import BagelGenerator, patchify, unpatchify
-from sigma_core.model.modes import VAE_DTYPES
-from sigma_core.model.precision import DTYPES, Precision, resolve_precision
+from sigma_core.model.precision import DTYPES, Precision, dtype_name
 from sigma_core.model.vae import FluxVAE
-from sigma_core.planning.sequence import Plan, build_plan
+from sigma_core.planning.planner import Planner
+from sigma_core.planning.sequence import Plan
 from sigma_core.planning.tokenizer import load_tokenizer
-from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, prefill_contexts
-from sigma_core.runtime.device import available_memory, resolve_device
+from sigma_core.runtime.contexts import CALLBACK_TENSORS, CFGContexts, Denoiser, prefill_contexts
+from sigma_core.runtime.device import available_memory
 from sigma_core.runtime.loader import (
     AE_FILE,
     BASE_PATTERNS,
     SIGMA_PATTERNS,
+    LoadOptions,
     LoadReport,
     is_preview_checkpoint,
     load_generator,
@@ -45,19 +46,27 @@ from sigma_core.runtime.loader import (
 )
 from sigma_core.runtime.memory import MemoryEstimate, estimate_for_pipeline, module_bytes
 from sigma_core.runtime.output import (
-    PREVIEW_NOTICE,
     CancelToken,
     SigmaOutput,
     check_cancel,
     out_of_memory,
+    to_output,
 )
-from sigma_core.runtime.placement import Offload, check_offload
+from sigma_core.runtime.placement import Offload
 from sigma_core.runtime.references import ReferenceEncoder
 from sigma_core.runtime.sampler import Guidance, euler_step, initial_noise, timesteps
 from sigma_core.runtime.tiny import preview_checkpoint
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 StepCallback = Callable[["SigmaPipeline", int, torch.Tensor, dict[str, Any]], Any]
+# each phase as an out-of-memory message names it
+PHASES = {
+    "plan": "planning the run",
+    "encode": "encoding the references",
+    "prefill": "prefilling the context",
+    "denoise": "denoising",
+    "decode": "decoding",
+}
 
 
 class SigmaPipeline:
@@ -77,14 +86,15 @@ class SigmaPipeline:
         layout: str | None = None,
         trained_layout: str | None = None,
     ) -> None:
-        self.model, self.vae, self.tokenizer = model, vae, tokenizer
-        # The layout a composition's "auto" runs in, and the one the weights were trained in
-        # (their model card's; None for SIGMA's weights). See sigma_core.planning.layout.
-        self.trained_layout = trained_layout
-        self.layout = layout or trained_layout or DEFAULT_LAYOUT
+        self.model, self.vae = model, vae
+        # the tokenizer, the position budget and what "auto" means: see planning.planner
+        self.planner = Planner(
+            tokenizer, model.config.max_position_embeddings, layout=layout,
+            trained_layout=trained_layout,
+        )  # fmt: skip
         self.preview = preview
         self.load_report = load_report
-        self.precision = precision or Precision(_name_of(model.dtype), model.dtype)
+        self.precision = precision or Precision(dtype_name(model.dtype), model.dtype)
         self.offload = offload or Offload("none", model.device, model, vae)
         self.compile = compile
         # One compiled pass per pipeline: dynamo caches its graphs across runs.
@@ -102,90 +112,72 @@ class SigmaPipeline:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.planner.tokenizer
+
+    @property
+    def layout(self) -> str:
+        """The layout compositions set to "auto" run in (see sigma_core.planning.layout)."""
+        return self.planner.layout
+
+    @property
+    def trained_layout(self) -> str | None:
+        """The layout the weights were trained in (their model card); None for SIGMA's."""
+        return self.planner.trained_layout
+
     @classmethod
     def from_pretrained(
         cls,
         path_or_repo_id: str | os.PathLike,
         *,
         sigma_weights: str | os.PathLike | None = None,
-        precision: str | None = None,
-        dtype: torch.dtype | None = None,
-        vae_dtype: str = "fp32",
-        device: str | torch.device | None = None,
-        offload: str = "none",
-        device_map: str | dict[str, str] | None = None,
-        compile: bool = False,
-        layout: str | None = None,
+        **options: Any,
     ) -> SigmaPipeline:
         """Load a BAGEL folder or hub repo; ``sigma_weights`` (folder or repo) overrides its
         ema.safetensors.
 
-        ``precision``: one of :data:`~sigma_core.model.precision.PRECISIONS` (default bf16 on a
-        GPU, fp32 on cpu; ``dtype`` is the same choice as a torch dtype). ``vae_dtype``: fp32
-        as the official code keeps it; bf16 halves the VAE's memory for about 1.5% decoder
-        error. ``offload``: none, model or sequential (see runtime.placement). ``device_map``:
-        "auto" or {module prefix: device} to spread the layers over GPUs. ``compile``:
-        torch.compile the denoising pass (off by default; see the README's Performance).
-        ``layout``: the sequence layout compositions set to "auto" run in (see
-        sigma_core.planning.layout); by default the one the weights' model card records, else
-        SIGMA's released inferencer; a warning says when it differs from the card's.
-        Everything is checked before a byte is read.
+        ``options`` (checked before a byte is read; see :class:`LoadOptions`): ``precision``,
+        one of PRECISIONS (default bf16 on a GPU, fp32 on cpu; ``dtype`` is the same choice as
+        a torch dtype); ``vae_dtype``, fp32 as the official code keeps it (bf16 halves the
+        VAE's memory for about 1.5% decoder error); ``device``; ``offload``, none, model or
+        sequential (see runtime.placement); ``device_map``, "auto" or {module prefix: device}
+        to spread the layers over GPUs; ``compile``, torch.compile the denoising pass;
+        ``layout``, the sequence layout compositions set to "auto" run in (by default the one
+        the weights' model card records, else SIGMA's released inferencer; a warning says
+        when it differs from the card's).
         """
-        device = resolve_device(device)
-        precision = _precision_name(precision, dtype, device)
-        mode = resolve_precision(precision, device)
-        offload = check_offload(offload, mode, device)
-        if vae_dtype not in VAE_DTYPES:
-            raise SigmaInputError(
-                f"vae_dtype: {str(vae_dtype)[:40]!r} is not one of {', '.join(VAE_DTYPES)}"
-            )
-        if device_map is not None and offload != "none":
-            raise SigmaInputError("device_map and offload exclude each other; choose one")
-        if isinstance(device_map, dict):
-            device_map = {k: str(resolve_device(v)) for k, v in device_map.items()}
-        elif device_map not in (None, "auto"):
-            raise SigmaInputError(
-                f"device_map: {str(device_map)[:40]!r} must be 'auto' or {{module: device}}"
-            )
-        if compile is not True and compile is not False:
-            raise SigmaInputError(f"compile: {compile!r} must be True or False")
+        opts = LoadOptions.check(**options)
         base = resolve_checkpoint(path_or_repo_id, patterns=BASE_PATTERNS)
         sigma = (
             resolve_checkpoint(sigma_weights, patterns=SIGMA_PATTERNS) if sigma_weights else None
         )
-        trained = trained_layout(sigma)
-        layout = _check_layout(layout, trained)
         tokenizer = load_tokenizer(base)
-        load_on = torch.device("cpu") if offload == "sequential" else device
-        with out_of_memory("loading the weights", device):
+        load_on = torch.device("cpu") if opts.offload == "sequential" else opts.device
+        with out_of_memory("loading the weights", opts.device):
             model, report = load_generator(
-                base, tokenizer, sigma_folder=sigma, precision=mode, device=load_on,
-                device_map=device_map,
+                base, tokenizer, sigma_folder=sigma, precision=opts.precision, device=load_on,
+                device_map=opts.device_map,
             )  # fmt: skip
-            vae = FluxVAE.from_file(base / AE_FILE, dtype=DTYPES[vae_dtype], device=model.device)
-        placed = Offload(offload, model.device if device_map else device, model, vae)
+            vae = FluxVAE.from_file(
+                base / AE_FILE, dtype=DTYPES[opts.vae_dtype], device=model.device
+            )
+        device = model.device if opts.device_map else opts.device
         return cls(
             model, vae, tokenizer, preview=is_preview_checkpoint(base), load_report=report,
-            precision=mode, offload=placed, compile=compile, layout=layout,
-            trained_layout=trained,
+            precision=opts.precision, offload=Offload(opts.offload, device, model, vae),
+            compile=opts.compile, layout=opts.layout, trained_layout=trained_layout(sigma),
         )  # fmt: skip
 
     @classmethod
-    def preview_engine(
-        cls,
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-        **options: Any,
-    ) -> SigmaPipeline:
+    def preview_engine(cls, **options: Any) -> SigmaPipeline:
         """The offline preview: a tiny random checkpoint written once into the user cache, on
         cpu in fp32 unless asked (``options`` as for :meth:`from_pretrained`). Its results are
         marked as previews everywhere, in the pixels too."""
-        if dtype is None and options.get("precision") is None:
-            dtype = torch.float32
-        return cls.from_pretrained(
-            preview_checkpoint(), device=device or "cpu", dtype=dtype, **options
-        )
+        if options.get("dtype") is None and options.get("precision") is None:
+            options["dtype"] = torch.float32
+        options["device"] = options.get("device") or "cpu"
+        return cls.from_pretrained(preview_checkpoint(), **options)
 
     def check_inputs(
         self, settings: Settings, num_inference_steps: int | None, output_type: str,
@@ -212,19 +204,8 @@ class SigmaPipeline:
         return settings.replace(num_timesteps=num_inference_steps)
 
     def plan(self, composition: Composition, images: dict[int, Image.Image] | None = None) -> Plan:
-        """The sequence this pipeline would run, checked against its model's position budget;
-        its ``warnings`` are worth showing before a long run. ``images`` are the loaded
-        references by slot (read from the composition when omitted)."""
-        if images is None:
-            images = composition.load_images()
-        sizes = {slot: im.size for slot, im in images.items()}
-        budget = self.model.config.max_position_embeddings
-        plan = build_plan(
-            composition, self.tokenizer, sizes, max_positions=budget, weights_layout=self.layout
-        )
-        if self.trained_layout not in (None, plan.layout):
-            plan.warnings.append(_layout_warning(plan.layout, self.trained_layout))
-        return plan
+        """The sequence this pipeline would run (see :meth:`Planner.plan`)."""
+        return self.planner.plan(composition, images)
 
     @torch.no_grad()
     def __call__(
@@ -248,72 +229,96 @@ class SigmaPipeline:
         {"latents": ...} to replace them. Setting ``cancel`` (e.g. a threading.Event) stops the
         run before its next step, the first included, with :class:`GenerationCancelled`.
         ``batch_cfg`` runs a step's CFG branches as one batched forward instead of one by one
-        (the default, faster on CPU by benchmarks/bench_engine.py: padded attention over the
-        short cfg_img context costs more than batching saves).
+        (the default, faster on CPU by benchmarks/bench_engine.py).
         """
-        t0 = time.perf_counter()
-        settings = self.check_inputs(
-            composition.settings, num_inference_steps, output_type,
-            callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
-        images = composition.load_images()
-        plan = self.plan(composition, images)
-        noise = plan.noise
-        x, seed = initial_noise(
-            noise.size, generator=generator, latents=latents, seed=settings.seed, device=self.device
-        )
-        # the result records what ran: the seed drawn and the layout "auto" resolved to
-        composition = replace(composition, settings=settings.replace(seed=seed, layout=plan.layout))
-        self.check_memory(composition, batch_cfg=batch_cfg, plan=plan)
-        guidance = Guidance.from_settings(settings)
-        ts = timesteps(settings.num_timesteps, settings.timestep_shift, self.device)
-        branches = [guidance.branches(t) for t in ts[:-1].tolist()]  # once, on the host
-        check_cancel(cancel, 0, len(branches))
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        # 1. plan: check the call, lay out the sequence, draw the noise, refuse what won't fit
+        with self._phase("plan", timings):
+            settings = self.check_inputs(
+                composition.settings, num_inference_steps, output_type,
+                callback_on_step_end_tensor_inputs,
+            )  # fmt: skip
+            images = composition.load_images()
+            plan = self.planner.plan(composition, images)
+            x, seed = initial_noise(
+                plan.noise.size, generator=generator, latents=latents, seed=settings.seed,
+                device=self.device,
+            )  # fmt: skip
+            # the result records what ran: the seed drawn and the layout "auto" resolved to
+            settings = settings.replace(seed=seed, layout=plan.layout)
+            composition = replace(composition, settings=settings)
+            self.check_memory(composition, batch_cfg=batch_cfg, plan=plan)
+            guidance = Guidance.from_settings(settings)
+            ts = timesteps(settings.num_timesteps, settings.timestep_shift, self.device)
+            branches = [guidance.branches(t) for t in ts[:-1].tolist()]  # once, on the host
+            check_cancel(cancel, 0, len(branches))
         with self._turns:
-            encoding = out_of_memory("encoding the references", self.device)
-            with encoding, self.offload.using(self.vae):
+            # 2. encode the references (cached by pixels)
+            with self._phase("encode", timings, self.vae):
                 refs = self.encode_references(plan, images)
-            t1 = time.perf_counter()
-            with self.offload.using(self.model):
-                with out_of_memory("prefilling the context", self.device):
-                    ctx = prefill_contexts(
-                        self.model, plan, refs, need_text=any(b[0] for b in branches),
-                        need_img=any(b[1] for b in branches),
-                        attribute_projection=settings.attribute_projection,
-                    )  # fmt: skip
-                t2 = time.perf_counter()
-                denoise = Denoiser(
-                    self.model, ctx, noise.grid, guidance, batched=batch_cfg, steps=branches,
-                    velocity=self._velocity,
+            # 3. prefill gen, cfg_text and cfg_img into one KV cache
+            with self._phase("prefill", timings, self.model):
+                ctx = prefill_contexts(
+                    self.model, plan, refs, need_text=any(b[0] for b in branches),
+                    need_img=any(b[1] for b in branches),
+                    attribute_projection=settings.attribute_projection,
                 )  # fmt: skip
-                del ctx  # the denoiser holds the KV cache until the loop ends, no longer
-                passes = 0
-                with out_of_memory("denoising", self.device):
-                    for i, (want_text, want_img) in enumerate(branches):
-                        v = denoise(x, ts[i], want_text, want_img)
-                        passes += v.passes
-                        x = euler_step(x, v.guided, ts[i], ts[i + 1])
-                        if callback_on_step_end is not None:
-                            tensors = v.callback_tensors(
-                                callback_on_step_end_tensor_inputs, x, ts[i], ts[i + 1], noise.grid
-                            )
-                            out = callback_on_step_end(self, i, ts[i], tensors) or {}
-                            if "latents" in out:
-                                x = patchify(out["latents"].to(x))
-                        check_cancel(cancel, i + 1, len(branches))
-                del denoise, v  # free the KV cache before the VAE decodes
-            t3 = time.perf_counter()
-            final = unpatchify(x, noise.grid, self.model.latent_channels)
+            # 4. denoise: the Euler loop (the KV cache is freed when it ends)
+            with self._phase("denoise", timings, self.model):
+                x, passes = self._denoise(
+                    x, ctx, plan, guidance, ts, branches, batch_cfg=batch_cfg, cancel=cancel,
+                    callback=callback_on_step_end,
+                    tensor_inputs=callback_on_step_end_tensor_inputs,
+                )  # fmt: skip
+            del ctx
+            # 5. decode
+            final = unpatchify(x, plan.noise.grid, self.model.latent_channels)
             decoded = None
             if output_type != "latent":
-                with out_of_memory("decoding", self.device), self.offload.using(self.vae):
-                    decoded = self._decode(final, output_type)
-        timings = {"encode_s": t1 - t0, "prefill_s": t2 - t1, "denoise_s": t3 - t2}
+                with self._phase("decode", timings, self.vae):
+                    decoded = to_output(self.vae.decode(final), output_type, preview=self.preview)
+        timings["total_s"] = time.perf_counter() - start
         return SigmaOutput(
             images=decoded, latents=final, seed=seed, composition=composition, plan=plan,
-            preview=self.preview, num_passes=passes,
-            timings={**timings, "total_s": time.perf_counter() - t0},
+            preview=self.preview, num_passes=passes, timings=timings,
         )  # fmt: skip
+
+    @contextmanager
+    def _phase(
+        self, name: str, timings: dict[str, float], module: torch.nn.Module | None = None
+    ) -> Iterator[None]:
+        """One phase of a run: ``module`` on the device for it (offload), out of memory as a
+        SigmaOutOfMemoryError naming the phase, and its seconds in ``timings[name + "_s"]``."""
+        start = time.perf_counter()
+        placed = self.offload.using(module) if module is not None else nullcontext()
+        with out_of_memory(PHASES[name], self.device), placed:
+            yield
+        timings[f"{name}_s"] = time.perf_counter() - start
+
+    def _denoise(
+        self, x: torch.Tensor, ctx: CFGContexts, plan: Plan, guidance: Guidance,
+        ts: torch.Tensor, branches: list[tuple[bool, bool]], *, batch_cfg: bool,
+        cancel: CancelToken | None, callback: StepCallback | None, tensor_inputs: Sequence[str],
+    ) -> tuple[torch.Tensor, int]:  # fmt: skip
+        """The Euler loop from noise tokens ``x`` [m, 64]; the final tokens and the number of
+        LLM passes made. The denoiser holds the KV cache until the loop ends, no longer."""
+        denoise = Denoiser(
+            self.model, ctx, plan.noise.grid, guidance, batched=batch_cfg, steps=branches,
+            velocity=self._velocity,
+        )  # fmt: skip
+        passes = 0
+        for i, (want_text, want_img) in enumerate(branches):
+            v = denoise(x, ts[i], want_text, want_img)
+            passes += v.passes
+            x = euler_step(x, v.guided, ts[i], ts[i + 1])
+            if callback is not None:
+                tensors = v.callback_tensors(tensor_inputs, x, ts[i], ts[i + 1], plan.noise.grid)
+                out = callback(self, i, ts[i], tensors) or {}
+                if "latents" in out:
+                    x = patchify(out["latents"].to(x))
+            check_cancel(cancel, i + 1, len(branches))
+        return x, passes
 
     def live_preview(
         self, tensors: dict[str, Any], *, size: tuple[int, int] | str = "latent"
@@ -326,14 +331,6 @@ class SigmaPipeline:
         from sigma_core.runtime.live_preview import previewer_for
 
         return previewer_for(self.vae).preview_step(tensors, size=size)
-
-    def _decode(self, latent: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray:
-        img = self.vae.decode(latent).float()
-        img = (img * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [1, H, W, 3]
-        if output_type == "np":
-            return img.cpu().numpy()
-        image = Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())
-        return [_stamp_preview(image) if self.preview else image]
 
     def check_memory(
         self, composition: Composition, *, batch_cfg: bool = False, plan: Plan | None = None
@@ -349,7 +346,7 @@ class SigmaPipeline:
         if need.peak > held + available:
             gib = 2**30
             raise SigmaOutOfMemoryError(
-                "planning the run",
+                PHASES["plan"],
                 str(self.device),
                 f" (predicted peak {need.describe()}; the weights hold {held / gib:.1f} GiB "
                 f"and {available / gib:.1f} GiB more is free, so it would not fit)",
@@ -370,54 +367,3 @@ class SigmaPipeline:
         return estimate_for_pipeline(
             self, composition, batch_cfg=batch_cfg, precision=precision, offload=offload
         )
-
-
-def _stamp_preview(image: Image.Image) -> Image.Image:
-    """A visible label in the bottom-left corner, so a preview is never taken for a result
-    (metadata is lost on a screenshot). Narrow images get the short form."""
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    for text in (PREVIEW_NOTICE, "preview engine", "preview"):
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        if right - left + 4 <= image.width:
-            break
-    y = image.height - (bottom - top) - 4
-    draw.rectangle((0, y, right - left + 4, image.height), fill=(0, 0, 0))
-    draw.text((2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
-    return image
-
-
-def _check_layout(layout: str | None, trained: str | None) -> str:
-    """The pipeline's layout for "auto": ``layout`` (checked), else the trained one, else the
-    released inferencer's; warns when it differs from the one the weights were trained in."""
-    if layout is None:
-        return trained or DEFAULT_LAYOUT
-    check_layout_name(layout)
-    if trained is not None and layout != trained:
-        warnings.warn(_layout_warning(layout, trained), UserWarning, stacklevel=3)
-    return layout
-
-
-def _layout_warning(layout: str, trained: str) -> str:
-    return (
-        f"layout {layout!r} differs from {trained!r}, the layout these weights were trained in "
-        "(their model card): positions and attention differ from what training saw"
-    )
-
-
-def _precision_name(precision: str | None, dtype: torch.dtype | None, device: torch.device) -> str:
-    """The precision asked, by name or as a torch dtype; bf16 on a GPU and fp32 elsewhere when
-    neither is given."""
-    if dtype is not None:
-        if dtype not in DTYPES.values():
-            raise SigmaInputError(f"dtype: {dtype} is not one of float32, bfloat16, float16")
-        if precision is not None and DTYPES.get(precision) != dtype:
-            raise SigmaInputError(f"precision {precision!r} and dtype {dtype} disagree; give one")
-        return _name_of(dtype)
-    if precision is None:
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def _name_of(dtype: torch.dtype) -> str:
-    return next(name for name, d in DTYPES.items() if d == dtype)

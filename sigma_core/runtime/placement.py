@@ -153,6 +153,7 @@ class Offload:
     ) -> None:
         self.mode, self.device = mode, device
         self._components: list[nn.Module] = [model, vae]
+        self._resident: nn.Module | None = None  # "model": the component on the device now
         if mode == "sequential":
             from accelerate import cpu_offload
 
@@ -163,10 +164,11 @@ class Offload:
     @contextmanager
     def using(self, component: nn.Module) -> Iterator[None]:
         """Run a block with ``component`` on the execution device ("model": the others wait
-        in CPU RAM)."""
-        if self.mode == "model":
+        in CPU RAM). Consecutive blocks of one component (prefill, then denoising) move nothing."""
+        if self.mode == "model" and component is not self._resident:
             for other in self._components:
                 if other is not component:
                     other.to("cpu")
             component.to(self.device)
+            self._resident = component
         yield
