@@ -45,7 +45,7 @@ from sigma_core.runtime.loader import (
     resolve_checkpoint,
     trained_layout,
 )
-from sigma_core.runtime.memory import MemoryEstimate, estimate_for_pipeline, module_bytes
+from sigma_core.runtime.memory import EngineShape, MemoryEstimate, estimate_for_plan, module_bytes
 from sigma_core.runtime.output import (
     PREVIEW_NOTICE,
     CancelToken,
@@ -346,7 +346,9 @@ class SigmaPipeline:
         available = available_memory(self.device)
         if available is None:
             return
-        need = estimate_for_pipeline(self, composition, batch_cfg=batch_cfg, plan=plan)
+        shape = EngineShape.of(self.model, self.vae, self.precision, self.offload.mode, self.device)
+        plan = plan or self.plan(composition)
+        need = estimate_for_plan(shape, plan, composition.settings, batch_cfg=batch_cfg)
         held = module_bytes((self.model, self.vae), self.device)
         if need.peak > held + available:
             gib = 2**30
@@ -369,9 +371,11 @@ class SigmaPipeline:
         this precision, offload mode, device map and VAE before any work (see
         :mod:`sigma_core.runtime.memory`); ``batch_cfg`` as for :meth:`__call__`;
         ``precision``/``offload`` ask what another mode of this checkpoint would need."""
-        return estimate_for_pipeline(
-            self, composition, batch_cfg=batch_cfg, precision=precision, offload=offload
-        )
+        shape = EngineShape.of(self.model, self.vae, self.precision, self.offload.mode, self.device)
+        return estimate_for_plan(
+            shape, self.plan(composition), composition.settings, batch_cfg=batch_cfg,
+            precision=precision, offload=offload,
+        )  # fmt: skip
 
 
 def _stamp_preview(image: Image.Image) -> Image.Image:
