@@ -173,7 +173,8 @@ def test_an_unknown_vae_gets_the_conservative_fallback(tmp_path):
 
 def test_weights_are_counted_on_the_modules():
     # BAGEL-7B-MoT: 13.6B parameters without lm_head and the ViT (bf16: 2 bytes each, rope's
-    # 64 fp32 frequencies apart); the VAE's 83.8M in fp32.
+    # 64 fp32 frequencies apart), as the hand formula this count replaced had them to the
+    # parameter; the VAE's 83.8M in fp32.
     from diffusers import AutoencoderKL
 
     with torch.device("meta"):
@@ -191,6 +192,7 @@ def test_engine_shape_estimates_a_plan_as_the_pipeline_does(pipes):
     shape = EngineShape.of(pipe.model, pipe.vae, pipe.precision, "none", pipe.device)
     assert shape.layer_devices == ("cpu",) * 8 and shape.device_map() is None
     assert (shape.vae_dtype, shape.attribute_embed) == ("fp32", False)
+    assert hash(shape) == hash(replace(shape)) and shape == replace(shape)  # a cache key
     plan = pipe.plan(comp)
     est = estimate_for_plan(shape, plan, comp.settings, batch_cfg=True)
     assert est == pipe.estimate_memory(comp, batch_cfg=True)

@@ -385,7 +385,7 @@ class _Part:
     fixed: int = 0
     linears: tuple[tuple[int, int], ...] = ()
 
-    def bytes(self, p: Precision) -> int:
+    def nbytes(self, p: Precision) -> int:
         packed = sum(p.linear_weight_bytes(o, i) for o, i in self.linears)
         return p.dtype.itemsize * self.elements + self.fixed + packed
 
@@ -395,7 +395,7 @@ def _generator_bytes(cfg: LLMConfig, p: Precision, attribute_embed: bool) -> _Ge
     loads them in ``p``: decoder Linear weights quantized or not, everything else in the
     compute dtype, buffers in their own."""
     packing, embed, layer = _generator_parts(cfg, attribute_embed)
-    return _GeneratorBytes(packing=packing.bytes(p), embed=embed.bytes(p), layer=layer.bytes(p))
+    return _GeneratorBytes(packing=packing.nbytes(p), embed=embed.nbytes(p), layer=layer.nbytes(p))
 
 
 @functools.lru_cache(maxsize=8)
