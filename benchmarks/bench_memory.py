@@ -9,7 +9,7 @@ MemoryMeter, as the engine does (FluxVAE: the input made in fp32, the latent sca
 and fits bytes = per_pixel * pixels + constant per phase: a convolutional VAE's maps scale with
 the pixels. Printed: each line, its worst residual and its distance from the shipped table.
 Written: the table sigma_core.runtime.vae_memory reads, with the machine it came from. Rewrite it
-when torch or diffusers change the VAE's peaks (tests/test_memory.py measures and tells).
+when torch or diffusers change the VAE's peaks (tests/test_vae_memory.py measures and tells).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ so each config (by :func:`vae_fingerprint`) and dtype keeps a straight line per 
 bytes = per_pixel * pixels + constant, fitted over a few sizes. fp16 reads bf16's line
 (:data:`TABLE_DTYPES`): the same graph in the same element size, measured equal per element on
 both VAEs, while fp16 convolutions on a CPU take minutes per FLUX image. When diffusers changes
-its layers, tests/test_memory.py measures again and tells whether the table must be rewritten.
+its layers, tests/test_vae_memory.py measures again and tells whether the table must be rewritten.
 
 A config the table does not know (a VAE of another shape) gets a documented, conservative
 fallback, not an error: the widest bytes per pixel per channel the table holds for that dtype and
