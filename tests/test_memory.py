@@ -1,23 +1,28 @@
 """Memory prediction (runtime.memory): the predictor against what MemoryMeter measures on tiny
-runs, its full-size BAGEL numbers, and its arguments."""
+runs, its full-size BAGEL numbers, and its arguments. The VAE's table: tests/test_vae_memory.py."""
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from sigma_core import SigmaInputError, SigmaPipeline
 from sigma_core.model.config import BAGEL_7B_MOT
-from sigma_core.model.vae import TINY_VAE_CONFIG, FluxVAE, flux_vae_config, write_random_flux_ae
+from sigma_core.model.vae import FluxVAE, flux_vae_config, write_random_flux_ae
 from sigma_core.runtime import MemoryEstimate, MemoryMeter, estimate_memory, make_tiny_checkpoint
 from sigma_core.runtime.contexts import prefill_contexts
 from sigma_core.runtime.memory import (
     GIB,
+    EngineShape,
+    estimate_for_plan,
     module_bytes,
     plan_cfg_rows,
-    vae_parameter_count,
 )
 from tests.golden_cases import composition
 
@@ -143,9 +148,11 @@ def test_kv_cache_is_the_one_prefill_builds(pipes, refs, settings, rows):
     assert est.kv_cache == built * rows // cache.batch
 
 
-def test_vae_walk_matches_a_flux_shaped_vae(tmp_path):
+def test_an_unknown_vae_gets_the_conservative_fallback(tmp_path):
     # FLUX's layout (2 res blocks, channel ratios 1:2:4:4, shortcuts, mid attention) at a quarter
-    # of its channels.
+    # of its channels: a config the table does not hold. Its weights are still exact (counted on
+    # the module); its activations come from the widest measured bytes per pixel per channel,
+    # with a margin: never below the measured peak, and not far above it.
     config = {"block_out_channels": [32, 64, 128, 128], "layers_per_block": 2}
     vae = FluxVAE.from_file(write_random_flux_ae(tmp_path / "ae.safetensors", config))
     size = (128, 96)
@@ -161,16 +168,56 @@ def test_vae_walk_matches_a_flux_shaped_vae(tmp_path):
         with MemoryMeter("cpu") as encode:
             vae.encode(torch.rand(1, 3, size[1], size[0]))
         measured = max(decode.peak, encode.peak)
-        assert abs(est.vae_activations - measured) <= 0.05 * measured, (vae_dtype, measured)
+        assert measured <= est.vae_activations <= 1.6 * measured, (vae_dtype, measured)
 
 
-def test_vae_parameter_count_is_autoencoder_kls():
+def test_weights_are_counted_on_the_modules():
+    # BAGEL-7B-MoT: 13.6B parameters without lm_head and the ViT (bf16: 2 bytes each, rope's
+    # 64 fp32 frequencies apart), as the hand formula this count replaced had them to the
+    # parameter; the VAE's 83.8M in fp32.
     from diffusers import AutoencoderKL
 
-    for config in (flux_vae_config(), {**flux_vae_config(), **TINY_VAE_CONFIG}):
-        with torch.device("meta"):
-            model = AutoencoderKL.from_config(config)
-        assert vae_parameter_count(config) == sum(p.numel() for p in model.parameters())
+    with torch.device("meta"):
+        flux = AutoencoderKL.from_config(flux_vae_config())
+    est = _bagel("bf16")
+    assert est.weights == 2 * 13_625_167_424 + 4 * 64
+    assert est.vae_weights == 4 * sum(p.numel() for p in flux.parameters()) == 335_278_732
+    w_tau = _bagel("bf16", attribute_embed=True).weights - est.weights
+    assert w_tau == 2 * 15 * BAGEL.hidden_size  # one row per attribute token
+
+
+def test_engine_shape_estimates_a_plan_as_the_pipeline_does(pipes):
+    pipe = pipes("fp32")
+    comp = _comp(2, (128, 128))
+    shape = EngineShape.of(pipe.model, pipe.vae, pipe.precision, "none", pipe.device)
+    assert shape.layer_devices == ("cpu",) * 8 and shape.device_map() is None
+    assert (shape.vae_dtype, shape.attribute_embed) == ("fp32", False)
+    assert hash(shape) == hash(replace(shape)) and shape == replace(shape)  # a cache key
+    plan = pipe.plan(comp)
+    est = estimate_for_plan(shape, plan, comp.settings, batch_cfg=True)
+    assert est == pipe.estimate_memory(comp, batch_cfg=True)
+    other = estimate_for_plan(shape, plan, comp.settings, precision="bf16", offload="model")
+    assert other.offload == "model" and other.weights < est.weights
+    split = replace(shape, layer_devices=("cuda:0",) * 4 + ("cuda:1",) * 4, device="cuda:0")
+    assert set(split.device_map().values()) == {"cuda:0", "cuda:1"}
+    assert set(estimate_for_plan(split, plan, comp.settings).per_device) == {"cuda:0", "cuda:1"}
+
+
+def test_the_estimate_does_not_import_the_pipeline():
+    # The pipeline imports the estimate; the estimate works on plain data (EngineShape), so
+    # it names the pipeline nowhere, not even for type checking, and loads without it.
+    import sigma_core.runtime.memory as memory
+
+    tree = ast.parse(Path(memory.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "sigma_core.runtime.pipeline" not in imported
+    code = (
+        "import sys, sigma_core.runtime.memory; print('sigma_core.runtime.pipeline' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
 
 
 # --- the meter -----------------------------------------------------------------------------------

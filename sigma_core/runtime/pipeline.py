@@ -11,6 +11,7 @@ cancel token.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -44,7 +45,7 @@ from sigma_core.runtime.loader import (
     resolve_checkpoint,
     trained_layout,
 )
-from sigma_core.runtime.memory import MemoryEstimate, estimate_for_pipeline, module_bytes
+from sigma_core.runtime.memory import EngineShape, MemoryEstimate, estimate_for_plan, module_bytes
 from sigma_core.runtime.output import (
     CancelToken,
     SigmaOutput,
@@ -111,6 +112,11 @@ class SigmaPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    @functools.cached_property
+    def shape(self) -> EngineShape:
+        """What a run's memory depends on besides its plan, as plain data (runtime.memory)."""
+        return EngineShape.of(self.model, self.vae, self.precision, self.offload.mode, self.device)
 
     @property
     def tokenizer(self) -> Any:
@@ -341,7 +347,9 @@ class SigmaPipeline:
         available = available_memory(self.device)
         if available is None:
             return
-        need = estimate_for_pipeline(self, composition, batch_cfg=batch_cfg, plan=plan)
+        shape = EngineShape.of(self.model, self.vae, self.precision, self.offload.mode, self.device)
+        plan = plan or self.plan(composition)
+        need = estimate_for_plan(shape, plan, composition.settings, batch_cfg=batch_cfg)
         held = module_bytes((self.model, self.vae), self.device)
         if need.peak > held + available:
             gib = 2**30
@@ -364,6 +372,7 @@ class SigmaPipeline:
         this precision, offload mode, device map and VAE before any work (see
         :mod:`sigma_core.runtime.memory`); ``batch_cfg`` as for :meth:`__call__`;
         ``precision``/``offload`` ask what another mode of this checkpoint would need."""
-        return estimate_for_pipeline(
-            self, composition, batch_cfg=batch_cfg, precision=precision, offload=offload
-        )
+        return estimate_for_plan(
+            self.shape, self.plan(composition), composition.settings, batch_cfg=batch_cfg,
+            precision=precision, offload=offload,
+        )  # fmt: skip
