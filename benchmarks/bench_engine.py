@@ -111,7 +111,7 @@ def _literal_run(pipe: SigmaPipeline, comp: Composition) -> dict[str, float]:
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     guidance = Guidance.from_settings(comp.settings)
     ts = timesteps(comp.settings.num_timesteps, comp.settings.timestep_shift, pipe.device)
-    branches = [guidance.branches(t) for t in ts[:-1].tolist()]
+    branches = guidance.steps(ts)
     t0 = time.perf_counter()
     ctx = prefill_contexts(pipe.model, plan, refs)
     sync()

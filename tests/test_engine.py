@@ -65,7 +65,7 @@ def test_loads_official_layout_and_skips_unused(pipe):
     assert any(k.startswith("vit_model.") for k in report.skipped)
     assert "language_model.lm_head.weight" in report.skipped
     assert any(k.startswith("connector.") for k in report.skipped)
-    assert pipe.dtype == torch.float32  # cpu default, nothing silently bf16
+    assert pipe.model.dtype == torch.float32  # cpu default, nothing silently bf16
     assert all(p.dtype == torch.float32 for p in pipe.model.parameters())
     assert all(p.dtype == torch.float32 for p in pipe.vae.parameters())
     assert pipe.preview

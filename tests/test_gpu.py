@@ -40,7 +40,7 @@ def test_denoising_loop_never_syncs_with_the_host(tiny_checkpoint, batched: bool
     plan = build_plan(comp, pipe.tokenizer, {s: im.size for s, im in images.items()})
     g = Guidance.from_settings(comp.settings)
     ts = timesteps(6, 3.0, pipe.device)  # cfg_interval (0.4, 1]: the row set changes mid-run
-    branches = [g.branches(t) for t in ts[:-1].tolist()]
+    branches = g.steps(ts)
     x = torch.randn(plan.noise.grid[0] * plan.noise.grid[1], 64, device="cuda")
     with torch.no_grad():
         ctx = prefill_contexts(pipe.model, plan, pipe.encode_references(plan, images))

@@ -105,7 +105,7 @@ def _sample(pipe, plan, refs, settings: Settings, *, batched: bool, steps: int =
     """The pipeline's own sequence of calls for one plan: prefill, then a short Euler loop."""
     guidance = Guidance.from_settings(settings)
     ts = timesteps(steps, settings.timestep_shift)
-    branches = [guidance.branches(t) for t in ts[:-1].tolist()]
+    branches = guidance.steps(ts)
     ctx = prefill_contexts(pipe.model, plan, refs, need_text=True, need_img=True)
     den = Denoiser(pipe.model, ctx, plan.noise.grid, guidance, batched=batched, steps=branches)
     grid = plan.noise.grid
@@ -282,7 +282,7 @@ def test_pipeline_runs_each_layout_and_records_what_ran(pipe, tiny_checkpoint):
     with pytest.raises(SigmaInputError, match="layout: 'trainnig' is not one of"):
         SigmaPipeline.from_pretrained(tiny_checkpoint, layout="trainnig")
     chosen = SigmaPipeline.from_pretrained(tiny_checkpoint, layout="training")
-    assert chosen.layout == "training" and chosen.trained_layout is None
+    assert chosen.planner.layout == "training" and chosen.planner.trained_layout is None
     assert chosen.plan(comp).layout == "training"  # "auto" follows the pipeline's layout
 
 

@@ -154,7 +154,7 @@ def test_the_denoising_loop_never_reads_a_tensor_on_the_host(pipe, monkeypatch, 
     plan = build_plan(comp, pipe.tokenizer, {s: im.size for s, im in images.items()})
     g = Guidance.from_settings(comp.settings)
     ts = timesteps(6, 3.0, pipe.device)
-    branches = [g.branches(t) for t in ts[:-1].tolist()]
+    branches = g.steps(ts)
     x = torch.randn(plan.noise.grid[0] * plan.noise.grid[1], 64)
     with torch.no_grad():
         ctx = prefill_contexts(pipe.model, plan, pipe.encode_references(plan, images))
@@ -174,7 +174,7 @@ def test_the_denoising_loop_never_reads_a_tensor_on_the_host(pipe, monkeypatch, 
 def test_a_run_predicted_not_to_fit_is_refused_before_work(pipe, comp, monkeypatch) -> None:
     from sigma_core import SigmaOutOfMemoryError
 
-    monkeypatch.setattr("sigma_core.runtime.pipeline.available_memory", lambda device: 1000)
+    monkeypatch.setattr("sigma_core.runtime.memory.available_memory", lambda device: 1000)
     monkeypatch.setattr(
         pipe.model, "velocity", lambda *a: (_ for _ in ()).throw(AssertionError("ran"))
     )
@@ -183,6 +183,6 @@ def test_a_run_predicted_not_to_fit_is_refused_before_work(pipe, comp, monkeypat
     text = str(e.value)
     assert "out of memory on cpu while planning the run (predicted peak about" in text
     assert "it would not fit" in text and "int8 or nf4" in text and "offload='model'" in text
-    monkeypatch.setattr("sigma_core.runtime.pipeline.available_memory", lambda device: 2**40)
+    monkeypatch.setattr("sigma_core.runtime.memory.available_memory", lambda device: 2**40)
     monkeypatch.undo()
     assert pipe(comp, num_inference_steps=2, output_type="latent").latents.isfinite().all()

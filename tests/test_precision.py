@@ -119,7 +119,7 @@ def test_bad_options_are_refused_before_loading(tiny_checkpoint, monkeypatch, kw
     def never(*args, **kw):
         raise AssertionError("loaded before checking the options")
 
-    monkeypatch.setattr("sigma_core.runtime.pipeline.load_generator", never)
+    monkeypatch.setattr("sigma_core.runtime.loader.load_generator", never)
     with pytest.raises(SigmaInputError, match=message):
         SigmaPipeline.from_pretrained(tiny_checkpoint, device="cpu", **kwargs)
 

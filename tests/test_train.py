@@ -171,7 +171,7 @@ def test_export_loads_through_from_pretrained_and_generates(checkpoint, shards, 
         assert json.loads((out / "sigma_training.json").read_text())["layout"] == layout
         pipe = SigmaPipeline.from_pretrained(checkpoint, sigma_weights=out, device="cpu")
         # the weights infer in the layout they were trained in: "auto" resolves to it
-        assert (pipe.layout, pipe.trained_layout) == (layout, layout)
+        assert (pipe.planner.layout, pipe.planner.trained_layout) == (layout, layout)
         assert pipe.load_report.attribute_embed  # W_tau came with the weights
         weights = load_file(str(out / "ema.safetensors"))
         model_state = pipe.model.state_dict()

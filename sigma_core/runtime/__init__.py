@@ -30,7 +30,7 @@ _EXPORTS = {
     "CancelToken": "sigma_core.runtime.output",
     "PREVIEW_NOTICE": "sigma_core.runtime.output",
     "SigmaOutput": "sigma_core.runtime.output",
-    "OUTPUT_TYPES": "sigma_core.runtime.pipeline",
+    "OUTPUT_TYPES": "sigma_core.runtime.output",
     "SigmaPipeline": "sigma_core.runtime.pipeline",
     "Guidance": "sigma_core.runtime.sampler",
     "euler_step": "sigma_core.runtime.sampler",

@@ -32,7 +32,7 @@ from sigma_core.model.bagel import BagelGenerator, DenoiseContext, unpatchify
 from sigma_core.model.cache import KVCache
 from sigma_core.planning.mask import segment_masks
 from sigma_core.planning.sequence import Plan
-from sigma_core.runtime.sampler import Guidance, guide
+from sigma_core.runtime.sampler import Guidance, euler_step, guide
 
 # What a step callback may ask for (diffusers' callback_on_step_end_tensor_inputs).
 CALLBACK_TENSORS = ("latents", "velocity", "v_cond", "v_text", "v_img", "t", "t_next")
@@ -176,8 +176,9 @@ class Denoiser:
         self.model, self.contexts, self.grid = model, contexts, grid
         self.guidance, self.batched = guidance, batched
         self.velocity = velocity or model.velocity  # or a compiled model.velocity
+        self.steps = list(steps)
         self._prepared: dict[tuple[int, int], DenoiseContext] = {}
-        for want_text, want_img in set(steps):
+        for want_text, want_img in set(self.steps):
             for rows in self._row_sets(self._rows(want_text, want_img)[0]):
                 self._context(rows)
 
@@ -207,3 +208,22 @@ class Denoiser:
         v_text = (cond if text_row is None else v[text_row]) if want_text else None
         v_img = (cond if img_row is None else v[img_row]) if want_img else None
         return StepVelocities(guide(cond, v_text, v_img, self.guidance), cond, v_text, v_img, k)
+
+    def sample(
+        self,
+        x: torch.Tensor,
+        ts: torch.Tensor,
+        on_step: Callable[[int, torch.Tensor, StepVelocities], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """The Euler loop over the ``steps`` announced: noise tokens ``x`` [m, 64] from
+        ``ts[0]`` to ``ts[-1]``. After step i, ``on_step(i, x, v)`` returns the tokens to go on
+        with (a step callback may replace them; it may also raise to stop). Returns the final
+        tokens and the LLM passes made."""
+        passes = 0
+        for i, (want_text, want_img) in enumerate(self.steps):
+            v = self(x, ts[i], want_text, want_img)
+            passes += v.passes
+            x = euler_step(x, v.guided, ts[i], ts[i + 1])
+            if on_step is not None:
+                x = on_step(i, x, v)
+        return x, passes

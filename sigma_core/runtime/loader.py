@@ -29,6 +29,7 @@ from sigma_core.model.config import LLMConfig
 from sigma_core.model.modes import VAE_DTYPES
 from sigma_core.model.mot import RotaryEmbedding
 from sigma_core.model.precision import (
+    DTYPES,
     Precision,
     by_layer,
     finish_layer,
@@ -38,9 +39,11 @@ from sigma_core.model.precision import (
     resolve_precision,
     swap_linears,
 )
+from sigma_core.model.vae import FluxVAE
 from sigma_core.model.weights import check_tensors, header_shapes
-from sigma_core.planning.tokenizer import TokenIds
+from sigma_core.planning.tokenizer import TokenIds, load_tokenizer
 from sigma_core.runtime.device import resolve_device
+from sigma_core.runtime.output import out_of_memory
 from sigma_core.runtime.placement import (
     auto_device_map,
     check_offload,
@@ -276,3 +279,36 @@ def trained_layout(folder: Path | None) -> str | None:
             f"{path}: layout {str(layout)[:40]!r} is not one of {', '.join(LAYOUTS)}"
         )
     return layout
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: what a pipeline is made of, and what it knows of the weights."""
+
+    model: BagelGenerator
+    vae: FluxVAE
+    tokenizer: Any
+    report: LoadReport
+    preview: bool  # random weights (a make-tiny folder): every result says so
+    trained_layout: str | None  # the layout the weights were trained in (their model card)
+
+
+def load_checkpoint(
+    path_or_repo_id: str | os.PathLike, sigma_weights: str | os.PathLike | None, opts: LoadOptions
+) -> Checkpoint:
+    """Resolve and load a BAGEL folder or hub repo, with ``sigma_weights`` (folder or repo)
+    over its ema.safetensors, as ``opts`` says (sequential offload loads into CPU RAM)."""
+    base = resolve_checkpoint(path_or_repo_id, patterns=BASE_PATTERNS)
+    sigma = resolve_checkpoint(sigma_weights, patterns=SIGMA_PATTERNS) if sigma_weights else None
+    tokenizer = load_tokenizer(base)
+    load_on = torch.device("cpu") if opts.offload == "sequential" else opts.device
+    with out_of_memory("loading the weights", opts.device):
+        model, report = load_generator(
+            base, tokenizer, sigma_folder=sigma, precision=opts.precision, device=load_on,
+            device_map=opts.device_map,
+        )  # fmt: skip
+        vae_dtype = DTYPES[opts.vae_dtype]
+        vae = FluxVAE.from_file(base / AE_FILE, dtype=vae_dtype, device=model.device)
+    return Checkpoint(
+        model, vae, tokenizer, report, is_preview_checkpoint(base), trained_layout(sigma)
+    )

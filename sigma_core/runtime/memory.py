@@ -44,13 +44,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from sigma_core.errors import SigmaInputError
+from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
 from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, TOKEN_STRIDE
 from sigma_core.model.bagel import BagelGenerator
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.modes import VAE_DTYPES
 from sigma_core.model.precision import DTYPES, Precision, precision_mode, quantized_linears
 from sigma_core.runtime.contexts import context_rows
+from sigma_core.runtime.device import available_memory
 from sigma_core.runtime.meter import MemoryMeter, module_bytes
 from sigma_core.runtime.placement import PACKING_MODULES, check_offload, module_device
 from sigma_core.runtime.sampler import Guidance, timesteps
@@ -269,12 +270,31 @@ def estimate_for_plan(
     )
 
 
+def check_fits(
+    need: MemoryEstimate, device: torch.device, modules: Sequence[nn.Module] = ()
+) -> None:
+    """Refuse a run whose predicted peak ``need`` does not fit on ``device``: what it has free
+    plus what ``modules`` (the loaded weights, counted in the estimate) already hold there. Where
+    the free memory is unknown (mps), nothing is refused."""
+    available = available_memory(device)
+    if available is None:
+        return
+    held = module_bytes(modules, device)
+    if need.peak > held + available:
+        raise SigmaOutOfMemoryError(
+            "planning the run",
+            str(device),
+            f" (predicted peak {need.describe()}; the weights hold {held / GIB:.1f} GiB "
+            f"and {available / GIB:.1f} GiB more is free, so it would not fit)",
+        )
+
+
 def plan_cfg_rows(plan: Plan, settings: Settings) -> int:
     """KV cache rows a run of ``plan`` prefills: gen, and the rows
     :func:`~sigma_core.runtime.contexts.context_rows` adds for the CFG branches its steps run."""
     guidance = Guidance.from_settings(settings)
     ts = timesteps(settings.num_timesteps, settings.timestep_shift)
-    branches = [guidance.branches(t) for t in ts[:-1].tolist()]
+    branches = guidance.steps(ts)
     rows = context_rows(
         plan, need_text=any(b[0] for b in branches), need_img=any(b[1] for b in branches)
     )

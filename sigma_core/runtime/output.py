@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,9 +25,14 @@ from sigma_core.errors import (
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.preset import write_png
 from sigma_core.inputs.settings import Settings
+from sigma_core.model.bagel import patchify
 from sigma_core.planning.sequence import Plan
+from sigma_core.runtime.contexts import CALLBACK_TENSORS, StepVelocities
 
 PREVIEW_NOTICE = "preview engine (random weights)"
+# a step callback: (pipeline, step, t, tensors) -> None, or {"latents": ...} to replace them
+StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], Any]
+OUTPUT_TYPES = ("pil", "np", "latent")
 
 
 @dataclass
@@ -102,6 +107,53 @@ def stamp_preview(image: Image.Image) -> Image.Image:
     draw.rectangle((0, y, right - left + 4, image.height), fill=(0, 0, 0))
     draw.text((2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
     return image
+
+
+def check_call(
+    settings: Settings, num_inference_steps: int | None, output_type: str,
+    tensor_inputs: Sequence[str],
+) -> Settings:  # fmt: skip
+    """Refuse a pipeline call's bad arguments before any work; the settings the run uses
+    (``num_inference_steps`` overrides their num_timesteps)."""
+    problems = []
+    if num_inference_steps is not None and (
+        not isinstance(num_inference_steps, int) or num_inference_steps < 2
+    ):
+        problems.append(f"num_inference_steps: {num_inference_steps!r} must be >= 2")
+    if output_type not in OUTPUT_TYPES:
+        problems.append(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+    unknown = [name for name in tensor_inputs if name not in CALLBACK_TENSORS]
+    if unknown:
+        problems.append(
+            f"callback_on_step_end_tensor_inputs: {', '.join(map(repr, unknown))} not in "
+            f"{', '.join(CALLBACK_TENSORS)}"
+        )
+    if problems:
+        raise SigmaInputError("\n".join(problems))
+    if num_inference_steps is None:
+        return settings
+    return settings.replace(num_timesteps=num_inference_steps)
+
+
+def step_hook(
+    pipe: Any, plan: Plan, ts: torch.Tensor, callback: StepCallback | None,
+    tensor_inputs: Sequence[str], cancel: CancelToken | None,
+) -> Callable[[int, torch.Tensor, StepVelocities], torch.Tensor]:  # fmt: skip
+    """What follows Euler step i of a pipeline's run over schedule ``ts``: the user's step
+    callback, called as (pipe, i, t, tensors) with the tensors it asked for (it may return
+    {"latents": ...} to replace them), then the cancel check."""
+    total = len(ts) - 1
+
+    def on_step(i: int, x: torch.Tensor, v: StepVelocities) -> torch.Tensor:
+        if callback is not None:
+            tensors = v.callback_tensors(tensor_inputs, x, ts[i], ts[i + 1], plan.noise.grid)
+            out = callback(pipe, i, ts[i], tensors) or {}
+            if "latents" in out:
+                x = patchify(out["latents"].to(x))
+        check_cancel(cancel, i + 1, total)
+        return x
+
+    return on_step
 
 
 class CancelToken(Protocol):

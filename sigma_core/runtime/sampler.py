@@ -72,6 +72,11 @@ class Guidance:
             return False, False
         return True, self.img_scale > 1.0
 
+    def steps(self, ts: torch.Tensor) -> list[tuple[bool, bool]]:
+        """The (text pass, image pass) of every Euler step of schedule ``ts``, computed once on
+        the host so the loop reads no tensor back."""
+        return [self.branches(t) for t in ts[:-1].tolist()]
+
 
 def guide(
     v: torch.Tensor,
