@@ -28,7 +28,7 @@ from PIL import Image
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import MAX_SIDE, MIN_SHORT_SIDE, vae_size
-from sigma_core.inputs.attributes import ATTRIBUTES
+from sigma_core.model.attribute_projection import attribute_multi_hot
 from sigma_core.model.bagel import PackedSequence, patchify
 from sigma_core.model.mot import Routing
 from sigma_core.model.vae import FluxVAE
@@ -222,10 +222,7 @@ def pack(
             else:
                 latents.append(ex.references[seg.slot])
                 steps.append(torch.zeros(m))
-            row = torch.zeros(len(ATTRIBUTES))
-            for a in seg.attributes:
-                row[ATTRIBUTES.index(a)] = 1.0
-            hot.append(row.expand(m, -1))
+            hot.append(attribute_multi_hot(seg.attributes).expand(m, -1))
     ids = torch.from_numpy(np.concatenate(token_ids))
     latent_index = (ids == LATENT_ID).nonzero().squeeze(1)
     if flex:

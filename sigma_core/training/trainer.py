@@ -29,8 +29,8 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
-from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.inputs.preset import load_preset
+from sigma_core.model.attribute_projection import AttributeProjection
 from sigma_core.model.bagel import BagelGenerator
 from sigma_core.runtime.output import out_of_memory
 from sigma_core.runtime.pipeline import SigmaPipeline
@@ -90,7 +90,7 @@ def prepare_model(model: BagelGenerator, cfg: TrainConfig) -> nn.Module:
     """W_tau added (zero) when asked for and missing; LoRA wrapped when asked; requires_grad
     set on exactly the trained parameters, which stay fp32 while frozen ones may be bf16."""
     if cfg.attribute_projection and model.attribute_embed is None:
-        model.attribute_embed = nn.Embedding(len(ATTRIBUTES), model.config.hidden_size)
+        model.attribute_embed = AttributeProjection(model.config.hidden_size)
         nn.init.zeros_(model.attribute_embed.weight)
     if cfg.weights_dtype == "bf16":
         model.to(torch.bfloat16)
