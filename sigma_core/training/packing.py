@@ -20,7 +20,6 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,11 +34,8 @@ from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.mask import packed_dense_mask, packed_mask_mod
 from sigma_core.planning.sequence import LATENT_ID, Plan, build_plan
 from sigma_core.runtime.references import to_pixels
-from sigma_core.training.data import BAD_PROMPT, OVER_BUDGET
 from sigma_core.training.flow import noised, velocity_target
-
-if TYPE_CHECKING:
-    from sigma_core.training.data import SkipCounter, TrainSample
+from sigma_core.training.rows import BAD_PROMPT, OVER_BUDGET, SkipCounter, TrainSample
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from sigma_core.runtime.output import out_of_memory
 from sigma_core.runtime.pipeline import SigmaPipeline
 from sigma_core.training import checkpoints
 from sigma_core.training.config import TrainConfig
-from sigma_core.training.data import DataPosition, SkipCounter, TrainDataset, TrainSample
+from sigma_core.training.data import DataPosition, TrainDataset
 from sigma_core.training.flow import flow_loss, sample_timesteps
 from sigma_core.training.packing import (
     ExampleMaker,
@@ -45,6 +45,7 @@ from sigma_core.training.packing import (
     TrainingExample,
     pack,
 )
+from sigma_core.training.rows import SkipCounter, TrainSample
 
 # The generation branch (the paper trains only it): the gen expert of every layer, and the
 # connectors between latents and the LLM. The latent position table is fixed (sin-cos).
