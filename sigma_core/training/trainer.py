@@ -176,6 +176,15 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.net, optimizer)
         self.scheduler = scheduler
         self.ema = checkpoints.ParamEMA(self.model, self.names, cfg.ema)
+        self.train_state = checkpoints.TrainState(
+            model=acc.unwrap_model(self.model),
+            optimizer=self.optimizer,
+            ema=self.ema,
+            names=tuple(self.names),
+            rank=acc.process_index,
+            main=acc.is_main_process,
+            barrier=acc.wait_for_everyone,
+        )
         self.maker = ExampleMaker(
             self.pipe.tokenizer,
             self.pipe.vae,
@@ -375,29 +384,30 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoints
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "scheduler": self.scheduler.state_dict(),
-            "skipped": self.skipped.as_dict(),
-            "skipped_total": self.skipped.total,
-            "config": self.cfg.to_dict(),
-            "trainable": self.names,
-        }
+    def progress(self) -> checkpoints.Progress:
+        """Where the run stands, as a checkpoint records it."""
+        return checkpoints.Progress(
+            step=self.step,
+            position=self.position,
+            scheduler=self.scheduler.state_dict(),
+            skipped=self.skipped.as_dict(),
+            skipped_total=self.skipped.total,
+            config=self.cfg.to_dict(),
+        )
 
     def save(self) -> Path:
         folder = self.out / "checkpoints" / f"step-{self.step:07d}"
-        checkpoints.save(self, folder)
+        checkpoints.save(self.train_state, self.progress(), folder)
         self._saved_step = self.step
         if self.accelerator.is_main_process:
             checkpoints.prune(self.out, self.cfg.keep_checkpoints)
         return folder
 
     def load(self, folder: Path) -> None:
-        state = checkpoints.load(self, folder)
-        self.step = state["step"]
-        self.position = DataPosition(**state["position"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        progress = checkpoints.load(self.train_state, folder)
+        self.step = progress.step
+        self.position = progress.position
+        self.scheduler.load_state_dict(progress.scheduler)
 
 
 @contextmanager
