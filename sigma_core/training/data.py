@@ -88,16 +88,7 @@ def _expand(source: str | os.PathLike) -> list[Path]:
     text = os.fspath(source)
     path = Path(text)
     if path.is_dir():
-        found = sorted(
-            p
-            for p in path.rglob("*")
-            if p.suffix in _SUFFIXES
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        if not found:
-            raise SigmaInputError(f"data: {text!r} is a folder with no .parquet or .jsonl files")
-        return found
+        return _folder_files(path, text)
     if path.is_file():
         if path.suffix not in _SUFFIXES:
             raise SigmaInputError(
@@ -105,12 +96,59 @@ def _expand(source: str | os.PathLike) -> list[Path]:
             )
         return [path]
     if _GLOB_CHARS & set(text):
-        matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-        found = [p for p in matches if p.suffix in _SUFFIXES and p.is_file()]
-        if not found:
-            raise SigmaInputError(f"data: {text!r} matches no .parquet or .jsonl file")
-        return found
+        return _glob_files(text)
     raise SigmaInputError(f"data: {text!r} does not exist")
+
+
+def _folder_files(folder: Path, text: str) -> list[Path]:
+    """The data files under ``folder``, none inside a hidden folder (.git, .cache)."""
+    found = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix in _SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not found:
+        raise SigmaInputError(f"data: {text!r} is a folder with no .parquet or .jsonl files")
+    return found
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """The data files a glob matches (``**`` recursive)."""
+    matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
+    found = [p for p in matches if p.suffix in _SUFFIXES and p.is_file()]
+    if not found:
+        raise SigmaInputError(f"data: {pattern!r} matches no .parquet or .jsonl file")
+    return found
+
+
+def _index(sources: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[_Shard, ...]:
+    """Every file the sources name, each once (a folder and a glob over it may both name one),
+    indexed from its metadata."""
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    if not sources:
+        raise SigmaInputError("data: no sources given; name parquet shards, folders or a .jsonl")
+    files: dict[Path, None] = {}
+    for source in sources:
+        for path in _expand(source):
+            files.setdefault(path.resolve(), None)
+    return tuple(
+        _index_parquet(p) if _SUFFIXES[p.suffix] == "parquet" else _index_jsonl(p) for p in files
+    )
+
+
+def _check_rank(rank: int, world: int, rows: int) -> None:
+    """Rank ``rank`` of ``world`` processes reads ``order[rank::world]``: at least one row."""
+    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int)):
+        raise SigmaInputError(f"data: world must be an integer >= 1, got {world!r}")
+    if not 0 <= rank < world:
+        raise SigmaInputError(f"data: rank {rank} is outside 0..{world - 1}")
+    if not range(rank, rows, world):
+        raise SigmaInputError(
+            f"data: {rows} rows cannot feed {world} processes; rank {rank} would get none"
+        )
 
 
 def _index_parquet(path: Path) -> _Shard:
@@ -167,23 +205,10 @@ class TrainDataset:
         skipped: SkipCounter | None = None,
         limits: ImageLimits = DEFAULT_LIMITS,
     ) -> None:
-        if isinstance(sources, str | os.PathLike):
-            sources = [sources]
-        if not sources:
-            raise SigmaInputError(
-                "data: no sources given; name parquet shards, folders or a .jsonl"
-            )
         self.seed = int(seed)
         self.skipped = skipped if skipped is not None else SkipCounter()
         self.limits = limits
-        files: dict[Path, None] = {}
-        for source in sources:
-            for path in _expand(source):
-                files.setdefault(path.resolve(), None)
-        self.shards: tuple[_Shard, ...] = tuple(
-            _index_parquet(p) if _SUFFIXES[p.suffix] == "parquet" else _index_jsonl(p)
-            for p in files
-        )
+        self.shards = _index(sources)
         self._starts = [0]
         for shard in self.shards:
             self._starts.append(self._starts[-1] + shard.rows)
@@ -309,16 +334,8 @@ class TrainDataset:
         """Good samples from ``position`` on, over epochs without end, each with the position
         after it: resuming from that position continues with the next row. Rank ``rank`` of
         ``world`` reads rows ``order[rank::world]``; the cursor counts rows of the full order."""
-        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int)):
-            raise SigmaInputError(f"data: world must be an integer >= 1, got {world!r}")
-        if not 0 <= rank < world:
-            raise SigmaInputError(f"data: rank {rank} is outside 0..{world - 1}")
         n = len(self)
-        per_epoch = len(range(rank, n, world))
-        if per_epoch == 0:
-            raise SigmaInputError(
-                f"data: {n} rows cannot feed {world} processes; rank {rank} would get none"
-            )
+        _check_rank(rank, world, n)
         position = position if position is not None else DataPosition()
         epoch, cursor = position.epoch, position.cursor
         if cursor > n:

@@ -203,19 +203,8 @@ def sample_from_row(
     if prompt is None:
         skipped.skip(NO_INSTRUCTION, source, f"{INSTRUCTION_COLUMN} holds no text")
         return None
-    images = row.get(IMAGE_COLUMN)
-    if not isinstance(images, list | tuple) or len(images) < 2:
-        count = len(images) if isinstance(images, list | tuple) else 0
-        skipped.skip(NO_TARGET, source, f"{count} image(s); a row needs references and a target")
-        return None
-    if len(images) - 1 > MAX_REFERENCES:
-        skipped.skip(TOO_MANY_IMAGES, source, f"{len(images) - 1} references > {MAX_REFERENCES}")
-        return None
-    encoded = [_image_bytes(x) for x in images]
-    bad = next((i for i, b in enumerate(encoded) if b is None), None)
-    if bad is not None:
-        kind = type(images[bad]).__name__
-        skipped.skip(UNDECODABLE, source, f"{IMAGE_COLUMN}[{bad}] is {kind}, not image bytes")
+    encoded = _row_images(row.get(IMAGE_COLUMN), source, skipped)
+    if encoded is None:
         return None
     n = len(encoded) - 1
     try:
@@ -239,6 +228,27 @@ def sample_from_row(
     return None if comp is None else TrainSample(comp, target, source)
 
 
+def _row_images(images: Any, source: str, skipped: SkipCounter) -> list[bytes] | None:
+    """The encoded images of a parquet row (references, then the target), or None after
+    counting why not; nothing is decoded yet."""
+    if not isinstance(images, list | tuple) or len(images) < 2:
+        count = len(images) if isinstance(images, list | tuple) else 0
+        skipped.skip(NO_TARGET, source, f"{count} image(s); a row needs references and a target")
+        return None
+    if len(images) - 1 > MAX_REFERENCES:
+        skipped.skip(TOO_MANY_IMAGES, source, f"{len(images) - 1} references > {MAX_REFERENCES}")
+        return None
+    encoded = []
+    for i, cell in enumerate(images):
+        data = _image_bytes(cell)
+        if data is None:
+            kind = type(cell).__name__
+            skipped.skip(UNDECODABLE, source, f"{IMAGE_COLUMN}[{i}] is {kind}, not image bytes")
+            return None
+        encoded.append(data)
+    return encoded
+
+
 def sample_from_preset_line(
     text: str,
     folder: Path,
@@ -248,19 +258,10 @@ def sample_from_preset_line(
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> TrainSample | None:
     """A sample from one manifest line (a preset plus ``"target"``), or None after counting."""
-    try:
-        data = parse_json(text, source)
-    except PresetError as e:
-        skipped.skip(BAD_PRESET, source, str(e))
+    parsed = _manifest_line(text, source, skipped)
+    if parsed is None:
         return None
-    if not isinstance(data, dict):
-        skipped.skip(BAD_PRESET, source, f"expected a JSON object, got {type(data).__name__}")
-        return None
-    data = dict(data)
-    target_field = data.pop("target", None)
-    if not isinstance(target_field, str) or not target_field.strip():
-        skipped.skip(NO_TARGET, source, '"target" must be a relative image path or a data URI')
-        return None
+    data, target_field = parsed
     try:
         comp = preset_from_dict(data, base_dir=folder, asset_dirs=(), check_images=False)
     except ValueError as e:  # PresetError, or a placeholder too long to read as a number
@@ -272,13 +273,7 @@ def sample_from_preset_line(
     if not _checked_prompt(comp, available, source, skipped):
         return None
     try:
-        if is_data_uri(target_field):
-            target = load_image(target_field, limits=limits, name="target")
-        else:
-            path = resolve_image_path(target_field, [folder], field_name="target")
-            raw = read_image_bytes(path, limits=limits, name="target")
-            target = load_image(raw, limits=limits, name="target")
-        _check_target(target, "target")
+        target = _manifest_target(target_field, folder, limits)
     except ImageInputError as e:
         skipped.skip(UNDECODABLE, source, str(e))
         return None
@@ -289,18 +284,57 @@ def sample_from_preset_line(
     return None if decoded is None else TrainSample(decoded, target, source)
 
 
+def _manifest_line(
+    text: str, source: str, skipped: SkipCounter
+) -> tuple[dict[str, Any], str] | None:
+    """The preset object of a manifest line and its ``"target"`` (taken out of it), or None
+    after counting why not."""
+    try:
+        data = parse_json(text, source)
+    except PresetError as e:
+        skipped.skip(BAD_PRESET, source, str(e))
+        return None
+    if not isinstance(data, dict):
+        skipped.skip(BAD_PRESET, source, f"expected a JSON object, got {type(data).__name__}")
+        return None
+    data = dict(data)
+    target = data.pop("target", None)
+    if not isinstance(target, str) or not target.strip():
+        skipped.skip(NO_TARGET, source, '"target" must be a relative image path or a data URI')
+        return None
+    return data, target
+
+
+def _manifest_target(field: str, folder: Path, limits: ImageLimits) -> Image.Image:
+    """A manifest's ``"target"``: a data URI, or an image path inside the manifest's folder.
+    Raises ImageInputError (unreadable, too large, too elongated) or PresetError (outside)."""
+    if is_data_uri(field):
+        target = load_image(field, limits=limits, name="target")
+    else:
+        path = resolve_image_path(field, [folder], field_name="target")
+        raw = read_image_bytes(path, limits=limits, name="target")
+        target = load_image(raw, limits=limits, name="target")
+    _check_target(target, "target")
+    return target
+
+
 def _unfilled_slot(data: Mapping[str, Any]) -> int | None:
     """A slot the preset's prompt places that no reference with an image fills, if any; read
     from the raw dict, since the preset reader refuses such a preset before building it."""
     prompt, refs = data.get("prompt"), data.get("references", [])
     if not isinstance(prompt, str) or not isinstance(refs, list) or len(prompt) > 100_000:
         return None
-    filled = {
-        r["slot"]
-        for r in refs
-        if isinstance(r, dict) and isinstance(r.get("slot"), int) and r.get("image") is not None
-    }
+    filled = _filled_slots(refs)
     try:
         return next((k for k in placed_slots(prompt) if k not in filled), None)
     except ValueError:
         return None
+
+
+def _filled_slots(refs: list[Any]) -> set[int]:
+    """The slots of a raw preset's references that have an image (entries of any shape)."""
+    return {
+        r["slot"]
+        for r in refs
+        if isinstance(r, dict) and isinstance(r.get("slot"), int) and r.get("image") is not None
+    }
