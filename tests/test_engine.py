@@ -181,7 +181,7 @@ def test_segmentwise_prefill_equals_single_dense_pass(pipe):
                         torch.zeros(1),
                         model.latent_pos_embed(model.latent_position_ids(seg.grid)),
                         model.vision_markers(),
-                        model.attribute_indices(seg.attributes),
+                        model.attribute_hot(seg.attributes),
                     )
                 )
         cache = KVCache.empty(

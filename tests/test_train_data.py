@@ -25,16 +25,15 @@ from PIL import Image
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.inputs.prompt import placed_slots
-from sigma_core.training.data import (
+from sigma_core.training.data import DataPosition, TrainDataset
+from sigma_core.training.rows import (
     BAD_PRESET,
     BAD_PROMPT,
     MISSING_PLACEHOLDER,
     NO_INSTRUCTION,
     NO_TARGET,
     UNDECODABLE,
-    DataPosition,
     SkipCounter,
-    TrainDataset,
     TrainSample,
     sample_from_preset_line,
     sample_from_row,

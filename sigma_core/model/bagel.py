@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from sigma_core.geometry import LATENT_CHANNELS, LATENT_PATCH, MAX_LATENT_GRID, MAX_SIDE
-from sigma_core.inputs.attributes import ATTRIBUTES
+from sigma_core.model.attribute_projection import AttributeProjection, attribute_multi_hot
 from sigma_core.model.cache import KVCache
 from sigma_core.model.config import LLMConfig
 from sigma_core.model.mot import BlockMask, LanguageModel, Qwen2MoT, Routing, Span, logit_mask
 
-# W_tau, the paper's attribute projection t_i = v_i + W_tau(tau_i): one row per attribute token,
-# in ATTRIBUTES order. The released SIGMA checkpoint has no such tensor; it is then exactly zero.
+# W_tau (sigma_core.model.attribute_projection): one row per attribute token, in ATTRIBUTES
+# order. The released SIGMA checkpoint has no such tensor; W_tau is then exactly zero.
 ATTRIBUTE_EMBED_KEY = "attribute_embed.weight"
 
 
@@ -151,7 +151,7 @@ class BagelGenerator(nn.Module):
         self.vae2llm = nn.Linear(patch_dim, d)
         self.llm2vae = nn.Linear(d, patch_dim)
         self.latent_pos_embed = LatentPositionEmbedding(max_latent_size, d)
-        self.attribute_embed = nn.Embedding(len(ATTRIBUTES), d) if attribute_embed else None
+        self.attribute_embed = AttributeProjection(d) if attribute_embed else None
         # Set when the weights live elsewhere (sequential offload keeps them on the meta device
         # between forwards): where inputs, the KV cache and every new tensor go.
         self.execution_device: torch.device | None = None
@@ -189,11 +189,11 @@ class BagelGenerator(nn.Module):
         j = torch.arange(cols, device=self.device)[None, :]
         return (i * self.max_latent_size + j).flatten()
 
-    def attribute_indices(self, attributes: tuple[str, ...]) -> torch.Tensor | None:
-        """Rows of W_tau for SIGMA's attribute tokens; None when there is no W_tau or none."""
+    def attribute_hot(self, attributes: tuple[str, ...]) -> torch.Tensor | None:
+        """W_tau's input [A] for SIGMA's attribute tokens; None when there is no W_tau or none."""
         if not attributes or self.attribute_embed is None:
             return None
-        return torch.tensor([ATTRIBUTES.index(a) for a in attributes], device=self.device)
+        return attribute_multi_hot(attributes, self.device)
 
     def embed_latent_block(
         self,
@@ -206,11 +206,11 @@ class BagelGenerator(nn.Module):
         """<|vision_start|> latents <|vision_end|> as LLM inputs [1, m + 2, d].
 
         ``tokens`` [m, 64] at timestep ``t`` (0 for a clean reference), ``pos_embed`` [m, d],
-        ``markers`` [2, d]; ``attributes`` are W_tau rows summed into every latent token.
+        ``markers`` [2, d]; ``attributes`` [A] (multi-hot) adds W_tau to every latent token.
         """
         x = self.vae2llm(tokens.to(self.dtype)) + self.time_embedder(t.reshape(1)) + pos_embed
         if attributes is not None:
-            x = x + self.attribute_embed(attributes).sum(0)
+            x = x + self.attribute_embed(attributes)
         return torch.cat((markers[:1], x, markers[1:]))[None]
 
     def vision_markers(self) -> torch.Tensor:
@@ -260,7 +260,7 @@ class BagelGenerator(nn.Module):
             torch.zeros(1, device=self.device),
             self.latent_pos_embed(self.latent_position_ids(grid)),
             self.vision_markers(),
-            self.attribute_indices(attributes),
+            self.attribute_hot(attributes),
         )
         n = x.shape[1]
         positions = torch.full((n,), cache.positions[row], device=self.device)
@@ -367,7 +367,7 @@ class BagelGenerator(nn.Module):
             + self.latent_pos_embed(seq.latent_position_ids)
         )
         if seq.attributes is not None and self.attribute_embed is not None:
-            latents = latents + seq.attributes.to(self.dtype) @ self.attribute_embed.weight
+            latents = latents + self.attribute_embed(seq.attributes)
         x = x.index_put((seq.latent_index,), latents.to(x.dtype))
         rope = self.llm.rotary_emb(seq.position_ids[None], x.dtype)  # [1, L, 1, D]
         if isinstance(seq.mask, BlockMask):

@@ -15,9 +15,7 @@ _EXPORTS = {
     "TrainConfig": "sigma_core.training.config",
     "load_config": "sigma_core.training.config",
     "DataPosition": "sigma_core.training.data",
-    "SkipCounter": "sigma_core.training.data",
     "TrainDataset": "sigma_core.training.data",
-    "TrainSample": "sigma_core.training.data",
     "flow_loss": "sigma_core.training.flow",
     "sample_timesteps": "sigma_core.training.flow",
     "ExampleMaker": "sigma_core.training.packing",
@@ -26,6 +24,8 @@ _EXPORTS = {
     "TrainingExample": "sigma_core.training.packing",
     "drop_conditions": "sigma_core.training.packing",
     "pack": "sigma_core.training.packing",
+    "SkipCounter": "sigma_core.training.rows",
+    "TrainSample": "sigma_core.training.rows",
     "Trainer": "sigma_core.training.trainer",
 }
 __all__ = sorted(_EXPORTS)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from sigma_core.errors import CheckpointError
 from sigma_core.runtime.loader import TRAINING_META_FILE, WEIGHTS_FILE
-
-if TYPE_CHECKING:
-    from sigma_core.training.trainer import Trainer
+from sigma_core.training.data import DataPosition
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 CARD_FILE = "README.md"
@@ -107,64 +106,102 @@ class ParamEMA:
 # --------------------------------------------------------------------------- save and load
 
 
-def save(trainer: Trainer, folder: Path) -> None:
+@dataclass(frozen=True)
+class TrainState:
+    """What a checkpoint is written from and read back into: the live objects (their values
+    change, the objects do not) and this process's place among the run's processes."""
+
+    model: nn.Module  # unwrapped (no DDP wrapper); FSDP-sharded parameters are gathered
+    optimizer: torch.optim.Optimizer
+    ema: ParamEMA
+    names: tuple[str, ...]  # the trained parameters: the only ones a checkpoint holds
+    rank: int
+    main: bool  # whether this process writes the shared files
+    barrier: Callable[[], None]  # waits for every process
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run is: state.json (shared) plus this process's data position."""
+
+    step: int
+    position: DataPosition
+    scheduler: dict[str, Any]  # the LR scheduler's state_dict
+    skipped: dict[str, dict[str, Any]]  # SkipCounter.as_dict()
+    skipped_total: int
+    config: dict[str, Any]  # TrainConfig.to_dict()
+
+
+def save(state: TrainState, progress: Progress, folder: Path) -> None:
     """Every process takes part (FSDP gathers); the main one writes the shared files."""
-    acc = trainer.accelerator
     tmp = folder.with_name(folder.name + ".tmp")
-    if acc.is_main_process:
+    if state.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    model = acc.unwrap_model(trainer.model)
-    names = set(trainer.names)
-    weights = {k: v for k, v in get_model_state_dict(model, options=FULL).items() if k in names}
-    optim = get_optimizer_state_dict(model, trainer.optimizer, options=FULL)
-    ema = trainer.ema.full()
-    rank = acc.process_index
-    position = {"epoch": trainer.position.epoch, "cursor": trainer.position.cursor}
-    _write_json(tmp / f"rank-{rank}.json", {"position": position, **_host_rng()})
-    save_file(_torch_rng(), str(tmp / f"rank-{rank}.safetensors"))
-    if acc.is_main_process:
+    state.barrier()
+    names = set(state.names)
+    full = get_model_state_dict(state.model, options=FULL)
+    weights = {k: v for k, v in full.items() if k in names}
+    optim = get_optimizer_state_dict(state.model, state.optimizer, options=FULL)
+    ema = state.ema.full()
+    position = {"epoch": progress.position.epoch, "cursor": progress.position.cursor}
+    _write_json(tmp / f"rank-{state.rank}.json", {"position": position, **_host_rng()})
+    save_file(_torch_rng(), str(tmp / f"rank-{state.rank}.safetensors"))
+    if state.main:
         save_file(_contiguous(weights), str(tmp / "trained.safetensors"))
         save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
         tensors, groups = _flatten_optimizer(optim)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         _write_json(tmp / "optimizer.json", {"param_groups": groups})
-        _write_json(tmp / "state.json", trainer.state())
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+        _write_json(tmp / "state.json", _state_json(progress, state.names))
+    state.barrier()
+    if state.main:
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-    acc.wait_for_everyone()
+    state.barrier()
 
 
-def load(trainer: Trainer, folder: Path) -> dict[str, Any]:
-    """Restore weights, optimizer, EMA and this process's RNG; returns state.json."""
-    state = _read_json(folder / "state.json")
-    acc = trainer.accelerator
-    if sorted(state["trainable"]) != sorted(trainer.names):
+def _state_json(progress: Progress, names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "step": progress.step,
+        "scheduler": progress.scheduler,
+        "skipped": progress.skipped,
+        "skipped_total": progress.skipped_total,
+        "config": progress.config,
+        "trainable": list(names),
+    }
+
+
+def load(state: TrainState, folder: Path) -> Progress:
+    """Restore weights, optimizer, EMA and this process's RNG; returns the run's progress."""
+    shared = _read_json(folder / "state.json")
+    if sorted(shared["trainable"]) != sorted(state.names):
         raise CheckpointError(
-            f"{folder}: trained with train={state['config'].get('train')!r}; its parameters "
+            f"{folder}: trained with train={shared['config'].get('train')!r}; its parameters "
             "do not match this run's (resume with the same 'train' and model)"
         )
-    model = acc.unwrap_model(trainer.model)
     opts = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(model, load_file(str(folder / "trained.safetensors")), options=opts)
+    set_model_state_dict(state.model, load_file(str(folder / "trained.safetensors")), options=opts)
     optim = _unflatten_optimizer(
         load_file(str(folder / "optimizer.safetensors")),
         _read_json(folder / "optimizer.json")["param_groups"],
     )
-    set_optimizer_state_dict(model, trainer.optimizer, optim, options=opts)
-    trainer.ema.load(load_file(str(folder / "ema.safetensors")))
-    rank = acc.process_index
-    per_rank = folder / f"rank-{rank}.json"
+    set_optimizer_state_dict(state.model, state.optimizer, optim, options=opts)
+    state.ema.load(load_file(str(folder / "ema.safetensors")))
+    per_rank = folder / f"rank-{state.rank}.json"
     if not per_rank.is_file():
-        raise CheckpointError(f"{folder}: has no state for process {rank} (fewer processes?)")
+        raise CheckpointError(f"{folder}: has no state for process {state.rank} (fewer processes?)")
     mine = _read_json(per_rank)
     _set_host_rng(mine)
-    _set_torch_rng(load_file(str(folder / f"rank-{rank}.safetensors")))
-    state["position"] = mine["position"]
-    return state
+    _set_torch_rng(load_file(str(folder / f"rank-{state.rank}.safetensors")))
+    return Progress(
+        step=shared["step"],
+        position=DataPosition(**mine["position"]),
+        scheduler=shared["scheduler"],
+        skipped=shared["skipped"],
+        skipped_total=shared["skipped_total"],
+        config=shared["config"],
+    )
 
 
 def find(out: Path, resume: str) -> Path:

@@ -216,17 +216,24 @@ def _number_in(v: Any, lo: float, hi: float, closed: bool) -> bool:
     return (lo <= v if closed else lo < v) and v <= hi
 
 
+def _named(v: Any) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+def _is_side(v: Any) -> bool:
+    return is_int(v) and MIN_SIDE <= v <= MAX_SIDE and v % TOKEN_STRIDE == 0
+
+
 def _named_checks(cfg: TrainConfig) -> list[tuple[str, str]]:
-    failed = []
-    if not (isinstance(cfg.base, str) and cfg.base):
-        failed.append(("base", "must name a checkpoint"))
-    if not (cfg.data and all(isinstance(d, str) and d for d in cfg.data)):
-        failed.append(("data", "must list at least one parquet file, folder or JSONL manifest"))
-    if not (isinstance(cfg.output_dir, str) and cfg.output_dir):
-        failed.append(("output_dir", "must name a folder"))
-    if not all(t in TRACKERS for t in cfg.trackers):
-        failed.append(("trackers", f"may only hold {', '.join(TRACKERS)}"))
-    return failed
+    checks = (
+        ("base", _named(cfg.base), "must name a checkpoint"),
+        ("data", bool(cfg.data) and all(map(_named, cfg.data)),
+         "must list at least one parquet file, folder or JSONL manifest"),
+        ("output_dir", _named(cfg.output_dir), "must name a folder"),
+        ("trackers", all(t in TRACKERS for t in cfg.trackers),
+         f"may only hold {', '.join(TRACKERS)}"),
+    )  # fmt: skip
+    return [(name, why) for name, ok, why in checks if not ok]
 
 
 def _kind_checks(cfg: TrainConfig) -> list[tuple[str, str]]:
@@ -250,13 +257,7 @@ def _range_checks(cfg: TrainConfig) -> list[tuple[str, str]]:
         if not (is_int(getattr(cfg, name)) and lo <= getattr(cfg, name) <= hi)
     ]
     side = f"must be a multiple of {TOKEN_STRIDE} from {MIN_SIDE} to {MAX_SIDE}"
-    failed += [
-        (name, side)
-        for name in SIDES
-        if not (
-            is_int(v := getattr(cfg, name)) and MIN_SIDE <= v <= MAX_SIDE and v % TOKEN_STRIDE == 0
-        )
-    ]
+    failed += [(name, side) for name in SIDES if not _is_side(getattr(cfg, name))]
     failed += [
         (name, f"must be a number in {'[' if closed else '('}{lo}, {hi}]")
         for name, (lo, hi, closed) in FLOATS.items()

@@ -20,7 +20,6 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,18 +27,15 @@ from PIL import Image
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import MAX_SIDE, MIN_SHORT_SIDE, vae_size
-from sigma_core.inputs.attributes import ATTRIBUTES
+from sigma_core.model.attribute_projection import attribute_multi_hot
 from sigma_core.model.bagel import PackedSequence, patchify
-from sigma_core.model.mot import Routing
+from sigma_core.model.mot import BlockMask, Routing
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.mask import packed_dense_mask, packed_mask_mod
 from sigma_core.planning.sequence import LATENT_ID, Plan, build_plan
 from sigma_core.runtime.references import to_pixels
-from sigma_core.training.data import BAD_PROMPT, OVER_BUDGET
 from sigma_core.training.flow import noised, velocity_target
-
-if TYPE_CHECKING:
-    from sigma_core.training.data import SkipCounter, TrainSample
+from sigma_core.training.rows import BAD_PROMPT, OVER_BUDGET, SkipCounter, TrainSample
 
 
 @dataclass(frozen=True)
@@ -125,6 +121,24 @@ class ExampleMaker:
                 chosen[img.size] = self.bounds.size(*img.size, rng)
         sizes = {slot: chosen[img.size] for slot, img in images.items()}
         target_size = self.bounds.size(*sample.target.size, rng)
+        plan = self._plan(sample, images, chosen, target_size)
+        if plan is None:
+            return None
+        plan = drop_conditions(plan, rng, **self.dropout)
+        placed = {seg.slot for seg in plan.segments if seg.kind == "image"}
+        latents = {slot: self._encode(images[slot], sizes[slot], generator) for slot in placed}
+        target = self._encode(sample.target, target_size, generator)
+        return TrainingExample(plan, latents, target, sample.source)
+
+    def _plan(
+        self,
+        sample: TrainSample,
+        images: dict[int, Image.Image],
+        chosen: dict[tuple[int, int], tuple[int, int]],
+        target_size: tuple[int, int],
+    ) -> Plan | None:
+        """The sample's plan at the drawn sizes (``chosen``: VAE size by source size), in this
+        run's mask and layout; None after counting a refused prompt or one over the budget."""
         settings = sample.composition.settings.replace(
             size=target_size, mask=self.mask, layout=self.layout
         )
@@ -143,11 +157,7 @@ class ExampleMaker:
             detail = f"{plan.length:,} tokens > {self.max_tokens:,}"
             self.skipped.skip(OVER_BUDGET, sample.source, detail)
             return None
-        plan = drop_conditions(plan, rng, **self.dropout)
-        placed = {seg.slot for seg in plan.segments if seg.kind == "image"}
-        latents = {slot: self._encode(images[slot], sizes[slot], generator) for slot in placed}
-        target = self._encode(sample.target, target_size, generator)
-        return TrainingExample(plan, latents, target, sample.source)
+        return plan
 
     def _encode(
         self, img: Image.Image, size: tuple[int, int], generator: torch.Generator
@@ -222,34 +232,41 @@ def pack(
             else:
                 latents.append(ex.references[seg.slot])
                 steps.append(torch.zeros(m))
-            row = torch.zeros(len(ATTRIBUTES))
-            for a in seg.attributes:
-                row[ATTRIBUTES.index(a)] = 1.0
-            hot.append(row.expand(m, -1))
+            hot.append(attribute_multi_hot(seg.attributes).expand(m, -1))
     ids = torch.from_numpy(np.concatenate(token_ids))
     latent_index = (ids == LATENT_ID).nonzero().squeeze(1)
-    if flex:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        n = ids.shape[0]
-        mod = packed_mask_mod(plans, device)
-        compiled = torch.device(device).type == "cuda"  # else an L x L mask is materialised
-        mask = create_block_mask(mod, None, None, n, n, device=device, _compile=compiled)
-    else:
-        mask = packed_dense_mask(plans, max_tokens=1 << 62).to(device)
     sequence = PackedSequence(
         token_ids=ids.to(device),
         position_ids=torch.from_numpy(np.concatenate(positions)).to(device),
         routing=Routing.from_experts(np.concatenate(experts).tolist(), frozen_und=frozen_und),
-        mask=mask,
+        mask=_packed_mask(plans, ids.shape[0], flex=flex, device=device),
         latent_index=latent_index.to(device),
         latents=torch.cat(latents).to(device),
         timesteps=torch.cat(steps).to(device),
         latent_position_ids=torch.from_numpy(np.concatenate(pos_ids)).to(device),
         attributes=torch.cat(hot).to(device) if attributes else None,
         loss_index=torch.cat(carries_loss).nonzero().squeeze(1).to(device),
-        key_bias=torch.cat([p.key_bias for p in plans]).to(device)
-        if any(p.has_key_bias for p in plans)
-        else None,
+        key_bias=_key_bias(plans, device),
     )
     return PackedBatch(sequence, torch.cat(targets).to(device), len(examples))
+
+
+def _packed_mask(
+    plans: list[Plan], n: int, *, flex: bool, device: torch.device | str
+) -> torch.Tensor | BlockMask:
+    """The mask over all n tokens of the plans laid end to end: dense bool [n, n], or (``flex``)
+    flex_attention's block mask, compiled on a GPU (elsewhere it would materialise n x n)."""
+    if not flex:
+        return packed_dense_mask(plans, max_tokens=1 << 62).to(device)
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mod = packed_mask_mod(plans, device)
+    compiled = torch.device(device).type == "cuda"
+    return create_block_mask(mod, None, None, n, n, device=device, _compile=compiled)
+
+
+def _key_bias(plans: list[Plan], device: torch.device | str) -> torch.Tensor | None:
+    """Each key's logit bias [n] (compact phantom tokens), or None when every plan has none."""
+    if not any(p.has_key_bias for p in plans):
+        return None
+    return torch.cat([p.key_bias for p in plans]).to(device)

@@ -29,14 +29,14 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from sigma_core.errors import SigmaInputError, SigmaOutOfMemoryError
-from sigma_core.inputs.attributes import ATTRIBUTES
 from sigma_core.inputs.preset import load_preset
+from sigma_core.model.attribute_projection import AttributeProjection
 from sigma_core.model.bagel import BagelGenerator
 from sigma_core.runtime.output import out_of_memory
 from sigma_core.runtime.pipeline import SigmaPipeline
 from sigma_core.training import checkpoints
 from sigma_core.training.config import TrainConfig
-from sigma_core.training.data import DataPosition, SkipCounter, TrainDataset, TrainSample
+from sigma_core.training.data import DataPosition, TrainDataset
 from sigma_core.training.flow import flow_loss, sample_timesteps
 from sigma_core.training.packing import (
     ExampleMaker,
@@ -45,6 +45,7 @@ from sigma_core.training.packing import (
     TrainingExample,
     pack,
 )
+from sigma_core.training.rows import SkipCounter, TrainSample
 
 # The generation branch (the paper trains only it): the gen expert of every layer, and the
 # connectors between latents and the LLM. The latent position table is fixed (sin-cos).
@@ -90,7 +91,7 @@ def prepare_model(model: BagelGenerator, cfg: TrainConfig) -> nn.Module:
     """W_tau added (zero) when asked for and missing; LoRA wrapped when asked; requires_grad
     set on exactly the trained parameters, which stay fp32 while frozen ones may be bf16."""
     if cfg.attribute_projection and model.attribute_embed is None:
-        model.attribute_embed = nn.Embedding(len(ATTRIBUTES), model.config.hidden_size)
+        model.attribute_embed = AttributeProjection(model.config.hidden_size)
         nn.init.zeros_(model.attribute_embed.weight)
     if cfg.weights_dtype == "bf16":
         model.to(torch.bfloat16)
@@ -175,6 +176,15 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.net, optimizer)
         self.scheduler = scheduler
         self.ema = checkpoints.ParamEMA(self.model, self.names, cfg.ema)
+        self.train_state = checkpoints.TrainState(
+            model=acc.unwrap_model(self.model),
+            optimizer=self.optimizer,
+            ema=self.ema,
+            names=tuple(self.names),
+            rank=acc.process_index,
+            main=acc.is_main_process,
+            barrier=acc.wait_for_everyone,
+        )
         self.maker = ExampleMaker(
             self.pipe.tokenizer,
             self.pipe.vae,
@@ -374,29 +384,30 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoints
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "scheduler": self.scheduler.state_dict(),
-            "skipped": self.skipped.as_dict(),
-            "skipped_total": self.skipped.total,
-            "config": self.cfg.to_dict(),
-            "trainable": self.names,
-        }
+    def progress(self) -> checkpoints.Progress:
+        """Where the run stands, as a checkpoint records it."""
+        return checkpoints.Progress(
+            step=self.step,
+            position=self.position,
+            scheduler=self.scheduler.state_dict(),
+            skipped=self.skipped.as_dict(),
+            skipped_total=self.skipped.total,
+            config=self.cfg.to_dict(),
+        )
 
     def save(self) -> Path:
         folder = self.out / "checkpoints" / f"step-{self.step:07d}"
-        checkpoints.save(self, folder)
+        checkpoints.save(self.train_state, self.progress(), folder)
         self._saved_step = self.step
         if self.accelerator.is_main_process:
             checkpoints.prune(self.out, self.cfg.keep_checkpoints)
         return folder
 
     def load(self, folder: Path) -> None:
-        state = checkpoints.load(self, folder)
-        self.step = state["step"]
-        self.position = DataPosition(**state["position"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        progress = checkpoints.load(self.train_state, folder)
+        self.step = progress.step
+        self.position = progress.position
+        self.scheduler.load_state_dict(progress.scheduler)
 
 
 @contextmanager
