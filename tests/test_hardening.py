@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sigma_core import cli
+from sigma_core.inputs import PROJECT_ASSETS
 from sigma_core.limits import MAX_PLACEMENTS, MAX_PROMPT_CHARS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def preset(tmp_path: Path, name: str = "p.json", **edit: object) -> Path:
             data[key] = value
     for ref in data["references"]:
         if ref["image"] in SHIPPED:
-            src = ROOT / "sigma_core" / "assets" / ref["image"]
+            src = PROJECT_ASSETS / ref["image"]
             (tmp_path / ref["image"]).write_bytes(src.read_bytes())
     path = tmp_path / name
     path.write_text(json.dumps(data), encoding="utf-8")
