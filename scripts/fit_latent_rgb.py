@@ -2,7 +2,7 @@
 
 The live preview (sigma_core.runtime.live_preview) shows a step's x0 estimate through a linear
 16 -> 3 map instead of the VAE decoder. This script fits that map by least squares for the VAE in
-a checkpoint folder, on the shipped images (sigma_core/assets: each encoded to its posterior
+a checkpoint folder, on the shipped images (assets/: each encoded to its posterior
 mean, its RGB in [-1, 1] average-pooled to the latent grid), prints the fit quality and writes
 the 16x3 weights and the bias into latent_rgb_factors.json next to this file, keyed by the VAE's
 identity (sigma_core.runtime.live_preview.vae_identity). A VAE without an entry there is fitted

@@ -1,8 +1,10 @@
 """Write the synthetic multi-reference dataset (sigma_core.training.synthetic) for demo runs.
 
-    python scripts/make_synthetic_data.py --out data/synthetic --n 2000
-    python scripts/make_synthetic_data.py --out data/synthetic.parquet --n 200
-    python scripts/make_synthetic_data.py --out data/synthetic-jsonl --n 200 --format jsonl
+    python -m scripts.make_synthetic_data --out data/synthetic --n 2000
+    python -m scripts.make_synthetic_data --out data/synthetic.parquet --n 200
+    python -m scripts.make_synthetic_data --out data/synthetic-jsonl --n 200 --format jsonl
+
+(from the repository root).
 
 Parquet goes to one shard when --out ends in .parquet, otherwise to a folder of shards of
 --shard-rows rows; jsonl writes OUT/train.jsonl and OUT/images/. The same seed gives the same
@@ -15,12 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a file from anywhere, not only as python -m scripts...
-    sys.path.insert(0, str(ROOT))
-
-from sigma_core.errors import SigmaError  # noqa: E402
-from sigma_core.training.synthetic import write_manifest, write_parquet, write_shards  # noqa: E402
+from sigma_core.errors import SigmaError
+from sigma_core.training.synthetic import write_manifest, write_parquet, write_shards
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sigma_core import cli
+from sigma_core.inputs import PROJECT_ASSETS
 from sigma_core.limits import MAX_PLACEMENTS, MAX_PROMPT_CHARS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def preset(tmp_path: Path, name: str = "p.json", **edit: object) -> Path:
             data[key] = value
     for ref in data["references"]:
         if ref["image"] in SHIPPED:
-            src = ROOT / "sigma_core" / "assets" / ref["image"]
+            src = PROJECT_ASSETS / ref["image"]
             (tmp_path / ref["image"]).write_bytes(src.read_bytes())
     path = tmp_path / name
     path.write_text(json.dumps(data), encoding="utf-8")
@@ -412,46 +413,7 @@ def test_disk_full_keeps_the_image(capsys, monkeypatch, tmp_path: Path) -> None:
     rescued.unlink()
 
 
-# ----------------------------------------------------------------------------- 5. docs
-
-
-def _readme() -> str:
-    return (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def test_readme_example_preset_is_the_file_it_names() -> None:
-    readme = _readme()
-    section = readme[readme.index("## Presets") :]
-    block = section[section.index("```json") + len("```json") : section.index("```\n", 10)]
-    assert "presets/combine_astronaut_cat_rocket.json" in section[: section.index("```json")]
-    assert json.loads(block) == json.loads(COMBINE.read_text(encoding="utf-8"))
-
-
-def test_every_cli_option_is_documented() -> None:
-    readme = _readme()
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, command in sub.choices.items():
-        assert f"python -m sigma_core {name}" in readme
-        for action in command._actions:
-            for option in action.option_strings:
-                assert f"`{option}" in readme or f"[{option}" in readme, f"{name} {option}"
-
-
-def test_every_limit_is_in_the_readme_table() -> None:
-    from sigma_core import limits
-
-    table = _readme().split("## Limits", 1)[1].split("\n## ", 1)[0]
-    for name in dir(limits):
-        value = getattr(limits, name)
-        if name.startswith(("MAX_", "MIN_")) and name != "MAX_SEED" and isinstance(value, int):
-            shown = f"{value:,}"
-            if name == "MAX_COMPOSITION_BYTES":
-                shown = f"{value >> 20} MB"
-            assert shown in table, name
-        elif name.startswith(("MAX_", "MIN_")) and isinstance(value, float):
-            assert f"{value:g}" in table, name
-    assert "2^63" in table
+# ------------------------------------------- 5. odds and ends (the docs: tests/test_docs.py)
 
 
 def test_mask_png_and_default_output_are_ignored_by_git() -> None:

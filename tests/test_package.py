@@ -1,6 +1,7 @@
 """Packaging and architecture checks: the requirement files match pyproject.toml, the public API
 resolves, importing is silent, the import layers and the complexity budget hold, the preview
-cache key follows the source, and the wheel ships the package data (and nothing else)."""
+cache key follows the source, the shipped assets are served from the checkout's assets/ and
+from inside the installed package, and the wheel ships the package data (and nothing else)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 import sigma_core
 from sigma_core import user_cache
+from sigma_core.inputs import PROJECT_ASSETS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sigma_core"
@@ -242,14 +244,47 @@ def test_cached_folder_is_named_by_the_package_digest(tmp_path, monkeypatch):
     assert user_cache.cached_folder("x", must_not_write) == folder
 
 
+# --- the shipped assets and the package list ----------------------------------------------------
+
+
+def test_a_checkout_serves_the_top_level_assets():
+    assert PROJECT_ASSETS == ROOT / "assets"
+    assert not (PACKAGE / "assets").exists(), "the shipped images live in assets/ only"
+    assert (PROJECT_ASSETS / "LICENSES.md").is_file()
+
+
+def test_pyproject_lists_every_package_and_maps_the_assets(pyproject):
+    # The mapped assets/ folder is not found by setuptools' package discovery, so pyproject
+    # lists the packages: one added under sigma_core/ or studio/ must be listed too.
+    from setuptools import find_packages
+
+    setuptools_config = pyproject["tool"]["setuptools"]
+    found = find_packages(where=str(ROOT), include=["sigma_core*", "studio*"])
+    assert sorted(setuptools_config["packages"]) == sorted([*found, "sigma_core.assets"])
+    assert setuptools_config["package-dir"] == {"sigma_core.assets": "assets"}
+
+
 # --- the wheel -----------------------------------------------------------------------------------
 
 WHEEL_MUST_HOLD = [
     "sigma_core/__init__.py",
-    "sigma_core/assets/astronaut.png",
-    "sigma_core/assets/LICENSES.md",
     "sigma_core/model/flux_vae/vae/config.json",
+    *sorted(f"sigma_core/assets/{p.name}" for p in PROJECT_ASSETS.iterdir() if p.is_file()),
 ]
+# Run from outside the checkout against the unpacked wheel: a preset naming a shipped image
+# finds it inside the installed package.
+LOAD_FROM_INSTALLED = """
+import sys
+from pathlib import Path
+import sigma_core
+from sigma_core import load_preset
+installed = Path(sigma_core.__file__).resolve().parent
+comp = load_preset(sys.argv[1])
+path = comp.resolve_path("astronaut.png")
+assert path == installed / "assets" / "astronaut.png", (path, installed)
+assert comp.load_images()[1].size == (512, 512)
+print(path)
+"""
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv*", "__pycache__", "build", "dist", "*.egg-info", ".*cache", ".hypothesis"
 )
@@ -285,3 +320,15 @@ def test_wheel_ships_package_data_and_no_tests(tmp_path):
     assert all(t in {"sigma_core", "studio"} or t.endswith(".dist-info") for t in top_levels), (
         top_levels
     )
+
+    installed = tmp_path / "site-packages"
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extractall(installed)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    preset = shutil.copy(ROOT / "presets" / "combine_astronaut_cat_rocket.json", elsewhere)
+    env = {**os.environ, "PYTHONPATH": str(installed), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", LOAD_FROM_INSTALLED, str(preset)]
+    result = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == str(installed / "sigma_core" / "assets" / "astronaut.png")

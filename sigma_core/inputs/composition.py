@@ -37,7 +37,18 @@ from sigma_core.limits import (
     MAX_REFERENCES,
 )
 
-PROJECT_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+def _shipped_assets() -> Path:
+    """The folder of the shipped example images: ``sigma_core/assets`` in an installed package
+    (the wheel maps the checkout's top-level ``assets/`` there, see pyproject.toml), else the
+    checkout's own ``assets/`` beside the package. LICENSES.md ships with the images, so it
+    marks the real folder."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "assets"
+    return installed if (installed / "LICENSES.md").is_file() else package.parent / "assets"
+
+
+PROJECT_ASSETS = _shipped_assets()  # the one place shipped assets are found
 
 
 @dataclass(frozen=True)

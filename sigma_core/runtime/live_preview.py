@@ -10,7 +10,7 @@ final latent.
 That latent [1, 16, h, w] is shown through a linear 16 -> 3 map (16 weights and a bias per RGB
 channel) instead of the decoder: one small matrix product per step, at the latent resolution.
 The map is fitted by least squares to the VAE that is loaded (:func:`fit_latent_rgb`): each
-shipped image (``sigma_core/assets``) is encoded as the pipeline encodes references (pixels to
+shipped image (``PROJECT_ASSETS``) is encoded as the pipeline encodes references (pixels to
 [-1, 1], posterior mean, BAGEL's shift and scale) and its RGB in [-1, 1] -- the decoder's output
 range -- is average-pooled to the latent grid, one sample per latent cell. The result is shown
 the way the pipeline shows decoder output, (rgb·0.5 + 0.5).clamp(0, 1).
@@ -97,7 +97,7 @@ def step_x0(tensors: Mapping[str, Any]) -> torch.Tensor:
 
 
 def shipped_images() -> list[tuple[str, Image.Image]]:
-    """(file name, RGB image) for every image in sigma_core/assets, by name."""
+    """(file name, RGB image) for every shipped image (PROJECT_ASSETS), by name."""
     files = sorted(p for p in PROJECT_ASSETS.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return [(p.name, load_image(p, name=p.name)) for p in files]
 

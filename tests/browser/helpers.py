@@ -14,10 +14,9 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 import sigma_core
-from tests.browser.conftest import ROOT
+from sigma_core.inputs import PROJECT_ASSETS
 
-ASSETS = ROOT / "sigma_core" / "assets"
-CAT = ASSETS / "chelsea.png"  # 451x300: the model sees 768x512
+CAT = PROJECT_ASSETS / "chelsea.png"  # 451x300: the model sees 768x512
 TEMPLATE = "A photo of [1] holding [2]"
 RUN_TIMEOUT_MS = 120_000
 
