@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import sigma_core
-from sigma_core import Composition, SigmaError
+from sigma_core import Composition, SigmaError, frontend
 from studio.engine import Engine, Sessions
 from studio.runs import Outcome, result_file, stream
 
@@ -21,7 +21,7 @@ def read_preset(text: str) -> Composition:
     """A preset from an API caller: relative image paths resolve in the shipped assets only."""
     if not isinstance(text, str) or not text.strip():
         raise sigma_core.PresetError("preset: expected the preset's JSON text")
-    return sigma_core.loads_preset(text, where="preset")
+    return frontend.loads_preset(text, where="preset")
 
 
 def api_generate(
@@ -48,7 +48,7 @@ def api_inspect(engine: Engine, preset: str) -> dict[str, Any]:
     """The interleaved sequence the engine would run, as ``python -m sigma_core inspect
     --json`` reports it (with this engine's tokenizer)."""
     comp = read_preset(preset)
-    return sigma_core.plan_report(engine.plan(comp, comp.load_images()), comp)
+    return frontend.plan_report(engine.plan(comp, comp.load_images()), comp)
 
 
 def api_validate_preset(engine: Engine, preset: str) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-import sigma_core
-from sigma_core import Composition, Plan, Reference, SigmaError, SigmaInputError
+from sigma_core import Composition, Plan, Reference, SigmaError, SigmaInputError, frontend
 from studio.engine import Engine
 from studio.forms import Draft, slot_reference, to_settings
 
@@ -135,7 +134,7 @@ def check(engine: Engine, draft: Draft) -> Check:
 
 
 def _planned(comp: Composition, plan: Plan) -> Check:
-    report = sigma_core.plan_report(plan, comp)
+    report = frontend.plan_report(plan, comp)
     return Check(
         warnings=tuple(Problem(route_warning(w), w) for w in plan.warnings),
         chips=tuple(_chip(s) for s in report["segments"]),
@@ -167,7 +166,7 @@ def _chip(segment: dict[str, Any]) -> Chip:
             size=tuple(segment["size"]),
         )
     text, parts, last = segment["text"], [], 0
-    for match in sigma_core.find_attribute_tokens(text):
+    for match in frontend.find_attribute_tokens(text):
         if text[last : match.start()].strip():
             parts.append(TextPart(text[last : match.start()].strip()))
         parts.append(TextPart(match.group(0), segment["group"]))
@@ -197,7 +196,7 @@ def mask_picture(check_result: Check, folder: Path) -> Path:
     key = f"{plan.raw_prompt}|{plan.mask}|{[(s.start, s.length) for s in plan.segments]}"
     path = folder / f"mask-{hashlib.sha256(key.encode()).hexdigest()[:16]}.png"
     if not path.exists():
-        sigma_core.mask_png(plan, path)
+        frontend.mask_png(plan, path)
     return path
 
 

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-import sigma_core
 from sigma_core import (
     Composition,
     MemoryEstimate,
@@ -32,6 +31,7 @@ from sigma_core import (
     SigmaOutOfMemoryError,
     SigmaOutput,
     SigmaPipeline,
+    frontend,
 )
 from studio.options import StudioOptions, engine_lock
 from studio.zerogpu import gpu_function, on_zerogpu
@@ -77,7 +77,7 @@ class Engine:
         self.pipe = pipe
         self._preview_failed = False
         tensors = [*pipe.model.parameters(), *pipe.model.buffers(), *pipe.vae.parameters()]
-        weights = f"{sigma_core.PREVIEW_NOTICE}: {self.weights}" if pipe.preview else self.weights
+        weights = f"{frontend.PREVIEW_NOTICE}: {self.weights}" if pipe.preview else self.weights
         self.info = EngineInfo(
             weights=weights,
             preview=pipe.preview,
@@ -147,7 +147,7 @@ class Engine:
         return self.pipe(
             composition,
             callback_on_step_end=step_end,
-            callback_on_step_end_tensor_inputs=sigma_core.LIVE_PREVIEW_TENSORS,
+            callback_on_step_end_tensor_inputs=frontend.LIVE_PREVIEW_TENSORS,
             cancel=cancel,
         )
 
@@ -190,7 +190,7 @@ class Engine:
         attached for each run only."""
         if on_zerogpu():
             return None
-        available = sigma_core.available_memory(torch.device(self.info.device))
+        available = frontend.available_memory(torch.device(self.info.device))
         return None if available is None else available + self.info.weights_bytes
 
 
@@ -251,8 +251,8 @@ def refusals(device: str) -> dict[tuple[str, str], str]:
     out: dict[tuple[str, str], str] = {}
     if on_zerogpu():
         return out
-    for precision in sigma_core.PRECISIONS:
-        for offload in sigma_core.OFFLOAD_MODES:
+    for precision in frontend.PRECISIONS:
+        for offload in frontend.OFFLOAD_MODES:
             try:
                 SigmaPipeline.preview_engine(device=device, precision=precision, offload=offload)
             except SigmaError as e:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import sigma_core
-from sigma_core import Composition, Reference, Settings, SigmaInputError
+from sigma_core import Composition, Reference, Settings, SigmaInputError, frontend
 
-SPECS = {spec.name: spec for spec in sigma_core.SETTING_SPECS}
+SPECS = {spec.name: spec for spec in frontend.SETTING_SPECS}
 SIZE_CHOICES: tuple[tuple[str, str], ...] = (
     ("Follow the last reference", SPECS["size"].text(None)),
     ("1:1 (1024×1024)", "1024x1024"),
@@ -53,7 +52,7 @@ def _control_value(spec: Any, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class SettingsForm:
-    """The settings controls' values, by setting name (``sigma_core.SETTING_SPECS``), as the
+    """The settings controls' values, by setting name (``frontend.SETTING_SPECS``), as the
     controls hold them: the size and the seed as text, the guidance interval as (start, end),
     everything unchecked until :func:`to_settings`; and the studio's own two controls, the seed
     mode and the images per run. Defaults are the core's."""
@@ -207,7 +206,7 @@ def to_draft(composition: Composition, files: Path, *, max_slots: int) -> Draft:
         for r in refs
     )
     return Draft(
-        prompt=sigma_core.renumber_slots(composition.prompt, mapping),
+        prompt=frontend.renumber_slots(composition.prompt, mapping),
         slots=slots or (SlotForm(),),
         settings=settings_form(composition.settings),
         name=composition.name,
@@ -221,8 +220,8 @@ def _materialize(composition: Composition, ref: Reference, files: Path) -> str |
     source = ref.image
     if isinstance(source, str) and not source.startswith("data:"):
         source = composition.resolve_path(source, field_name=f"references[slot {ref.slot}].image")
-    data = sigma_core.embeddable_bytes(source, name=f"references[slot {ref.slot}].image")
-    return str(write_content(files, data, f".{sigma_core.image_format(data)}"))
+    data = frontend.embeddable_bytes(source, name=f"references[slot {ref.slot}].image")
+    return str(write_content(files, data, f".{frontend.image_format(data)}"))
 
 
 def write_content(folder: Path, data: bytes, suffix: str) -> Path:

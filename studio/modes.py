@@ -10,8 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import sigma_core
-from sigma_core import SigmaInputError
+from sigma_core import SigmaInputError, frontend
 from studio.engine import Engine, refusals
 
 if TYPE_CHECKING:
@@ -22,12 +21,12 @@ Refusals = Mapping[tuple[str, str], str]  # (precision, offload) -> the engine's
 
 def precision_choices(refused: Refusals) -> list[tuple[str, str]]:
     """Every precision, those this machine cannot run marked with the engine's reason."""
-    return [(_label(p, refused.get((p, "none"))), p) for p in sigma_core.PRECISIONS]
+    return [(_label(p, refused.get((p, "none"))), p) for p in frontend.PRECISIONS]
 
 
 def offload_choices(refused: Refusals, precision: str) -> list[tuple[str, str]]:
     """Every offload mode, those that cannot run with ``precision`` here marked."""
-    return [(_label(o, refused.get((precision, o))), o) for o in sigma_core.OFFLOAD_MODES]
+    return [(_label(o, refused.get((precision, o))), o) for o in frontend.OFFLOAD_MODES]
 
 
 def _label(name: str, reason: str | None) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import sigma_core
+from sigma_core import frontend
 
 PREVIEW = "preview"  # --model preview: the preview engine even when real weights are cached
 ENGINE_SWITCH = ("auto", "on", "off")
@@ -60,27 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=sigma_core.PRECISIONS,
+        choices=frontend.PRECISIONS,
         help="weights and compute (default: bf16 on a GPU, fp32 on CPU); "
-        + sigma_core.FLAG_HELP["precision"]
+        + frontend.FLAG_HELP["precision"]
         + ". A mode this machine cannot run is refused at start with the reason",
     )
     p.add_argument(
         "--vae-dtype",
-        choices=sigma_core.VAE_DTYPES,
+        choices=frontend.VAE_DTYPES,
         default="fp32",
-        help=sigma_core.FLAG_HELP["vae-dtype"],
+        help=frontend.FLAG_HELP["vae-dtype"],
     )
     p.add_argument(
         "--offload",
-        choices=sigma_core.OFFLOAD_MODES,
+        choices=frontend.OFFLOAD_MODES,
         default="none",
-        help=sigma_core.FLAG_HELP["offload"],
+        help=frontend.FLAG_HELP["offload"],
     )
     p.add_argument(
         "--device-map",
         choices=("auto",),
-        help=sigma_core.FLAG_HELP["device-map"] + " (default: one device)",
+        help=frontend.FLAG_HELP["device-map"] + " (default: one device)",
     )
     p.add_argument(
         "--engine-switch",
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_REFERENCES,
         metavar="N",
-        help=f"reference slots offered, 1 to {sigma_core.MAX_REFERENCES} "
+        help=f"reference slots offered, 1 to {frontend.MAX_REFERENCES} "
         f"(default {DEFAULT_MAX_REFERENCES})",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when there is one)")
@@ -172,9 +172,9 @@ def _problem(args: argparse.Namespace) -> str | None:
     """The first flag that is wrong whatever the machine, as a message; None when all are fine.
     What this machine cannot run (fp8 without a recent GPU, offload with int8...) is the
     engine's to refuse, when it loads."""
-    if not 1 <= args.max_references <= sigma_core.MAX_REFERENCES:
+    if not 1 <= args.max_references <= frontend.MAX_REFERENCES:
         return (
-            f"--max-references: {args.max_references} must be from 1 to {sigma_core.MAX_REFERENCES}"
+            f"--max-references: {args.max_references} must be from 1 to {frontend.MAX_REFERENCES}"
         )
     if args.port is not None and not 1 <= args.port <= 65535:
         return f"--port: {args.port} must be from 1 to 65535"
@@ -213,5 +213,5 @@ def default_model() -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     wanted = ("llm_config.json", "ema.safetensors", "ae.safetensors")
-    found = [try_to_load_from_cache(sigma_core.BAGEL_REPO, name) for name in wanted]
-    return sigma_core.BAGEL_REPO if all(isinstance(f, str) for f in found) else None
+    found = [try_to_load_from_cache(frontend.BAGEL_REPO, name) for name in wanted]
+    return frontend.BAGEL_REPO if all(isinstance(f, str) for f in found) else None

@@ -18,6 +18,7 @@ import gradio as gr
 from gradio.data_classes import ImageData
 
 import sigma_core
+from sigma_core import frontend
 from studio import modes, presets, views
 from studio.engine import Studio, refusals
 from studio.forms import Draft, SlotForm
@@ -70,7 +71,7 @@ class SlotControls:
 
 
 def _slot_controls(k: int, visible: bool) -> SlotControls:
-    attribute_choices = [(f"{t}: {sigma_core.DESCRIPTIONS[t]}", t) for t in sigma_core.ATTRIBUTES]
+    attribute_choices = [(f"{t}: {frontend.DESCRIPTIONS[t]}", t) for t in sigma_core.ATTRIBUTES]
     with gr.Column(variant="panel", visible=visible, elem_id=f"slot-{k}") as box:
         gr.Markdown(f"**Slot {k}**, placed in the prompt as `[{k}]`")
         with gr.Row():
@@ -103,7 +104,7 @@ def _slot_controls(k: int, visible: bool) -> SlotControls:
         entity = gr.Textbox(
             label="Entity phrase",
             placeholder="woman with brown hair",
-            max_length=sigma_core.MAX_ENTITY_CHARS,
+            max_length=frontend.MAX_ENTITY_CHARS,
             elem_id=f"slot-{k}-entity",
         )
         crop = gr.Textbox(
@@ -282,13 +283,13 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
             add_button = gr.Button("+ Add a reference slot", elem_id="add-slot")
         with gr.Column(scale=6):
             name = gr.Textbox(
-                label="Title", max_length=sigma_core.MAX_NAME_CHARS, elem_id="composition-name"
+                label="Title", max_length=frontend.MAX_NAME_CHARS, elem_id="composition-name"
             )
             prompt = gr.Textbox(
                 label="Prompt: a template with [1], [2] ... or raw SIGMA syntax "
                 "(<id> woman <image_1>)",
                 lines=3,
-                max_length=sigma_core.MAX_PROMPT_CHARS,
+                max_length=frontend.MAX_PROMPT_CHARS,
                 elem_id="prompt",
             )
             prompt_messages = gr.HTML(elem_id="prompt-problems")
@@ -370,7 +371,7 @@ def _engine_controls(studio: Studio) -> tuple[gr.Dropdown, gr.Radio, gr.Button, 
             choices=modes.precision_choices(refused),
             value=info.precision,
             label="Precision",
-            info=sigma_core.PRECISION_HELP,
+            info=frontend.PRECISION_HELP,
             interactive=lock is None,
             elem_id="precision",
         )
@@ -378,7 +379,7 @@ def _engine_controls(studio: Studio) -> tuple[gr.Dropdown, gr.Radio, gr.Button, 
             choices=modes.offload_choices(refused, info.precision),
             value=info.offload,
             label="Offload",
-            info=sigma_core.OFFLOAD_HELP,
+            info=frontend.OFFLOAD_HELP,
             interactive=lock is None,
             elem_id="offload",
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 import sigma_core
-from sigma_core import SigmaError, SigmaInputError
+from sigma_core import SigmaError, SigmaInputError, frontend
 from studio.forms import Draft, to_composition, to_draft
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def open_composition(path: str | Path, files: Path, *, max_slots: int) -> Draft:
 
 def save_draft(draft: Draft, files: Path) -> Path:
     """The composition as preset JSON with every image embedded, in a file to download."""
-    text = sigma_core.dumps_preset(to_composition(draft), embed_images=True)
+    text = frontend.dumps_preset(to_composition(draft), embed_images=True)
     slug = re.sub(r"[^a-z0-9]+", "-", draft.name.lower()).strip("-")[:40] or "composition"
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
     folder = files / SAVED / digest

@@ -32,6 +32,7 @@ from sigma_core import (
     SigmaInputError,
     SigmaOutOfMemoryError,
     SigmaOutput,
+    frontend,
 )
 from studio import modes
 from studio.engine import Engine, RunToken, Sessions
@@ -74,8 +75,8 @@ def run_seeds(seed: int | None, count: int) -> list[int]:
         raise SigmaInputError(
             f"settings.images_per_run: {count} must be from 1 to {MAX_IMAGES_PER_RUN}"
         )
-    start = secrets.randbelow(sigma_core.MAX_SEED - count) if seed is None else seed
-    if start + count > sigma_core.MAX_SEED:
+    start = secrets.randbelow(frontend.MAX_SEED - count) if seed is None else seed
+    if start + count > frontend.MAX_SEED:
         raise SigmaInputError(f"settings.seed: {start} + {count} images passes 2^63 - 1")
     return list(range(start, start + count))
 
@@ -195,7 +196,7 @@ def save_result(out: SigmaOutput, files: Path) -> dict[str, Any]:
         "name": out.composition.name,
         "prompt": out.composition.prompt,
         "warnings": [*out.plan.warnings, *out.warnings],
-        "preset": sigma_core.dumps_preset(without_images(out.composition)),
+        "preset": frontend.dumps_preset(without_images(out.composition)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -247,7 +248,7 @@ def gallery_items(history: Any, files: Path) -> list[tuple[Image.Image | str, st
     for entry in valid_history(history):
         path = result_file(entry, files)
         try:
-            image = str(path) if path else sigma_core.load_image(entry["thumb"], name="thumb")
+            image = str(path) if path else frontend.load_image(entry["thumb"], name="thumb")
         except SigmaError:
             continue
         items.append((image, caption(entry)))
@@ -266,7 +267,7 @@ def placed_references(entry: dict[str, Any]) -> list[int]:
         prompt = json.loads(entry["preset"])["prompt"]
     except (ValueError, KeyError, TypeError):
         return []
-    return list(dict.fromkeys(sigma_core.placed_slots(prompt))) if isinstance(prompt, str) else []
+    return list(dict.fromkeys(frontend.placed_slots(prompt))) if isinstance(prompt, str) else []
 
 
 def entry_composition(entry: dict[str, Any], files: Path) -> Composition:
@@ -275,7 +276,7 @@ def entry_composition(entry: dict[str, Any], files: Path) -> Composition:
     path = result_file(entry, files)
     if path is not None:
         return sigma_core.read_png_composition(path)
-    return sigma_core.loads_preset(entry["preset"], where="history entry")
+    return frontend.loads_preset(entry["preset"], where="history entry")
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -296,7 +297,7 @@ def compare_with_reference(
         raise SigmaInputError(
             f"compare: the result has no reference {slot} (it was made from {placed or 'none'})"
         )
-    result = sigma_core.load_image(path, name="result")
+    result = frontend.load_image(path, name="result")
     return ImageOps.fit(comp.load_image(ref), result.size), result
 
 

@@ -1,6 +1,6 @@
 """The settings panel: one control per sampling setting, made from sigma_core's spec table.
 
-Labels, help, bounds, steps, choices and defaults are the core's (``sigma_core.SETTING_SPECS``),
+Labels, help, bounds, steps, choices and defaults are the core's (``frontend.SETTING_SPECS``),
 so a control never offers what the core refuses. This module only picks the kind of control
 for each kind of setting and arranges them in rows; the studio adds its own two controls, the
 seed mode and the images per run.

@@ -8,8 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-import sigma_core
-from sigma_core import SigmaError, SigmaInputError
+from sigma_core import SigmaError, SigmaInputError, frontend
 from studio.compose import reference_image
 from studio.forms import Draft, SlotForm, slot_reference
 
@@ -19,7 +18,7 @@ def add_slot(draft: Draft, max_slots: int) -> Draft:
     if len(draft.slots) >= max_slots:
         raise SigmaInputError(
             f"references: this studio offers at most {max_slots} slots (start it with "
-            f"--max-references N, up to {sigma_core.MAX_REFERENCES}, for more)"
+            f"--max-references N, up to {frontend.MAX_REFERENCES}, for more)"
         )
     return replace(draft, slots=(*draft.slots, SlotForm()))
 
@@ -32,14 +31,14 @@ def remove_slot(draft: Draft, slot: int) -> Draft:
         raise SigmaInputError(
             "references: a composition keeps at least one slot; clear its image instead"
         )
-    if slot in sigma_core.placed_slots(draft.prompt):
+    if slot in frontend.placed_slots(draft.prompt):
         raise SigmaInputError(
             f"references[slot {slot}]: the prompt places this slot; take [{slot}] (or "
             f"<image_{slot}>) out of the prompt first, then remove the slot"
         )
     mapping = {k: k - 1 for k in range(slot + 1, len(draft.slots) + 1)}
     slots = draft.slots[: slot - 1] + draft.slots[slot:]
-    return replace(draft, slots=slots, prompt=sigma_core.renumber_slots(draft.prompt, mapping))
+    return replace(draft, slots=slots, prompt=frontend.renumber_slots(draft.prompt, mapping))
 
 
 def move_slot(draft: Draft, slot: int, offset: int) -> Draft:
@@ -69,7 +68,7 @@ def reorder_slots(draft: Draft, order: Any) -> Draft:
         )
     mapping = {old: new for new, old in enumerate(order, start=1)}
     slots = tuple(draft.slots[k - 1] for k in order)
-    return replace(draft, slots=slots, prompt=sigma_core.renumber_slots(draft.prompt, mapping))
+    return replace(draft, slots=slots, prompt=frontend.renumber_slots(draft.prompt, mapping))
 
 
 def _check_slot(draft: Draft, slot: int) -> None:
@@ -83,7 +82,7 @@ def insert_reference(prompt: str, slot: int, cursor: int | None = None) -> tuple
     """The prompt with slot ``slot`` placed at ``cursor`` (the end when unknown), spaced from
     its neighbours, and the cursor after it. A raw-syntax prompt gets ``<image_k>``, a
     template ``[k]``."""
-    token = f"<image_{slot}>" if sigma_core.is_raw(prompt) else f"[{slot}]"
+    token = f"<image_{slot}>" if frontend.is_raw(prompt) else f"[{slot}]"
     at = len(prompt) if cursor is None else max(0, min(int(cursor), len(prompt)))
     before, after = prompt[:at], prompt[at:]
     left = " " if before and not before[-1].isspace() else ""
@@ -109,10 +108,10 @@ def thumbnail(form: SlotForm, slot: int) -> Thumbnail:
     try:
         ref = slot_reference(slot, form)
         source = reference_image(ref.image, ref.crop, slot)
-        seen = sigma_core.vae_resize(source)
+        seen = frontend.vae_resize(source)
     except SigmaError as e:
         return Thumbnail(None, "no preview: see the problem below", problem=str(e))
-    rows, cols = sigma_core.latent_grid(seen.size)
+    rows, cols = frontend.latent_grid(seen.size)
     w, h = source.size
     crop = f"cropped to {w}×{h}, " if ref.crop else f"{w}×{h}, "
     caption = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-import sigma_core
+from sigma_core import frontend
 from studio import slots
 from studio.compose import Check, Chip
 from studio.engine import EngineInfo
@@ -39,7 +39,7 @@ CSS = """
 def _rgb(group: int | None) -> str:
     if group is None:
         return "#888"
-    r, g, b = sigma_core.GROUP_COLORS[group % len(sigma_core.GROUP_COLORS)]
+    r, g, b = frontend.GROUP_COLORS[group % len(frontend.GROUP_COLORS)]
     return f"rgb({r},{g},{b})"
 
 

@@ -15,16 +15,16 @@ from sigma_core.inputs import (
     Composition,
     Reference,
     Settings,
+    composition as comp_mod,
     dumps_preset,
+    images as images_mod,
     load_preset,
     loads_preset,
+    preset as preset_mod,
     read_png_composition,
     save_preset,
     write_png,
 )
-from sigma_core.inputs import composition as comp_mod
-from sigma_core.inputs import images as images_mod
-from sigma_core.inputs import preset as preset_mod
 
 
 def _png(path: Path, size=(64, 48), color=(200, 30, 30)) -> Path:

@@ -16,7 +16,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from sigma_core import (
-    PREVIEW_NOTICE,
     Composition,
     Reference,
     Settings,
@@ -24,6 +23,7 @@ from sigma_core import (
     read_png_composition,
 )
 from sigma_core.errors import CheckpointError, GenerationCancelled, SigmaInputError
+from sigma_core.frontend import PREVIEW_NOTICE
 from sigma_core.model import KVCache, Routing, Span, patchify, unpatchify
 from sigma_core.planning import TokenType, build_plan, dense_mask
 from sigma_core.runtime import (

@@ -19,11 +19,11 @@ from sigma_core.runtime import (
     LatentPreviewer,
     estimate_x0,
     fit_latent_rgb,
+    live_preview as lp,
     previewer_for,
     step_x0,
     vae_identity,
 )
-from sigma_core.runtime import live_preview as lp
 from sigma_core.runtime.sampler import euler_step, timesteps
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sigma_core import PRECISIONS, SigmaInputError, SigmaPipeline
+from sigma_core import SigmaInputError, SigmaPipeline
+from sigma_core.frontend import PRECISIONS
 from sigma_core.model.precision import Precision, resolve_precision
 from sigma_core.runtime import loader as loader_module
 from tests.golden_cases import composition

@@ -17,7 +17,7 @@ import gradio as gr
 import pytest
 
 import sigma_core
-from sigma_core import PresetError, SigmaInputError
+from sigma_core import PresetError, SigmaInputError, frontend
 from sigma_core.inputs.settings import describe_layout
 from studio.app import build_app
 from studio.engine import Engine, Sessions, Studio, load_engine
@@ -65,7 +65,7 @@ def test_defaults_are_local_and_quiet():
 
 
 def test_every_precision_and_offload_is_a_flag():
-    for precision in sigma_core.PRECISIONS:
+    for precision in frontend.PRECISIONS:
         assert parse_options(["--precision", precision, "--model", "preview"]).precision == (
             precision
         )
@@ -165,7 +165,7 @@ def test_the_default_model_is_bagel_only_when_it_is_cached(tmp_path, monkeypatch
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     assert default_model() is None
-    repo = tmp_path / f"models--{sigma_core.BAGEL_REPO.replace('/', '--')}"
+    repo = tmp_path / f"models--{frontend.BAGEL_REPO.replace('/', '--')}"
     snapshot = repo / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
     (repo / "refs").mkdir()
@@ -174,7 +174,7 @@ def test_the_default_model_is_bagel_only_when_it_is_cached(tmp_path, monkeypatch
         (snapshot / name).write_text("{}")
     assert default_model() is None  # ae.safetensors is missing
     (snapshot / "ae.safetensors").write_text("{}")
-    assert default_model() == sigma_core.BAGEL_REPO
+    assert default_model() == frontend.BAGEL_REPO
 
 
 # ----------------------------------------------------------------------------- the page
@@ -204,9 +204,9 @@ def test_every_control_has_its_elem_id(studio):
 
 def test_the_settings_panel_is_made_from_the_cores_spec_table(studio):
     names = [name for row in ROWS for name in row]
-    assert sorted(names) == sorted(s.name for s in sigma_core.SETTING_SPECS)  # each once
+    assert sorted(names) == sorted(s.name for s in frontend.SETTING_SPECS)  # each once
     demo = build_app(studio)
-    for spec in sigma_core.SETTING_SPECS:
+    for spec in frontend.SETTING_SPECS:
         ids = [f"{elem_id(spec.name)}-{end}" for end in ("from", "to")]
         if spec.kind != "interval":
             ids = [elem_id(spec.name)]
@@ -259,9 +259,9 @@ def test_the_engine_controls_show_the_engine_and_lock_on_a_shared_studio(studio)
 def test_the_layout_dropdown_offers_the_cores_layouts_and_travels_with_the_form(studio):
     demo = build_app(studio)
     layout = _props(demo, "layout")
-    assert [value for _, value in layout["choices"]] == list(sigma_core.LAYOUT_CHOICES)
+    assert [value for _, value in layout["choices"]] == list(frontend.LAYOUT_CHOICES)
     assert layout["value"] == "auto"
-    descriptions = [f"{k}: {describe_layout(k)}" for k in sigma_core.LAYOUT_CHOICES]
+    descriptions = [f"{k}: {describe_layout(k)}" for k in frontend.LAYOUT_CHOICES]
     assert all(text in layout["info"] for text in descriptions)
     with gr.Blocks():
         page = build_page(studio, [])
@@ -331,7 +331,7 @@ def _preset(**settings) -> str:
         name=comp.name,
         base_dir=comp.base_dir,
     )
-    return sigma_core.dumps_preset(comp, embed_images=True)
+    return frontend.dumps_preset(comp, embed_images=True)
 
 
 def test_gradio_client_generates_through_the_api(client):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import sigma_core
-from sigma_core import PresetError, SigmaInputError
+from sigma_core import PresetError, SigmaInputError, frontend
 from studio import compose, slots, views
 from studio.forms import (
     Draft,
@@ -49,7 +49,7 @@ def test_settings_round_trip_through_the_accordion():
 
 def test_the_layout_dropdown_becomes_the_settings_layout_and_a_bad_one_is_refused():
     assert SettingsForm()["layout"] == sigma_core.Settings().layout == "auto"
-    for layout in sigma_core.LAYOUT_CHOICES:
+    for layout in frontend.LAYOUT_CHOICES:
         assert to_settings(FAST.replace(layout=layout)).layout == layout
     with pytest.raises(
         PresetError,

@@ -9,9 +9,8 @@ from dataclasses import replace
 import pytest
 
 import sigma_core
-from sigma_core import SigmaInputError, SigmaOutOfMemoryError
-from studio import compose, modes, runs, views
-from studio import engine as studio_engine
+from sigma_core import SigmaInputError, SigmaOutOfMemoryError, frontend
+from studio import compose, engine as studio_engine, modes, runs, views
 from studio.engine import Engine, Sessions, refusals
 from studio.forms import Draft, to_composition
 from tests.studio_helpers import finish, tiny_engine, two_slots
@@ -41,7 +40,7 @@ def fresh(pipe, tiny_checkpoint) -> Engine:
 def test_the_modes_this_machine_cannot_run_are_marked_with_the_engines_reason():
     refused = refusals("cpu")
     choices = dict((value, label) for label, value in modes.precision_choices(refused))
-    assert list(choices) == list(sigma_core.PRECISIONS)
+    assert list(choices) == list(frontend.PRECISIONS)
     assert choices["int8"] == "int8" and choices["nf4"] == "nf4"  # bitsandbytes runs on CPU
     assert choices["fp8"].startswith("fp8 (not here: fp8 runs on NVIDIA GPUs of compute")
     offloads = dict((v, label) for label, v in modes.offload_choices(refused, "int8"))
@@ -49,7 +48,7 @@ def test_the_modes_this_machine_cannot_run_are_marked_with_the_engines_reason():
     assert "int8 layers cannot move between devices" in offloads["model"]
     assert "sequential streams full-precision layers" in offloads["sequential"]
     assert [label for label, _ in modes.offload_choices(refused, "bf16")] == list(
-        sigma_core.OFFLOAD_MODES
+        frontend.OFFLOAD_MODES
     )
 
 

@@ -1,14 +1,13 @@
-"""sigma_core.renumber_slots: moving a slot renumbers the prompt's references and nothing else,
-so the prompt keeps its meaning (the studio's up/down buttons rely on it)."""
+"""renumber_slots (sigma_core.frontend): moving a slot renumbers the prompt's references and
+nothing else, so the prompt keeps its meaning (the studio's up/down buttons rely on it)."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-import sigma_core
-from sigma_core import PromptError, renumber_slots
+from sigma_core import PromptError, frontend
+from sigma_core.frontend import renumber_slots
 
 SLOTS = st.integers(min_value=1, max_value=12)
 WORDS = st.text(alphabet="abc xyz,.:<>[]_-", max_size=8)
@@ -45,8 +44,8 @@ def test_the_identity_changes_nothing(prompt):
 
 @given(prompts(), permutations())
 def test_placed_slots_follow_the_mapping(prompt, mapping):
-    expected = [mapping.get(s, s) for s in sigma_core.placed_slots(prompt)]
-    assert sigma_core.placed_slots(renumber_slots(prompt, mapping)) == expected
+    expected = [mapping.get(s, s) for s in frontend.placed_slots(prompt)]
+    assert frontend.placed_slots(renumber_slots(prompt, mapping)) == expected
 
 
 @given(prompts(), permutations())

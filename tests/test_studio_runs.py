@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 import sigma_core
-from sigma_core import GenerationCancelled, PresetError, SigmaInputError, SigmaOutOfMemoryError
+from sigma_core import (
+    GenerationCancelled,
+    PresetError,
+    SigmaInputError,
+    SigmaOutOfMemoryError,
+    frontend,
+)
 from studio import api, compose, presets, runs, views
 from studio.engine import Engine, RunToken, Sessions
 from studio.forms import to_composition, to_draft
@@ -270,7 +276,7 @@ def test_a_preset_with_a_layout_sets_the_layout_dropdown(tmp_path):
         prompt="A red cube", settings=sigma_core.Settings(layout="training")
     )
     path = tmp_path / "training.json"
-    path.write_text(sigma_core.dumps_preset(comp))
+    path.write_text(frontend.dumps_preset(comp))
     draft = presets.open_composition(path, tmp_path, max_slots=8)
     assert draft.settings["layout"] == "training"
 
@@ -283,7 +289,7 @@ def test_a_saved_composition_is_self_contained(images, tmp_path):
     data = json.loads(path.read_text())
     assert data["settings"]["layout"] == "training-no-vit"
     assert all(r["image"].startswith("data:image/png;base64,") for r in data["references"])
-    loaded = sigma_core.loads_preset(path.read_text())
+    loaded = frontend.loads_preset(path.read_text())
     reopened = to_draft(loaded, tmp_path / "again", max_slots=8)
     assert reopened.prompt == draft.prompt and reopened.settings == draft.settings
     assert Path(reopened.slots[0].image).read_bytes() == Path(images["red"]).read_bytes()
@@ -293,7 +299,7 @@ def test_a_saved_composition_is_self_contained(images, tmp_path):
 
 
 def preset_text(images: dict[str, str]) -> str:
-    return sigma_core.dumps_preset(to_composition(two_slots(images)), embed_images=True)
+    return frontend.dumps_preset(to_composition(two_slots(images)), embed_images=True)
 
 
 def test_api_generate_returns_the_png_and_its_metadata(engine, images, tmp_path):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from sigma_core import ATTRIBUTES, Reference
 from sigma_core.errors import CheckpointError, PromptError, SigmaInputError

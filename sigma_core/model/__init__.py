@@ -7,28 +7,43 @@ Names load on first use: the precision constants need only torch, the VAE also d
 
 from __future__ import annotations
 
-from sigma_core.lazy import lazy_exports
+from typing import TYPE_CHECKING
 
-_EXPORTS = {
-    "BagelGenerator": "sigma_core.model.bagel",
-    "DenoiseContext": "sigma_core.model.bagel",
-    "patchify": "sigma_core.model.bagel",
-    "sincos_2d_table": "sigma_core.model.bagel",
-    "unpatchify": "sigma_core.model.bagel",
-    "CacheMark": "sigma_core.model.cache",
-    "KVCache": "sigma_core.model.cache",
-    "LLMConfig": "sigma_core.model.config",
-    "Routing": "sigma_core.model.mot",
-    "Span": "sigma_core.model.mot",
-    "OFFLOAD_MODES": "sigma_core.model.modes",
-    "PRECISIONS": "sigma_core.model.modes",
-    "VAE_DTYPES": "sigma_core.model.modes",
-    "Precision": "sigma_core.model.precision",
-    "resolve_precision": "sigma_core.model.precision",
-    "FluxVAE": "sigma_core.model.vae",
-    "flux_vae_config": "sigma_core.model.vae",
-    "check_tensors": "sigma_core.model.weights",
-    "header_shapes": "sigma_core.model.weights",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+from sigma_core.lazy import lazy_package
+
+if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
+    from sigma_core.model.bagel import (
+        BagelGenerator as BagelGenerator,
+        DenoiseContext as DenoiseContext,
+        patchify as patchify,
+        sincos_2d_table as sincos_2d_table,
+        unpatchify as unpatchify,
+    )
+    from sigma_core.model.cache import (
+        CacheMark as CacheMark,
+        KVCache as KVCache,
+    )
+    from sigma_core.model.config import LLMConfig as LLMConfig
+    from sigma_core.model.modes import (
+        OFFLOAD_MODES as OFFLOAD_MODES,
+        PRECISIONS as PRECISIONS,
+        VAE_DTYPES as VAE_DTYPES,
+    )
+    from sigma_core.model.mot import (
+        Routing as Routing,
+        Span as Span,
+    )
+    from sigma_core.model.precision import (
+        Precision as Precision,
+        resolve_precision as resolve_precision,
+    )
+    from sigma_core.model.vae import (
+        FluxVAE as FluxVAE,
+        flux_vae_config as flux_vae_config,
+    )
+    from sigma_core.model.weights import (
+        check_tensors as check_tensors,
+        header_shapes as header_shapes,
+    )
+
+__all__, __getattr__, __dir__ = lazy_package(__name__)

@@ -9,35 +9,40 @@ torch nor transformers; the plan's per-token tensors and the ``mask`` forms impo
 
 from __future__ import annotations
 
-from sigma_core.lazy import lazy_exports
+from typing import TYPE_CHECKING
 
-_EXPORTS = {
-    "SegmentMask": "sigma_core.planning.mask",
-    "dense_mask": "sigma_core.planning.mask",
-    "mask_mod": "sigma_core.planning.mask",
-    "MaskTokens": "sigma_core.planning.mask",
-    "packed_dense_mask": "sigma_core.planning.mask",
-    "packed_mask_mod": "sigma_core.planning.mask",
-    "segment_masks": "sigma_core.planning.mask",
-    "Expert": "sigma_core.planning.sequence",
-    "Plan": "sigma_core.planning.sequence",
-    "Segment": "sigma_core.planning.sequence",
-    "TokenType": "sigma_core.planning.sequence",
-    "build_plan": "sigma_core.planning.sequence",
-    "check_bounds": "sigma_core.planning.sequence",
-    "tokenize_text": "sigma_core.planning.sequence",
-    "QWEN25_BASE_VOCAB": "sigma_core.planning.tokenizer",
-    "QWEN25_SIGMA_FIRST_ID": "sigma_core.planning.tokenizer",
-    "SigmaTokenizer": "sigma_core.planning.tokenizer",
-    "TokenIds": "sigma_core.planning.tokenizer",
-    "add_sigma_tokens": "sigma_core.planning.tokenizer",
-    "control_tokens": "sigma_core.planning.tokenizer",
-    "load_fast_tokenizer": "sigma_core.planning.tokenizer",
-    "load_tiny_tokenizer": "sigma_core.planning.tokenizer",
-    "load_tokenizer": "sigma_core.planning.tokenizer",
-    "make_tiny_tokenizer": "sigma_core.planning.tokenizer",
-}
-__all__ = sorted(_EXPORTS)
+from sigma_core.lazy import lazy_package
 
+if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
+    from sigma_core.planning.mask import (
+        MaskTokens as MaskTokens,
+        SegmentMask as SegmentMask,
+        dense_mask as dense_mask,
+        mask_mod as mask_mod,
+        packed_dense_mask as packed_dense_mask,
+        packed_mask_mod as packed_mask_mod,
+        segment_masks as segment_masks,
+    )
+    from sigma_core.planning.sequence import (
+        Expert as Expert,
+        Plan as Plan,
+        Segment as Segment,
+        TokenType as TokenType,
+        build_plan as build_plan,
+        check_bounds as check_bounds,
+        tokenize_text as tokenize_text,
+    )
+    from sigma_core.planning.tokenizer import (
+        QWEN25_BASE_VOCAB as QWEN25_BASE_VOCAB,
+        QWEN25_SIGMA_FIRST_ID as QWEN25_SIGMA_FIRST_ID,
+        SigmaTokenizer as SigmaTokenizer,
+        TokenIds as TokenIds,
+        add_sigma_tokens as add_sigma_tokens,
+        control_tokens as control_tokens,
+        load_fast_tokenizer as load_fast_tokenizer,
+        load_tiny_tokenizer as load_tiny_tokenizer,
+        load_tokenizer as load_tokenizer,
+        make_tiny_tokenizer as make_tiny_tokenizer,
+    )
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_package(__name__)

@@ -6,10 +6,16 @@ first use.
 
 from __future__ import annotations
 
-from sigma_core.lazy import lazy_exports
+from typing import TYPE_CHECKING
+
+from sigma_core.lazy import lazy_package
+
+# Eager: a name equal to its submodule's (plan_report) must be bound before that submodule
+# is imported, or the submodule would shadow it on the package.
 from sigma_core.report.plan_report import attributes_table, escape_text, plan_report, render_report
 
-__all__ = ["attributes_table", "escape_text", "mask_png", "plan_report", "render_report"]
+if TYPE_CHECKING:  # the names that load on first use (sigma_core.lazy)
+    from sigma_core.report.mask_picture import mask_png as mask_png
 
-
-__getattr__, __dir__ = lazy_exports(__name__, {"mask_png": "sigma_core.report.mask_picture"})
+_lazy, __getattr__, __dir__ = lazy_package(__name__)
+__all__ = [*_lazy, "attributes_table", "escape_text", "plan_report", "render_report"]

@@ -7,26 +7,39 @@ Names load on first use: the config needs only PyYAML, the trainer torch, accele
 
 from __future__ import annotations
 
-from sigma_core.lazy import lazy_exports
+from typing import TYPE_CHECKING
 
-_EXPORTS = {
-    "ParamEMA": "sigma_core.training.checkpoints",
-    "export": "sigma_core.training.checkpoints",
-    "TrainConfig": "sigma_core.training.config",
-    "load_config": "sigma_core.training.config",
-    "DataPosition": "sigma_core.training.data",
-    "TrainDataset": "sigma_core.training.data",
-    "flow_loss": "sigma_core.training.flow",
-    "sample_timesteps": "sigma_core.training.flow",
-    "ExampleMaker": "sigma_core.training.packing",
-    "ImageBounds": "sigma_core.training.packing",
-    "PackedBatch": "sigma_core.training.packing",
-    "TrainingExample": "sigma_core.training.packing",
-    "drop_conditions": "sigma_core.training.packing",
-    "pack": "sigma_core.training.packing",
-    "SkipCounter": "sigma_core.training.rows",
-    "TrainSample": "sigma_core.training.rows",
-    "Trainer": "sigma_core.training.trainer",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+from sigma_core.lazy import lazy_package
+
+if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
+    from sigma_core.training.checkpoints import (
+        ParamEMA as ParamEMA,
+        export as export,
+    )
+    from sigma_core.training.config import (
+        TrainConfig as TrainConfig,
+        load_config as load_config,
+    )
+    from sigma_core.training.data import (
+        DataPosition as DataPosition,
+        TrainDataset as TrainDataset,
+    )
+    from sigma_core.training.flow import (
+        flow_loss as flow_loss,
+        sample_timesteps as sample_timesteps,
+    )
+    from sigma_core.training.packing import (
+        ExampleMaker as ExampleMaker,
+        ImageBounds as ImageBounds,
+        PackedBatch as PackedBatch,
+        TrainingExample as TrainingExample,
+        drop_conditions as drop_conditions,
+        pack as pack,
+    )
+    from sigma_core.training.rows import (
+        SkipCounter as SkipCounter,
+        TrainSample as TrainSample,
+    )
+    from sigma_core.training.trainer import Trainer as Trainer
+
+__all__, __getattr__, __dir__ = lazy_package(__name__)

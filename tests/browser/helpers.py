@@ -13,7 +13,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-import sigma_core
+from sigma_core import frontend
 from sigma_core.inputs import PROJECT_ASSETS
 
 CAT = PROJECT_ASSETS / "chelsea.png"  # 451x300: the model sees 768x512
@@ -68,7 +68,7 @@ def pick_attribute(page: Page, k: int, token: str) -> None:
     option = box.locator("li[role=option]", has_text=f"{token}:")
     expect(option).to_have_count(1)
     help_text = option.inner_text().split(":", 1)[1].strip()
-    assert help_text == sigma_core.DESCRIPTIONS[token].strip()
+    assert help_text == frontend.DESCRIPTIONS[token].strip()
     option.click()
     page.keyboard.press("Escape")
     expect(box).to_contain_text(token)
