@@ -196,12 +196,13 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "mask", "bool", "SIGMA's attention mask (attribute tokens see only their own image)",
-        "SIGMA's intra-group attention mask", True,
+        "on: an attribute token never sees another reference's image, B = (C and M) or S",
+        True,
     ),
     SettingSpec(
         "attribute_projection", "bool",
         "W_tau attribute projection (no-op for checkpoints without it)",
-        "SIGMA's attribute projection W_tau", True,
+        "adds W_tau(attributes) to each reference's latent tokens, as SIGMA trains it", True,
     ),
     SettingSpec(
         "layout", "choice", "Sequence layout",
