@@ -37,13 +37,15 @@ def _setting_option(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def _add(
-    sub: argparse._SubParsersAction,
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     summary: str,
     *parents: argparse.ArgumentParser,
-    **kwargs: object,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, parents=list(parents), help=summary, **kwargs)
+    """Subcommand ``name`` (``summary`` in the command list, ``description`` atop its help),
+    run by :mod:`sigma_core.commands`' ``cmd_<name>``."""
+    p = sub.add_parser(name, parents=list(parents), help=summary, description=description)
     p.set_defaults(func=getattr(commands, f"cmd_{name.replace('-', '_')}"))
     return p
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from sigma_core.errors import PresetError
 
@@ -24,7 +24,7 @@ class Problems:
             raise PresetError("\n".join(self.items))
 
 
-def is_int(v: Any) -> bool:
+def is_int(v: Any) -> TypeGuard[int]:
     """An int that is not a bool (JSON's true is not a step count)."""
     return isinstance(v, int) and not isinstance(v, bool)
 

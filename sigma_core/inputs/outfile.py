@@ -97,7 +97,7 @@ def _check_folder(folder: Path) -> None:
         raise SigmaInputError(f"output folder {shown} is not writable (permission denied)")
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None], *, overwrite: bool) -> Path:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], *, overwrite: bool) -> Path:
     """Write a file through a temporary file in its folder, then move it in place.
 
     With ``overwrite`` an existing file is replaced. Without, one is never replaced, even one

@@ -181,7 +181,7 @@ def preset_from_dict(
     problems.raise_if_any()
     comp = Composition(
         prompt=prompt,
-        references=references,
+        references=tuple(references),
         settings=settings,
         name=name,
         base_dir=base_dir,
@@ -394,6 +394,7 @@ def _parse_reference(raw: Any, path: str, problems: Problems) -> Reference | Non
     _check_crop(crop, f"{path}.crop", problems)
     if len(problems.items) > before:
         return None
+    assert is_int(slot)  # a problem was added otherwise
     return Reference(slot=slot, image=image, attributes=attributes, entity=entity, crop=crop)
 
 

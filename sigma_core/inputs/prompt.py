@@ -126,10 +126,13 @@ def _check_prompt_text(prompt: str, template: bool) -> None:
 
 
 class PlacedSlot(Protocol):
-    """What a template's ``[k]`` expands from: a slot's attributes and entity phrase."""
+    """What a template's ``[k]`` expands from: a slot's attributes and entity phrase (read-only,
+    so that a frozen :class:`~sigma_core.inputs.composition.Reference` is one)."""
 
-    attributes: tuple[str, ...]
-    entity: str
+    @property
+    def attributes(self) -> tuple[str, ...]: ...
+    @property
+    def entity(self) -> str: ...
 
 
 def to_raw_prompt(prompt: str, placed: Callable[[int, str], PlacedSlot]) -> tuple[str, list[str]]:

@@ -148,6 +148,12 @@ class SettingSpec:
             return size_text(value)
         return "" if value is None else str(value)
 
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of an "int", "number" or "interval" setting; other kinds have none."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.name}: a {self.kind} setting has no bounds")
+        return self.low, self.high
+
     def bounds_text(self) -> str:
         """The bounds as users read them, e.g. "2 to 1000"."""
         return f"{self.low:g} to {self.high:g}" if self.low is not None else ""
@@ -307,25 +313,25 @@ def _size_problem(spec: SettingSpec, size: Any) -> str | None:
 
 
 def _int_problem(spec: SettingSpec, v: Any) -> str | None:
-    if is_int(v) and spec.low <= v <= spec.high:
+    low, high = spec.bounds()
+    if is_int(v) and low <= v <= high:
         return None
-    return f"{spec.name}: {shown(v)} must be an integer from {spec.low} to {spec.high}"
+    return f"{spec.name}: {shown(v)} must be an integer from {low} to {high}"
 
 
 def _number_problem(spec: SettingSpec, v: Any) -> str | None:
-    if is_number(v) and spec.low <= v <= spec.high:
+    low, high = spec.bounds()
+    if is_number(v) and low <= v <= high:
         return None
-    return f"{spec.name}: {shown(v)} must be a number from {spec.low} to {spec.high}"
+    return f"{spec.name}: {shown(v)} must be a number from {low} to {high}"
 
 
 def _interval_problem(spec: SettingSpec, iv: Any) -> str | None:
     numbers = is_pair(iv, (int, float)) and all(map(is_number, iv))
-    if numbers and spec.low <= iv[0] <= iv[1] <= spec.high:
+    low, high = spec.bounds()
+    if numbers and low <= iv[0] <= iv[1] <= high:
         return None
-    return (
-        f"{spec.name}: {shown(iv)} must be [start, end] with {spec.low} <= start <= end "
-        f"<= {spec.high}"
-    )
+    return f"{spec.name}: {shown(iv)} must be [start, end] with {low} <= start <= end <= {high}"
 
 
 def _choice_problem(spec: SettingSpec, v: Any) -> str | None:

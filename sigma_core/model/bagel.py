@@ -56,7 +56,7 @@ class TimestepEmbedder(nn.Module):
         )
         args = t[:, None].float() * freqs[None]
         emb = torch.cat((torch.cos(args), torch.sin(args)), dim=-1)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))  # the first Linear's weight
 
 
 def sincos_2d_table(hidden: int, grid: int) -> torch.Tensor:
@@ -173,7 +173,7 @@ class BagelGenerator(nn.Module):
         """Where each decoder layer computes; its KV cache lives there too."""
         if self.execution_device is not None:
             return [self.execution_device] * len(self.llm.layers)
-        return [layer.input_layernorm.weight.device for layer in self.llm.layers]
+        return [layer.get_parameter("input_layernorm.weight").device for layer in self.llm.layers]
 
     # ------------------------------------------------------------------------- embeddings
 
@@ -210,6 +210,7 @@ class BagelGenerator(nn.Module):
         """
         x = self.vae2llm(tokens.to(self.dtype)) + self.time_embedder(t.reshape(1)) + pos_embed
         if attributes is not None:
+            assert self.attribute_embed is not None, "attributes come from attribute_hot: W_tau"
             x = x + self.attribute_embed(attributes)
         return torch.cat((markers[:1], x, markers[1:]))[None]
 

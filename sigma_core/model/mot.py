@@ -183,6 +183,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """Default (unscaled) RoPE, computed in fp32 as transformers' Qwen2 does."""
 
+    inv_freq: torch.Tensor  # [D/2], a non-persistent buffer
+
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
@@ -197,6 +199,11 @@ class RotaryEmbedding(nn.Module):
 
 class MoTAttention(nn.Module):
     """Grouped-query attention with qk-norm, one projection set per expert."""
+
+    # Set by name in __init__ like q/k/v and the norms; Modules, not Linears: a quantized mode
+    # or LoRA may replace them.
+    o_proj: nn.Module
+    o_proj_moe_gen: nn.Module
 
     def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()

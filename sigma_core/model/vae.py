@@ -17,8 +17,10 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+# From its module: diffusers' top level names dummy placeholders for type checkers.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -151,8 +153,8 @@ class FluxVAE(torch.nn.Module):
     def __init__(self, autoencoder: AutoencoderKL) -> None:
         super().__init__()
         self.autoencoder = autoencoder
-        self.downsample: int = 2 ** (len(autoencoder.config.block_out_channels) - 1)
-        self.z_channels: int = autoencoder.config.latent_channels
+        self.downsample: int = 2 ** (len(autoencoder.config["block_out_channels"]) - 1)
+        self.z_channels: int = autoencoder.config["latent_channels"]
         # Set under sequential offload, when the weights wait on the meta device.
         self.execution_device: torch.device | None = None
 
@@ -209,7 +211,7 @@ class FluxVAE(torch.nn.Module):
 
         With a ``generator`` the latent is drawn from the posterior instead of its mean, as the
         official encoder does (the trainer's choice; inference stays deterministic)."""
-        if images.ndim != 4 or images.shape[1] != self.autoencoder.config.in_channels:
+        if images.ndim != 4 or images.shape[1] != self.autoencoder.config["in_channels"]:
             raise ValueError(f"encode expects [B, 3, H, W] images, got {list(images.shape)}.")
         if images.shape[-2] % self.downsample or images.shape[-1] % self.downsample:
             raise ValueError(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,9 @@ class Expert(IntEnum):
 
     UND = 0  # understanding: text and markers
     GEN = 1  # generation: VAE latent tokens, clean or noised
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,30 @@ class Segment:
     def last_position(self) -> int:
         """The rope position of the segment's last token."""
         return self.position + (self.length - 1 if self.kind == "text" else 0)
+
+    # A block always has a size and a grid, a reference block its slot; text has none. These
+    # give them typed, and name the segment where one is asked for on the wrong kind.
+
+    @property
+    def block_size(self) -> tuple[int, int]:
+        """(width, height) of a block."""
+        return _given(self.size, self, "size")
+
+    @property
+    def block_grid(self) -> tuple[int, int]:
+        """(rows, cols) of a block's tokens."""
+        return _given(self.grid, self, "grid")
+
+    @property
+    def block_slot(self) -> int:
+        """The slot a reference block (image or phantom) shows."""
+        return _given(self.slot, self, "slot")
+
+
+def _given(value: _T | None, seg: Segment, name: str) -> _T:
+    if value is None:
+        raise ValueError(f"a {seg.kind} segment at {seg.start} has no {name}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -409,7 +436,7 @@ def _output_size(
 ) -> tuple[int, int]:
     """settings.size, else the last reference's VAE size (as BAGEL does), else the default."""
     if settings.size is not None:
-        return tuple(settings.size)
+        return settings.size
     if last_size is not None:
         return last_size
     warnings.append(

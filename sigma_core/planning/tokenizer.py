@@ -122,8 +122,12 @@ class TokenIds:
                 "SIGMA checkpoint expects <style> .. <select> as consecutive ids "
                 f"({_qwen25_range()} on Qwen2.5)"
             )
+        im_start, im_end, vision_start, vision_end = (vocab[t] for t in MARKER_TOKENS)
         return cls(
-            *(vocab[t] for t in MARKER_TOKENS),
+            im_start,
+            im_end,
+            vision_start,
+            vision_end,
             dict(zip(ATTRIBUTES, ids, strict=True)),
             control=control_tokens(tokenizer, vocab),
         )
@@ -306,8 +310,8 @@ def _summary(backend: Any) -> dict[str, Any]:
     """What the layout check reads of a ``tokenizers.Tokenizer``, in tokenizer.json's terms,
     taken from the parsed object (parsing a 7 MB file again in Python would cost 0.4 s)."""
     model = backend.model
-    options = ("dropout", "unk_token", "byte_fallback", "ignore_merges", "fuse_unk")
-    options += ("continuing_subword_prefix", "end_of_word_suffix")
+    options: tuple[str, ...] = ("dropout", "unk_token", "byte_fallback", "ignore_merges")
+    options += ("fuse_unk", "continuing_subword_prefix", "end_of_word_suffix")
     added = backend.get_added_tokens_decoder()
     return {
         "model": {"type": type(model).__name__, **{k: getattr(model, k, None) for k in options}},

@@ -90,12 +90,14 @@ def prefill_contexts(
         if seg.kind == "text":
             cut = cache.mark(0)  # the official code copies gen before each text segment
             ids = plan.token_ids[seg.start : seg.end].to(model.device)
-            h = model.prefill_text(cache, 0, ids, seg_mask.mask.to(model.device))
+            h = model.prefill_text(cache, 0, ids, seg_mask.dense().to(model.device))
         elif seg.kind == "phantom":
             h = model.prefill_phantom(cache, 0, seg.phantom_tokens, seg.length - 2)
         else:
             attributes = seg.attributes if attribute_projection else ()
-            h = model.prefill_image(cache, 0, references[seg.slot], seg.grid, attributes)
+            h = model.prefill_image(
+                cache, 0, references[seg.block_slot], seg.block_grid, attributes
+            )
         if return_hidden:
             hidden.append(h)
     _seek(cache, 0, plan.noise.position, holes)
@@ -143,12 +145,13 @@ class StepVelocities:
     ) -> dict[str, torch.Tensor | None]:
         """The tensors a step callback asked for (see :data:`CALLBACK_TENSORS`); latents and
         velocities in latent layout [1, 16, H/8, W/8], None for a branch that did not run."""
-        tokens = {"latents": x, "velocity": self.guided, "v_cond": self.cond}
-        tokens |= {"v_text": self.text, "v_img": self.img}
+        tokens: dict[str, torch.Tensor | None] = {"latents": x, "velocity": self.guided}
+        tokens |= {"v_cond": self.cond, "v_text": self.text, "v_img": self.img}
         out: dict[str, torch.Tensor | None] = {"t": t, "t_next": t_next}
         for name in names:
             if name in tokens:
-                out[name] = None if tokens[name] is None else unpatchify(tokens[name], grid)
+                value = tokens[name]
+                out[name] = None if value is None else unpatchify(value, grid)
         return {name: out[name] for name in names}
 
 

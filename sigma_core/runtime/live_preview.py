@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sigma_core.errors import SigmaInputError
+from sigma_core.errors import CheckpointError, SigmaInputError
 from sigma_core.inputs import PROJECT_ASSETS
 from sigma_core.inputs.images import load_image
 from sigma_core.model.vae import SCALE_FACTOR, SHIFT_FACTOR, FluxVAE
@@ -68,6 +68,8 @@ IDENTITY_TENSORS = (
     "decoder.conv_out.bias",
 )
 Resample = Literal["nearest", "bilinear"]
+# "latent" (h x w of the latent), "output" (the decoder's size) or (width, height)
+PreviewSize = tuple[int, int] | Literal["latent", "output"]
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -289,7 +291,7 @@ def latent_rgb_image(
     pixels = (rgb * 127.5 + 127.5).clamp_(0, 255).round_().to(torch.uint8)  # (x·0.5+0.5)·255
     img = Image.fromarray(pixels.reshape(h, w, 3).cpu().numpy())
     if size is not None and tuple(size) != img.size:
-        img = img.resize(tuple(size), _RESAMPLE[resample])
+        img = img.resize(size, _RESAMPLE[resample])
     return img
 
 
@@ -345,13 +347,16 @@ class LatentPreviewer:
         if cache is not None:
             with contextlib.suppress(OSError):  # unwritable: keep them for this process only
                 write_json_atomic(cache, {"format": 1, "entries": {identity: entry}})
-        return factors_from_json(entry), "fitted"
+        fitted = factors_from_json(entry)
+        if fitted is None:  # the VAE gave non-finite latents or pixels on the shipped images
+            raise CheckpointError("live preview: the VAE's fitted preview factors are not finite")
+        return fitted, "fitted"
 
     def preview(
         self,
         latents: torch.Tensor,
         *,
-        size: tuple[int, int] | Literal["latent", "output"] = "latent",
+        size: PreviewSize = "latent",
         resample: Resample = "bilinear",
     ) -> Image.Image:
         """The image a latent [1, 16, h, w] (an x0 estimate, or a final latent) shows: h×w for
@@ -372,7 +377,7 @@ class LatentPreviewer:
         self,
         tensors: Mapping[str, Any],
         *,
-        size: tuple[int, int] | Literal["latent", "output"] = "latent",
+        size: PreviewSize = "latent",
         resample: Resample = "bilinear",
     ) -> Image.Image:
         """The preview of a step callback's x0 estimate (needs :data:`LIVE_PREVIEW_TENSORS`)."""

@@ -207,18 +207,24 @@ def load_generator(
     where = str(folder) + (f" + {sigma_folder}" if sigma_folder else "")
     check_tensors(used, expected, source=where, hint=f"(the model's sizes: {LLM_CONFIG_FILE})")
     swap_linears(model.llm.layers, precision)
-    if device_map == "auto":
-        device_map = auto_device_map(model, precision)
-    elif device_map is not None:
+    if isinstance(device_map, dict):
         device_map = spread_layers(model, device_map)
+    elif device_map is not None:  # "auto", the one string LoadOptions lets through
+        device_map = auto_device_map(model, precision)
     handles = {path: safe_open(str(path), framework="pt", device="cpu") for path in files}
     try:
-        fill(model, ((k, lambda k=k: handles[sources[k]].get_tensor(k)) for k in used),
+        fill(model, ((k, _reader(handles, sources[k], k)) for k in used),
              precision=precision, device=device, device_map=device_map)  # fmt: skip
     finally:
         handles.clear()
     report.loaded = len(used)
     return model, report
+
+
+def _reader(handles: dict[Path, safe_open], path: Path, key: str) -> Callable[[], torch.Tensor]:
+    """Reads ``key`` from the file at ``path`` when called; through ``handles``, which the
+    loader clears after the load to close the files."""
+    return lambda: handles[path].get_tensor(key)
 
 
 def meta_generator(cfg: LLMConfig, *, attribute_embed: bool, ids: TokenIds) -> BagelGenerator:

@@ -255,10 +255,10 @@ def estimate_for_plan(
     return estimate_memory(
         engine.config,
         engine.precision if precision is None else precision,
-        plan.noise.size,
+        plan.noise.block_size,
         offload=offload,
         device_map=engine.device_map() if offload == "none" else None,
-        reference_sizes=[seg.size for seg in plan.segments if seg.kind == "image"],
+        reference_sizes=[seg.block_size for seg in plan.segments if seg.kind == "image"],
         # text and phantom ViT blocks: understanding-expert tokens beside the latent blocks
         text_tokens=sum(seg.length for seg in plan.segments if seg.kind in ("text", "phantom")),
         cfg_rows=plan_cfg_rows(plan, settings),
@@ -441,7 +441,7 @@ def _part(tensors: Mapping[str, torch.Tensor], linears: Sequence[str] = ()) -> _
     return _Part(
         elements=sum(t.numel() for n, t in params.items() if n not in packed),
         fixed=sum(t.numel() * t.element_size() for n, t in tensors.items() if n not in params),
-        linears=tuple(tuple(params[n].shape) for n in sorted(packed)),
+        linears=tuple((params[n].shape[0], params[n].shape[1]) for n in sorted(packed)),  # [o, i]
     )
 
 

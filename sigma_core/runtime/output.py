@@ -146,7 +146,7 @@ def step_hook(
 
     def on_step(i: int, x: torch.Tensor, v: StepVelocities) -> torch.Tensor:
         if callback is not None:
-            tensors = v.callback_tensors(tensor_inputs, x, ts[i], ts[i + 1], plan.noise.grid)
+            tensors = v.callback_tensors(tensor_inputs, x, ts[i], ts[i + 1], plan.noise.block_grid)
             out = callback(pipe, i, ts[i], tensors) or {}
             if "latents" in out:
                 x = patchify(out["latents"].to(x))

@@ -30,6 +30,7 @@ from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.planner import Planner
 from sigma_core.planning.sequence import Plan
 from sigma_core.runtime.contexts import Denoiser, prefill_contexts
+from sigma_core.runtime.live_preview import PreviewSize, previewer_for
 from sigma_core.runtime.loader import LoadOptions, LoadReport, load_checkpoint
 from sigma_core.runtime.memory import EngineShape, MemoryEstimate, check_fits, estimate_for_plan
 from sigma_core.runtime.output import (
@@ -161,7 +162,7 @@ class SigmaPipeline:
             images = composition.load_images()
             plan = self.planner.plan(composition, images)
             x, seed = initial_noise(
-                plan.noise.size, generator=generator, latents=latents, seed=settings.seed,
+                plan.noise.block_size, generator=generator, latents=latents, seed=settings.seed,
                 device=self.device,
             )  # fmt: skip
             # the result records what ran: the seed drawn and the layout "auto" resolved to
@@ -186,7 +187,7 @@ class SigmaPipeline:
             # 4. denoise: the Euler loop (the KV cache is freed when it ends)
             with self._phase("denoise", timings, self.model):
                 denoise = Denoiser(
-                    self.model, ctx, plan.noise.grid, guidance, batched=batch_cfg,
+                    self.model, ctx, plan.noise.block_grid, guidance, batched=batch_cfg,
                     steps=branches, velocity=self._velocity,
                 )  # fmt: skip
                 del ctx  # the denoiser holds the KV cache until the loop ends, no longer
@@ -196,7 +197,7 @@ class SigmaPipeline:
                 x, passes = denoise.sample(x, ts, on_step)
                 del denoise
             # 5. decode
-            final = unpatchify(x, plan.noise.grid, self.model.latent_channels)
+            final = unpatchify(x, plan.noise.block_grid, self.model.latent_channels)
             decoded = None
             if output_type != "latent":
                 with self._phase("decode", timings, self.vae):
@@ -219,14 +220,10 @@ class SigmaPipeline:
             yield
         timings[f"{name}_s"] = time.perf_counter() - start
 
-    def live_preview(
-        self, tensors: dict[str, Any], *, size: tuple[int, int] | str = "latent"
-    ) -> Image.Image:
+    def live_preview(self, tensors: dict[str, Any], *, size: PreviewSize = "latent") -> Image.Image:
         """A step's estimate of the final image from a callback's "latents", "velocity" and
         "t_next", without decoding (see runtime.live_preview). ``size`` is "latent" (H/8 x W/8),
         "output" (H x W) or (width, height). Thread-safe."""
-        from sigma_core.runtime.live_preview import previewer_for
-
         return previewer_for(self.vae).preview_step(tensors, size=size)
 
     def check_memory(

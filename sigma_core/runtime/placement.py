@@ -122,7 +122,7 @@ def auto_device_map(
     return spread_layers(model, {k: _device_name(v) for k, v in found.items()})
 
 
-def spread_layers(model: nn.Module, device_map: Mapping[str, str]) -> dict[str, str]:
+def spread_layers(model: BagelGenerator, device_map: Mapping[str, str]) -> dict[str, str]:
     """``device_map`` with the packing modules moved to the first device it names and each
     decoder layer given explicitly; a name that is not a module of ``model`` is refused."""
     default = torch.device(next(iter(device_map.values()), "cpu"))
@@ -131,7 +131,7 @@ def spread_layers(model: nn.Module, device_map: Mapping[str, str]) -> dict[str, 
         f"language_model.model.layers.{i}": str(
             module_device(f"language_model.model.layers.{i}", first, device_map)
         )
-        for i in range(len(model.language_model.model.layers))
+        for i in range(len(model.llm.layers))
     }
     out |= {name: str(first) for name in PACKING_MODULES}
     modules = {name for name, _ in model.named_modules()}
@@ -152,7 +152,7 @@ class Offload:
         self, mode: str, device: torch.device, model: BagelGenerator, vae: FluxVAE
     ) -> None:
         self.mode, self.device = mode, device
-        self._components: list[nn.Module] = [model, vae]
+        self._components: list[BagelGenerator | FluxVAE] = [model, vae]
         self._resident: nn.Module | None = None  # "model": the component on the device now
         if mode == "sequential":
             from accelerate import cpu_offload

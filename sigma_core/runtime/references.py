@@ -47,14 +47,14 @@ class ReferenceEncoder:
 
     def __call__(self, plan: Plan, images: dict[int, Image.Image]) -> dict[int, torch.Tensor]:
         """Latent tokens [h*w, 64] (fp32) per slot placed in ``plan``."""
-        out = {}
+        out: dict[int, torch.Tensor] = {}
         for seg in plan.segments:
-            if seg.kind != "image" or seg.slot in out:
+            if seg.kind != "image" or seg.block_slot in out:
                 continue
-            img = vae_resize(images[seg.slot])
+            img = vae_resize(images[seg.block_slot])
             if img.size != seg.size:
                 raise RuntimeError(f"slot {seg.slot}: resized to {img.size}, planned {seg.size}")
-            out[seg.slot] = self._encode(img)
+            out[seg.block_slot] = self._encode(img)
         return out
 
     def _encode(self, img: Image.Image) -> torch.Tensor:

@@ -54,7 +54,7 @@ class Guidance:
         return cls(
             text_scale=s.cfg_text_scale,
             img_scale=s.cfg_img_scale,
-            interval=tuple(s.cfg_interval),
+            interval=s.cfg_interval,
             renorm_type=s.cfg_renorm_type,
             renorm_min=s.cfg_renorm_min,
         )

@@ -81,9 +81,10 @@ class ParamEMA:
         for name, shadow in zip(self.names, self.shadow, strict=True):
             full = tensors[name].float()
             mesh = getattr(shadow, "device_mesh", None)
-            if mesh is not None:
-                from torch.distributed.tensor import distribute_tensor
+            if mesh is not None:  # sharded by FSDP
+                from torch.distributed.tensor import DTensor, distribute_tensor
 
+                assert isinstance(shadow, DTensor)
                 full = distribute_tensor(full.to(shadow.device), mesh, shadow.placements)
             shadow.copy_(full)
 
@@ -141,7 +142,7 @@ def save(state: TrainState, progress: Progress, folder: Path) -> None:
     state.barrier()
     names = set(state.names)
     full = get_model_state_dict(state.model, options=FULL)
-    weights = {k: v for k, v in full.items() if k in names}
+    weights = {k: v for k, v in full.items() if k in names and isinstance(v, torch.Tensor)}
     optim = get_optimizer_state_dict(state.model, state.optimizer, options=FULL)
     ema = state.ema.full()
     position = {"epoch": progress.position.epoch, "cursor": progress.position.cursor}
@@ -181,7 +182,9 @@ def load(state: TrainState, folder: Path) -> Progress:
             "do not match this run's (resume with the same 'train' and model)"
         )
     opts = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(state.model, load_file(str(folder / "trained.safetensors")), options=opts)
+    trained = load_file(str(folder / "trained.safetensors"))
+    # torch types the state dict as an (invariant) dict of its value union; tensors are values
+    set_model_state_dict(state.model, trained, options=opts)  # type: ignore[arg-type]
     optim = _unflatten_optimizer(
         load_file(str(folder / "optimizer.safetensors")),
         _read_json(folder / "optimizer.json")["param_groups"],
@@ -358,7 +361,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[Any]) ->
 
 
 def _host_rng() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the global generator is an MT19937: its legacy tuple
+    kind, keys, pos, has_gauss, gauss = state
     version, py_state, py_gauss = random.getstate()
     return {
         "python": [version, list(py_state), py_gauss],

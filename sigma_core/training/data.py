@@ -307,6 +307,7 @@ class TrainDataset:
         return sample_from_row(record, source, self.skipped, limits=self.limits)
 
     def _jsonl_sample(self, shard: _Shard, row: int, source: str) -> TrainSample | None:
+        assert shard.offsets is not None  # a manifest is indexed with its line offsets
         try:
             with open(shard.path, "rb") as f:
                 f.seek(int(shard.offsets[row]))

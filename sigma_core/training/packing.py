@@ -112,7 +112,7 @@ class ExampleMaker:
     def __call__(
         self, sample: TrainSample, rng: random.Random, generator: torch.Generator
     ) -> TrainingExample | None:
-        images = {ref.slot: ref.image for ref in sample.composition.references}
+        images = sample.images
         # one VAE size per source size: the plan maps source sizes to block sizes, and reads
         # the source sizes themselves for the ViT resize (as SIGMA's transform does)
         chosen: dict[tuple[int, int], tuple[int, int]] = {}
@@ -125,7 +125,7 @@ class ExampleMaker:
         if plan is None:
             return None
         plan = drop_conditions(plan, rng, **self.dropout)
-        placed = {seg.slot for seg in plan.segments if seg.kind == "image"}
+        placed = {seg.block_slot for seg in plan.segments if seg.kind == "image"}
         latents = {slot: self._encode(images[slot], sizes[slot], generator) for slot in placed}
         target = self._encode(sample.target, target_size, generator)
         return TrainingExample(plan, latents, target, sample.source)
@@ -220,9 +220,9 @@ def pack(
         for seg in ex.plan.segments:
             if seg.kind in ("text", "phantom"):  # no latent tokens
                 continue
-            rows, cols = seg.grid
-            ids = np.arange(rows)[:, None] * max_latent_size + np.arange(cols)[None, :]
-            pos_ids.append(ids.reshape(-1))
+            rows, cols = seg.block_grid
+            table_ids = np.arange(rows)[:, None] * max_latent_size + np.arange(cols)[None, :]
+            pos_ids.append(table_ids.reshape(-1))
             m = rows * cols
             carries_loss.append(torch.full((m,), seg.kind == "noise"))
             if seg.kind == "noise":
@@ -230,7 +230,7 @@ def pack(
                 steps.append(t.expand(m))
                 targets.append(velocity_target(ex.target, eps))
             else:
-                latents.append(ex.references[seg.slot])
+                latents.append(ex.references[seg.block_slot])
                 steps.append(torch.zeros(m))
             hot.append(attribute_multi_hot(seg.attributes).expand(m, -1))
     ids = torch.from_numpy(np.concatenate(token_ids))

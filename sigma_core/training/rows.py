@@ -67,6 +67,15 @@ class TrainSample:
     target: Image.Image
     source: str
 
+    @property
+    def images(self) -> dict[int, Image.Image]:
+        """The reference images by slot."""
+        out = {}
+        for ref in self.composition.references:
+            assert isinstance(ref.image, Image.Image), "a TrainSample's references are decoded"
+            out[ref.slot] = ref.image
+        return out
+
 
 class SkipCounter:
     """Rows left out, by reason, with the first example of each so a report can point at it.
@@ -224,8 +233,8 @@ def sample_from_row(
     except ImageInputError as e:
         skipped.skip(UNDECODABLE, source, str(e))
         return None
-    comp = _decoded(comp, limits, source, skipped)
-    return None if comp is None else TrainSample(comp, target, source)
+    decoded = _decoded(comp, limits, source, skipped)
+    return None if decoded is None else TrainSample(decoded, target, source)
 
 
 def _row_images(images: Any, source: str, skipped: SkipCounter) -> list[bytes] | None:

@@ -205,7 +205,7 @@ def write_manifest(
         names = [f"images/{i:06d}-{k}.png" for k in range(1, len(refs) + 1)]
         for rel, im in zip([*names, f"images/{i:06d}-target.png"], [*refs, target], strict=True):
             (folder / rel).write_bytes(png_bytes(im))
-        comp = Composition(prompt, [Reference(k, rel) for k, rel in enumerate(names, start=1)])
+        comp = Composition(prompt, tuple(Reference(k, rel) for k, rel in enumerate(names, 1)))
         entry = preset_to_dict(comp) | {"target": f"images/{i:06d}-target.png"}
         lines.append(json.dumps(entry, ensure_ascii=False))
     path = folder / name

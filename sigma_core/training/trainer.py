@@ -102,7 +102,7 @@ def prepare_model(model: BagelGenerator, cfg: TrainConfig) -> nn.Module:
 
         lora = LoraConfig(
             r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
+            lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; it divides by it
             lora_dropout=cfg.lora_dropout,
             target_modules=LORA_TARGETS,
         )
@@ -145,6 +145,7 @@ class Trainer:
         resume_from = checkpoints.find(self.out, resume) if resume else None
         self.sample_composition = None
         if cfg.sample_every:
+            assert cfg.sample_preset is not None  # TrainConfig refuses sample_every without one
             comp = load_preset(cfg.sample_preset)
             # sampled in the sequence the model trains on: its layout and mask
             settings = comp.settings.replace(
@@ -363,15 +364,16 @@ class Trainer:
 
     def sample_image(self) -> Path | None:
         """Generate the validation preset with the EMA weights swapped in; PNG and tracker.
-        Skipped under FSDP, where no process holds the whole model."""
-        acc = self.accelerator
-        if not acc.is_main_process or acc.distributed_type.name.startswith("FSDP"):
+        Skipped without a preset, and under FSDP, where no process holds the whole model."""
+        acc, comp = self.accelerator, self.sample_composition
+        if comp is None or not acc.is_main_process or acc.distributed_type.name.startswith("FSDP"):
             return None
-        comp = self.sample_composition
         with self.ema.swapped(acc.unwrap_model(self.model)), torch.no_grad():
             self.pipe.model.eval()
-            image = self.pipe(comp).images[0]
+            images = self.pipe(comp).images
             self.pipe.model.train()
+        assert isinstance(images, list)  # output_type "pil"
+        image = images[0]
         path = self.out / "samples" / f"step-{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
