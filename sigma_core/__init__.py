@@ -86,4 +86,5 @@ if TYPE_CHECKING:  # the public API; names load on first use (sigma_core.lazy)
     )
     from sigma_core.runtime.pipeline import SigmaPipeline as SigmaPipeline
 
-__all__, __getattr__, __dir__ = lazy_package(__name__)
+if not TYPE_CHECKING:  # type checkers see the imports above; a misspelt name is an error
+    __all__, __getattr__, __dir__ = lazy_package(__name__)

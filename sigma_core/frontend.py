@@ -66,4 +66,5 @@ if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
     from sigma_core.runtime.loader import BAGEL_REPO as BAGEL_REPO
     from sigma_core.runtime.output import PREVIEW_NOTICE as PREVIEW_NOTICE
 
-__all__, __getattr__, __dir__ = lazy_package(__name__)
+if not TYPE_CHECKING:  # type checkers see the imports above; a misspelt name is an error
+    __all__, __getattr__, __dir__ = lazy_package(__name__)

@@ -46,4 +46,5 @@ if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
         header_shapes as header_shapes,
     )
 
-__all__, __getattr__, __dir__ = lazy_package(__name__)
+if not TYPE_CHECKING:  # type checkers see the imports above; a misspelt name is an error
+    __all__, __getattr__, __dir__ = lazy_package(__name__)

@@ -17,5 +17,6 @@ from sigma_core.report.plan_report import attributes_table, escape_text, plan_re
 if TYPE_CHECKING:  # the names that load on first use (sigma_core.lazy)
     from sigma_core.report.mask_picture import mask_png as mask_png
 
-_lazy, __getattr__, __dir__ = lazy_package(__name__)
-__all__ = [*_lazy, "attributes_table", "escape_text", "plan_report", "render_report"]
+if not TYPE_CHECKING:  # type checkers see the imports above; a misspelt name is an error
+    _lazy, __getattr__, __dir__ = lazy_package(__name__)
+    __all__ = [*_lazy, "attributes_table", "escape_text", "plan_report", "render_report"]
