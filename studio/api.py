@@ -4,13 +4,15 @@ the server are never read."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import sigma_core
 from sigma_core import Composition, SigmaError, frontend
 from studio.engine import Engine, Sessions
-from studio.runs import Outcome, result_file, stream
+from studio.runs import Outcome, Progress, result_file, stream
 
 
 class RunFailed(SigmaError):
@@ -27,13 +29,19 @@ def read_preset(text: str) -> Composition:
 def api_generate(
     engine: Engine, sessions: Sessions, session: str, preset: str, *, files: Path,
     time_limit_s: float,
-) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    """Generate a preset: the PNG (its composition embedded) and what it was made with."""
+) -> Iterator[Progress | tuple[str, dict[str, Any]]]:  # fmt: skip
+    """Generate a preset: its progress (the newest step each time the caller takes one), then
+    the PNG (its composition embedded) and what it was made with. Closing this generator (the
+    caller cancelled, or went away) stops the run within a step."""
     comp = read_preset(preset)
     outcome = Outcome()
-    for item in stream(engine, sessions, session, [comp], files=files, time_limit_s=time_limit_s):
-        if isinstance(item, Outcome):
-            outcome = item
+    items = stream(engine, sessions, session, [comp], files=files, time_limit_s=time_limit_s)
+    with closing(items):
+        for item in items:
+            if isinstance(item, Outcome):
+                outcome = item
+            else:
+                yield item
     if outcome.error or not outcome.entries:
         raise RunFailed(outcome.error or "the run made no image")
     entry = outcome.entries[0]
@@ -41,7 +49,7 @@ def api_generate(
     if path is None:  # saved a moment ago; only a cleaner racing us could remove it
         raise RunFailed("the result was removed before it could be sent")
     meta = {k: entry[k] for k in ("seed", "size", "settings", "timings", "preview", "warnings")}
-    return str(path), {**meta, "name": comp.name, "prompt": comp.prompt, "file": entry["file"]}
+    yield str(path), {**meta, "name": comp.name, "prompt": comp.prompt, "file": entry["file"]}
 
 
 def api_inspect(engine: Engine, preset: str) -> dict[str, Any]:

@@ -135,13 +135,18 @@ def stream(
     entries: list[dict[str, Any]] = []
     failure: BaseException | None = None
     try:
-        while (item := events.get()) is not done:
-            if isinstance(item, Progress):
-                yield item
-            elif isinstance(item, dict):
-                entries.insert(0, item)
-            else:
-                failure = item
+        finished = False
+        while not finished:
+            items = _waiting(events)
+            finished = items[-1] is done  # the worker's last word
+            for item in items:
+                if isinstance(item, dict):
+                    entries.insert(0, item)
+                elif item is not done and not isinstance(item, Progress):
+                    failure = item
+            newest = next((i for i in reversed(items) if isinstance(i, Progress)), None)
+            if newest is not None and not finished:
+                yield newest
     finally:
         if worker.is_alive():  # the consumer went away (page closed): stop the engine
             token.cancel.set()
@@ -152,6 +157,18 @@ def stream(
         else describe_failure(failure, engine, token, time_limit_s, compositions[0]),
         cancelled=isinstance(failure, GenerationCancelled),
     )
+
+
+def _waiting(events: queue.Queue[Any]) -> list[Any]:
+    """The next item and every one already queued behind it. A consumer slower than the
+    engine (a browser, a remote API caller) then gets the newest step, not a backlog: what it
+    shows is where the run is, and a Cancel lands within a step of what it shows."""
+    items = [events.get()]
+    while True:
+        try:
+            items.append(events.get_nowait())
+        except queue.Empty:
+            return items
 
 
 def describe_failure(

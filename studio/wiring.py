@@ -12,6 +12,7 @@ import functools
 import html
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Any, TypeVar, cast
 
 import gradio as gr
@@ -295,7 +296,8 @@ def _wire_generation(studio: Studio, page: Page) -> None:
             concurrency_limit=1, show_progress="minimal", show_progress_on=[page.status],
             api_visibility="private",
         )  # fmt: skip
-    page.cancel_button.click(cancel, outputs=[page.status], **_quiet())
+    # Off the queue: a Cancel never waits behind anything, least of all the run it stops.
+    page.cancel_button.click(cancel, outputs=[page.status], queue=False, **_quiet())
 
     def reuse(entry: dict[str, Any] | None, stored: Any) -> list[Any]:
         latest = entry or next(iter(runs.valid_history(stored)), None)
@@ -439,15 +441,24 @@ def _wire_api(studio: Studio) -> None:
         report = gr.JSON(label="report")
         buttons = [gr.Button() for _ in range(3)]
 
-    def generate(preset_json: str, request: gr.Request) -> tuple[str, dict[str, Any]]:
+    def generate(preset_json: str, request: gr.Request) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Generate a preset given as JSON (images embedded as data URIs, or named from the
-        shipped assets); returns the PNG, its composition embedded, and its metadata."""
+        shipped assets). Streams {"step", "steps", "elapsed_s"} as the metadata while it runs;
+        returns the PNG, its composition embedded, and its metadata. A caller that cancels
+        (gradio_client's job.cancel()) stops the run within a step."""
         studio.sessions.arm(request.session_hash)
+        items = api.api_generate(
+            studio.engine, studio.sessions, request.session_hash, preset_json,
+            files=studio.files, time_limit_s=studio.options.time_limit_s,
+        )  # fmt: skip
         try:
-            return api.api_generate(
-                studio.engine, studio.sessions, request.session_hash, preset_json,
-                files=studio.files, time_limit_s=studio.options.time_limit_s,
-            )  # fmt: skip
+            with closing(items):
+                for item in items:
+                    if isinstance(item, runs.Progress):
+                        step = {"step": item.step, "steps": item.steps}
+                        yield gr.skip(), {**step, "elapsed_s": round(item.elapsed_s, 3)}
+                    else:
+                        yield item
         except SigmaError as e:
             raise gr.Error(str(e)) from None
 

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -327,7 +328,7 @@ def _preset(**settings) -> str:
     comp = comp.__class__(
         prompt=comp.prompt,
         references=comp.references,
-        settings=comp.settings.replace(size=(64, 64), num_timesteps=3, **settings),
+        settings=comp.settings.replace(**{"size": (64, 64), "num_timesteps": 3, **settings}),
         name=comp.name,
         base_dir=comp.base_dir,
     )
@@ -361,3 +362,20 @@ def test_api_errors_reach_the_client_and_the_app_keeps_serving(client):
     with pytest.raises(AppError, match="malformed JSON"):
         client.predict("{", api_name="/generate")
     assert client.predict(_preset(), api_name="/validate_preset")["valid"]
+
+
+def test_a_cancelled_api_job_stops_and_the_next_one_runs_at_once(client):
+    """gradio_client's job.cancel() stops the run within a step (the handler streams its
+    progress, so gradio can close it), and a short job sent right after is not kept waiting
+    behind the cancelled one's remaining steps."""
+    job = client.submit(_preset(num_timesteps=1000, size=(1008, 1008)), api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not job.outputs() and time.monotonic() < deadline:  # its first step's progress
+        time.sleep(0.05)
+    _, progress = job.outputs()[-1]
+    assert progress["steps"] == 999 and progress["step"] >= 1
+    started = time.monotonic()
+    job.cancel()
+    image, meta = client.predict(_preset(seed=9), api_name="/generate")
+    assert meta["seed"] == 9 and Path(image).is_file()
+    assert time.monotonic() - started < 15  # the cancelled run had minutes of steps left

@@ -4,7 +4,9 @@ browser's history of results, presets and the HTTP API."""
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,14 +33,16 @@ pytest_plugins = ["tests.studio_fixtures"]
 # ----------------------------------------------------------------------------- runs
 
 
-def test_a_run_reports_each_step_and_saves_a_png_with_its_composition(engine, images, tmp_path):
+def test_a_run_reports_its_steps_and_saves_a_png_with_its_composition(engine, images, tmp_path):
     sessions = Sessions()
     sessions.arm("a")
     steps, outcome = finish(
         runs.generate(engine, sessions, "a", two_slots(images), files=tmp_path, time_limit_s=60)
     )
     assert outcome.error is None
-    assert [(p.step, p.steps) for p in steps] == [(1, 2), (2, 2)]
+    # newest first: a step the consumer was too slow for is skipped, never shown late
+    assert steps and steps[-1].step == steps[-1].steps == 2
+    assert [p.step for p in steps] == sorted({p.step for p in steps})
     assert all(p.preview is not None and max(p.preview.size) == 256 for p in steps)
     (entry,) = outcome.entries
     assert entry["seed"] == 42 and entry["size"] == [64, 64] and entry["preview"] is True
@@ -53,6 +57,30 @@ def test_a_run_reports_each_step_and_saves_a_png_with_its_composition(engine, im
     assert "Seed 42" in info and "W_tau on · layout inference" in info  # what "auto" ran as
     older = dict(entry, settings={k: v for k, v in entry["settings"].items() if k != "layout"})
     assert "layout" not in views.result_info(older)  # a result from before layouts
+
+
+def test_a_slow_consumer_sees_the_newest_step_and_its_cancel_lands_there(engine, images, tmp_path):
+    """A browser or API caller slower than the engine is shown where the run is, not a backlog
+    of old steps, so a Cancel pressed at the step it shows stops the run there (within the step
+    in flight and one more)."""
+    sessions = Sessions()
+    cancel = sessions.arm("a")
+    draft = replace(two_slots(images), settings=FAST.replace(num_timesteps=400))
+    shown, seen = None, []
+    for item in runs.generate(engine, sessions, "a", draft, files=tmp_path, time_limit_s=60):
+        if isinstance(item, runs.Outcome):
+            outcome = item
+            break
+        seen.append(item.step)
+        if len(seen) == 4:
+            cancel.set()
+            shown = item.step
+        else:
+            time.sleep(0.03)  # a slow consumer: the engine takes a few ms a step
+    assert outcome.cancelled, outcome.error
+    stopped = int(re.search(r"after step (\d+)", outcome.error)[1])
+    assert shown > 4, seen  # skipped ahead to the newest step
+    assert stopped <= shown + 2, (shown, stopped, seen)
 
 
 def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
@@ -303,19 +331,41 @@ def preset_text(images: dict[str, str]) -> str:
 
 
 def test_api_generate_returns_the_png_and_its_metadata(engine, images, tmp_path):
-    path, meta = api.api_generate(
+    *progress, (path, meta) = api.api_generate(
         engine, Sessions(), "api", preset_text(images), files=tmp_path, time_limit_s=60
     )
+    assert progress and all(isinstance(p, runs.Progress) for p in progress)
     assert meta["seed"] == 42 and meta["preview"] is True and meta["size"] == [64, 64]
     assert sigma_core.read_png_composition(path).prompt == meta["prompt"]
+
+
+def test_closing_an_api_run_stops_it_within_a_step(engine, images, tmp_path):
+    """What gradio does when an API caller cancels or goes away: it closes the handler."""
+    data = json.loads(preset_text(images))
+    data["settings"].update(num_timesteps=1000, size=[1008, 1008])  # 0.2 s a step on 2 cores
+    items = api.api_generate(
+        engine, Sessions(), "api", json.dumps(data), files=tmp_path, time_limit_s=600
+    )
+    first = next(items)
+    assert isinstance(first, runs.Progress) and first.steps == 999
+    started = time.monotonic()
+    items.close()  # GeneratorExit at the yield: the run's token is set, the engine stops
+    # a 2-step run right after gets the engine at once (it waits for the cancelled one)
+    *_, (path, _) = api.api_generate(
+        engine, Sessions(), "api2", preset_text(images), files=tmp_path, time_limit_s=60
+    )
+    assert time.monotonic() - started < 10.0  # the 999-step run would take minutes
+    assert list((tmp_path / runs.RESULTS).glob("*.png")) == [Path(path)]  # none half-made
 
 
 def test_api_reads_no_server_paths(engine, images, tmp_path):
     data = json.loads(preset_text(images))
     data["references"][0]["image"] = images["red"]  # an absolute path on the server
     with pytest.raises(PresetError, match="absolute path"):
-        api.api_generate(
-            engine, Sessions(), "api", json.dumps(data), files=tmp_path, time_limit_s=60
+        list(
+            api.api_generate(
+                engine, Sessions(), "api", json.dumps(data), files=tmp_path, time_limit_s=60
+            )
         )
 
 
@@ -333,6 +383,8 @@ def test_api_inspect_and_validate(engine, images):
 def test_api_run_failures_raise(pipe, images, tmp_path):
     faulty = FaultyEngine(pipe, SigmaOutOfMemoryError("denoising", "cpu"))
     with pytest.raises(api.RunFailed, match="out of memory"):
-        api.api_generate(
-            faulty, Sessions(), "a", preset_text(images), files=tmp_path, time_limit_s=9
+        list(
+            api.api_generate(
+                faulty, Sessions(), "a", preset_text(images), files=tmp_path, time_limit_s=9
+            )
         )
