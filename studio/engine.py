@@ -42,6 +42,8 @@ PREVIEW_SIDE = 256  # the live preview's longer side: big enough to judge, small
 PREVIEW_WEIGHTS = "tiny random checkpoint, results are noise"
 # step (1-based), total steps, live preview image (None when it could not be made)
 StepReport = Callable[[int, int, Image.Image | None], None]
+# a phase starting (plan, encode, prefill, denoise, decode), done and total (encode: references)
+PhaseReport = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,11 @@ class Engine:
             return self.pipe.planner.plan(composition, images)
 
     def generate(
-        self, composition: Composition, *, cancel: Any, on_step: StepReport | None = None
-    ) -> SigmaOutput:
-        """One image; ``cancel`` (anything with ``is_set()``) stops it within one step."""
+        self, composition: Composition, *, cancel: Any, on_step: StepReport | None = None,
+        on_phase: PhaseReport | None = None,
+    ) -> SigmaOutput:  # fmt: skip
+        """One image; ``cancel`` (anything with ``is_set()``) stops it within one step;
+        ``on_phase`` hears each phase start, ``on_step`` each step end."""
         total = composition.settings.num_timesteps - 1
 
         def step_end(pipe: SigmaPipeline, step: int, t: Any, tensors: dict[str, Any]) -> None:
@@ -140,15 +144,18 @@ class Engine:
                 on_step(step + 1, total, self.live_preview(tensors))
 
         with self._run_lock:
-            return self._run(composition, cancel, step_end)
+            return self._run(composition, cancel, step_end, on_phase)
 
-    def _run(self, composition: Composition, cancel: Any, step_end: Any) -> SigmaOutput:
+    def _run(
+        self, composition: Composition, cancel: Any, step_end: Any, on_phase: Any
+    ) -> SigmaOutput:
         """The pipeline call: the part that needs the GPU (wrapped for ZeroGPU in __init__)."""
         return self.pipe(
             composition,
             callback_on_step_end=step_end,
             callback_on_step_end_tensor_inputs=frontend.LIVE_PREVIEW_TENSORS,
             cancel=cancel,
+            callback_on_phase=on_phase,
         )
 
     def live_preview(self, tensors: dict[str, Any]) -> Image.Image | None:

@@ -46,14 +46,17 @@ RESULTS = "results"
 
 @dataclass(frozen=True)
 class Progress:
-    """A step done: of image ``image`` (1-based) of ``images``, step ``step`` of ``steps``."""
+    """Where a run is, in image ``image`` (1-based) of ``images``: a phase starting ("plan",
+    "encode" with ``step`` references of ``steps`` done, "prefill", "decode"), or denoising
+    step ``step`` of ``steps`` done, ``elapsed_s`` seconds into the denoising loop."""
 
     image: int
     images: int
     step: int
     steps: int
-    elapsed_s: float
+    elapsed_s: float = 0.0
     preview: Image.Image | None = None
+    phase: str = "denoise"
 
 
 @dataclass(frozen=True)
@@ -113,17 +116,14 @@ def stream(
     token = RunToken(sessions.token(session), time.monotonic() + time_limit_s)
     events: queue.Queue[Any] = queue.Queue()
     done = object()
-    start = time.monotonic()
 
     def work() -> None:
         try:
             for i, comp in enumerate(compositions, start=1):
-
-                def on_step(step: int, steps: int, preview: Image.Image | None, i: int = i) -> None:
-                    elapsed = time.monotonic() - start
-                    events.put(Progress(i, len(compositions), step, steps, elapsed, preview))
-
-                out = engine.generate(comp, cancel=token, on_step=on_step)
+                report = _Reporter(events, i, len(compositions))
+                out = engine.generate(
+                    comp, cancel=token, on_step=report.step, on_phase=report.phase
+                )
                 events.put(save_result(out, files))
         except Exception as e:  # every failure is reported to the consumer, bugs included
             events.put(e)
@@ -157,6 +157,25 @@ def stream(
         else describe_failure(failure, engine, token, time_limit_s, compositions[0]),
         cancelled=isinstance(failure, GenerationCancelled),
     )
+
+
+class _Reporter:
+    """Puts image ``image``'s phases and steps on ``events`` as :class:`Progress`; the steps
+    carry the seconds since the denoising began, so the time left follows the step rate alone
+    (encoding and prefill, however long, do not make it up)."""
+
+    def __init__(self, events: queue.Queue[Any], image: int, images: int) -> None:
+        self.events, self.image, self.images = events, image, images
+        self.denoise_start = time.monotonic()
+
+    def phase(self, name: str, done: int, total: int) -> None:
+        if name == "denoise":
+            self.denoise_start = time.monotonic()
+        self.events.put(Progress(self.image, self.images, done, total, phase=name))
+
+    def step(self, step: int, steps: int, preview: Image.Image | None) -> None:
+        elapsed = time.monotonic() - self.denoise_start
+        self.events.put(Progress(self.image, self.images, step, steps, elapsed, preview))
 
 
 def _waiting(events: queue.Queue[Any]) -> list[Any]:

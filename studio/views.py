@@ -133,11 +133,27 @@ def sequence(check: Check) -> str:
     )
 
 
+PHASE_TEXT = {
+    "plan": "Planning the run…",
+    "prefill": "Reading the prompt and the references (prefill)…",
+    "decode": "Decoding the image…",
+}
+
+
 def progress(p: Progress) -> str:
-    """One line per step: where the run is, and how fast it goes."""
-    per_step = p.elapsed_s / max(1, (p.image - 1) * p.steps + p.step)
-    left = ((p.images - p.image) * p.steps + p.steps - p.step) * per_step
+    """Where the run is: its phase, or its step, how fast the steps go and the time left at
+    that rate (the rate of this image's denoising steps alone)."""
     image = f"image {p.image}/{p.images} · " if p.images > 1 else ""
+    if p.phase == "encode":
+        if p.step < p.steps:
+            return f"{image}Encoding reference {p.step + 1} of {p.steps}…"
+        return f"{image}{p.steps} reference{'s' * (p.steps != 1)} encoded"
+    if p.phase != "denoise":
+        return image + PHASE_TEXT.get(p.phase, f"{p.phase}…")
+    if p.step == 0:
+        return f"{image}Denoising: step 1 of {p.steps} running…"
+    per_step = p.elapsed_s / p.step
+    left = ((p.images - p.image) * p.steps + p.steps - p.step) * per_step
     return f"{image}step {p.step}/{p.steps} · {per_step:.2f} s/step · about {left:.0f} s left"
 
 

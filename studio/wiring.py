@@ -264,7 +264,7 @@ def _wire_generation(studio: Studio, page: Page) -> None:
     def run(
         data: dict[Any, Any], request: gr.Request, progress: gr.Progress = _PROGRESS
     ) -> Iterator[dict[Any, Any]]:
-        yield {page.status: "Waiting for the engine…", page.live_preview: None}
+        yield {page.status: "Starting the run…", page.live_preview: None}
         items = runs.generate(
             studio.engine, studio.sessions, request.session_hash, page.draft_of(data),
             files=studio.files, time_limit_s=studio.options.time_limit_s,
@@ -320,7 +320,8 @@ def _stream_to_page(
     never among the outputs, so the composition stays as it is)."""
     for item in items:
         if isinstance(item, runs.Progress):
-            progress((item.step, item.steps), desc=f"image {item.image}/{item.images}")
+            if item.phase == "denoise":
+                progress((item.step, item.steps), desc=f"image {item.image}/{item.images}")
             update: dict[Any, Any] = {page.status: views.progress(item)}
             if item.preview is not None:
                 update[page.live_preview] = item.preview
@@ -443,7 +444,8 @@ def _wire_api(studio: Studio) -> None:
 
     def generate(preset_json: str, request: gr.Request) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Generate a preset given as JSON (images embedded as data URIs, or named from the
-        shipped assets). Streams {"step", "steps", "elapsed_s"} as the metadata while it runs;
+        shipped assets). Streams {"phase", "step", "steps", "elapsed_s"} as the metadata while it
+        runs;
         returns the PNG, its composition embedded, and its metadata. A caller that cancels
         (gradio_client's job.cancel()) stops the run within a step."""
         studio.sessions.arm(request.session_hash)
@@ -455,7 +457,7 @@ def _wire_api(studio: Studio) -> None:
             with closing(items):
                 for item in items:
                     if isinstance(item, runs.Progress):
-                        step = {"step": item.step, "steps": item.steps}
+                        step = {"phase": item.phase, "step": item.step, "steps": item.steps}
                         yield gr.skip(), {**step, "elapsed_s": round(item.elapsed_s, 3)}
                     else:
                         yield item

@@ -35,6 +35,8 @@ def two_slots(images: dict[str, str], prompt: str = "A photo of [1] holding [2]"
 
 
 def finish(items) -> tuple[list[runs.Progress], runs.Outcome]:
+    """A run's denoising steps and its outcome (the phases' reports left out)."""
     items = list(items)
     assert isinstance(items[-1], runs.Outcome)
-    return [i for i in items if isinstance(i, runs.Progress)], items[-1]
+    steps = [i for i in items if isinstance(i, runs.Progress) and i.phase == "denoise"]
+    return [p for p in steps if p.step > 0], items[-1]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -29,10 +30,45 @@ from sigma_core.model.bagel import patchify
 from sigma_core.planning.sequence import Plan
 from sigma_core.runtime.contexts import CALLBACK_TENSORS, StepVelocities
 
+if TYPE_CHECKING:
+    from sigma_core.runtime.placement import Offload
+
 PREVIEW_NOTICE = "preview engine (random weights)"
 # a step callback: (pipeline, step, t, tensors) -> None, or {"latents": ...} to replace them
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], Any]
 OUTPUT_TYPES = ("pil", "np", "latent")
+# a phase callback: (phase, done, total) as a phase starts (encode: of the references,
+# denoise: of its steps); "encode" again after each reference (k of n done)
+PhaseCallback = Callable[[str, int, int], Any]
+PHASES = {  # a run's phases, in order, as an out-of-memory message names each
+    "plan": "planning the run", "encode": "encoding the references",
+    "prefill": "prefilling the context", "denoise": "denoising", "decode": "decoding",
+}  # fmt: skip
+
+
+class RunPhases:
+    """The phases of one run: each reported to ``callback`` as it starts, timed into
+    :attr:`timings` (``name + "_s"``), and run with its module on the device (``offload``) and
+    out of memory turned into a :class:`SigmaOutOfMemoryError` that names the phase."""
+
+    def __init__(self, device: torch.device, offload: Offload, callback: PhaseCallback | None):
+        self.device, self.offload, self.callback = device, offload, callback
+        self.timings: dict[str, float] = {}
+
+    def report(self, name: str, done: int = 0, total: int = 1) -> None:
+        if self.callback is not None:
+            self.callback(name, done, total)
+
+    @contextmanager
+    def __call__(
+        self, name: str, module: torch.nn.Module | None = None, total: int = 1
+    ) -> Iterator[None]:
+        self.report(name, 0, total)
+        start = time.perf_counter()
+        placed = self.offload.using(module) if module is not None else nullcontext()
+        with out_of_memory(PHASES[name], self.device), placed:
+            yield
+        self.timings[f"{name}_s"] = time.perf_counter() - start
 
 
 @dataclass

@@ -15,8 +15,8 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -35,11 +35,12 @@ from sigma_core.runtime.loader import LoadOptions, LoadReport, load_checkpoint
 from sigma_core.runtime.memory import EngineShape, MemoryEstimate, check_fits, estimate_for_plan
 from sigma_core.runtime.output import (
     CancelToken,
+    PhaseCallback,
+    RunPhases,
     SigmaOutput,
     StepCallback,
     check_call,
     check_cancel,
-    out_of_memory,
     step_hook,
     to_output,
 )
@@ -47,11 +48,6 @@ from sigma_core.runtime.placement import Offload
 from sigma_core.runtime.references import ReferenceEncoder
 from sigma_core.runtime.sampler import Guidance, initial_noise, timesteps
 from sigma_core.runtime.tiny import preview_checkpoint
-
-PHASES = {  # each phase as an out-of-memory message names it
-    "plan": "planning the run", "encode": "encoding the references",
-    "prefill": "prefilling the context", "denoise": "denoising", "decode": "decoding",
-}  # fmt: skip
 
 
 class SigmaPipeline:
@@ -140,6 +136,7 @@ class SigmaPipeline:
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         cancel: CancelToken | None = None,
         batch_cfg: bool = False,
+        callback_on_phase: PhaseCallback | None = None,
     ) -> SigmaOutput:
         """Generate. ``num_inference_steps`` overrides the settings' num_timesteps (BAGEL counts
         timesteps: N give N-1 Euler steps). ``latents`` is the initial noise [1, 16, H/8, W/8].
@@ -149,12 +146,13 @@ class SigmaPipeline:
         {"latents": ...} to replace them. Setting ``cancel`` (e.g. a threading.Event) stops the
         run before its next step, the first included, with :class:`GenerationCancelled`.
         ``batch_cfg`` runs a step's CFG branches as one batched forward instead of one by one
-        (the default, faster on CPU by benchmarks/bench_engine.py).
+        (the default, faster on CPU by benchmarks/bench_engine.py). ``callback_on_phase`` gets
+        (phase, done, total) as each phase starts, and each reference as it is encoded.
         """
-        timings: dict[str, float] = {}
+        phase = RunPhases(self.device, self.offload, callback_on_phase)
         start = time.perf_counter()
         # 1. plan: check the call, lay out the sequence, draw the noise, refuse what won't fit
-        with self._phase("plan", timings):
+        with phase("plan"):
             settings = check_call(
                 composition.settings, num_inference_steps, output_type,
                 callback_on_step_end_tensor_inputs,
@@ -175,17 +173,17 @@ class SigmaPipeline:
             check_cancel(cancel, 0, len(branches))
         with self._turns:
             # 2. encode the references (cached by pixels)
-            with self._phase("encode", timings, self.vae):
-                refs = self.encode_references(plan, images)
+            with phase("encode", self.vae, total=plan.num_references):
+                refs = self.encode_references(plan, images, on_reference=phase.report)
             # 3. prefill gen, cfg_text and cfg_img into one KV cache
-            with self._phase("prefill", timings, self.model):
+            with phase("prefill", self.model):
                 ctx = prefill_contexts(
                     self.model, plan, refs, need_text=any(b[0] for b in branches),
                     need_img=any(b[1] for b in branches),
                     attribute_projection=settings.attribute_projection,
                 )  # fmt: skip
             # 4. denoise: the Euler loop (the KV cache is freed when it ends)
-            with self._phase("denoise", timings, self.model):
+            with phase("denoise", self.model, total=len(branches)):
                 denoise = Denoiser(
                     self.model, ctx, plan.noise.block_grid, guidance, batched=batch_cfg,
                     steps=branches, velocity=self._velocity,
@@ -200,25 +198,13 @@ class SigmaPipeline:
             final = unpatchify(x, plan.noise.block_grid, self.model.latent_channels)
             decoded = None
             if output_type != "latent":
-                with self._phase("decode", timings, self.vae):
+                with phase("decode", self.vae):
                     decoded = to_output(self.vae.decode(final), output_type, preview=self.preview)
-        timings["total_s"] = time.perf_counter() - start
+        timings = {**phase.timings, "total_s": time.perf_counter() - start}
         return SigmaOutput(
             images=decoded, latents=final, seed=seed, composition=composition, plan=plan,
             preview=self.preview, num_passes=passes, timings=timings,
         )  # fmt: skip
-
-    @contextmanager
-    def _phase(
-        self, name: str, timings: dict[str, float], module: torch.nn.Module | None = None
-    ) -> Iterator[None]:
-        """One phase of a run: ``module`` on the device for it (offload), out of memory as a
-        SigmaOutOfMemoryError naming the phase, and its seconds in ``timings[name + "_s"]``."""
-        start = time.perf_counter()
-        placed = self.offload.using(module) if module is not None else nullcontext()
-        with out_of_memory(PHASES[name], self.device), placed:
-            yield
-        timings[f"{name}_s"] = time.perf_counter() - start
 
     def live_preview(self, tensors: dict[str, Any], *, size: PreviewSize = "latent") -> Image.Image:
         """A step's estimate of the final image from a callback's "latents", "velocity" and

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +47,14 @@ class ReferenceEncoder:
         with self._lock:
             self._latents.clear()
 
-    def __call__(self, plan: Plan, images: dict[int, Image.Image]) -> dict[int, torch.Tensor]:
-        """Latent tokens [h*w, 64] (fp32) per slot placed in ``plan``."""
+    def __call__(
+        self,
+        plan: Plan,
+        images: dict[int, Image.Image],
+        on_reference: Callable[[str, int, int], Any] | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Latent tokens [h*w, 64] (fp32) per slot placed in ``plan``; ``on_reference`` gets
+        ("encode", k, n) after each of the n references is encoded (k of n done)."""
         out: dict[int, torch.Tensor] = {}
         for seg in plan.segments:
             if seg.kind != "image" or seg.block_slot in out:
@@ -55,6 +63,8 @@ class ReferenceEncoder:
             if img.size != seg.size:
                 raise RuntimeError(f"slot {seg.slot}: resized to {img.size}, planned {seg.size}")
             out[seg.block_slot] = self._encode(img)
+            if on_reference is not None:
+                on_reference("encode", len(out), plan.num_references)
         return out
 
     def _encode(self, img: Image.Image) -> torch.Tensor:

@@ -40,7 +40,7 @@ WATCH_JS = """() => {
 }"""
 RUN_ENDED_JS = """(end) => {
   const log = window.__sigmaLog || [];
-  const start = log.findIndex(e => e.text.includes('Waiting for the engine'));
+  const start = log.findIndex(e => e.text.includes('Starting the run'));
   const now = document.querySelector('#progress').innerText;
   return start >= 0 && new RegExp(end, 'i').test(now);
 }"""
