@@ -60,6 +60,8 @@ class SlotControls:
     thumb: gr.Image
     info: gr.Markdown
     messages: gr.HTML
+    upload_note: gr.HTML  # why the last file dropped here was not used
+    last_good: gr.State  # the slot's image before that file: what a bad upload goes back to
     up: gr.Button
     down: gr.Button
     remove: gr.Button
@@ -112,15 +114,18 @@ def _slot_controls(k: int, visible: bool) -> SlotControls:
             placeholder="left, top, right, bottom in pixels of the upright image; empty: none",
             elem_id=f"slot-{k}-crop",
         )
+        upload_note = gr.HTML(elem_id=f"slot-{k}-upload-note")
         messages = gr.HTML(elem_id=f"slot-{k}-problems")
+        last_good = gr.State(None)
         with gr.Row():
             up = gr.Button("▲ Up", size="sm", elem_id=f"slot-{k}-up")
             down = gr.Button("▼ Down", size="sm", elem_id=f"slot-{k}-down")
             remove = gr.Button("✕ Remove", size="sm", variant="stop", elem_id=f"slot-{k}-remove")
     insert = gr.Button(f"[{k}]", size="sm", visible=visible, render=False, elem_id=f"insert-{k}")
     return SlotControls(
-        box, image, attributes, entity, crop, thumb, info, messages, up, down, remove, insert
-    )
+        box, image, attributes, entity, crop, thumb, info, messages, upload_note, last_good, up,
+        down, remove, insert,
+    )  # fmt: skip
 
 
 @dataclass
@@ -181,6 +186,7 @@ class Page:
             self.slot_count, self.name, self.prompt,
             *(c for sc in self.slots for c in sc.values), *self.settings.values,
             *(sc.box for sc in self.slots), *(sc.insert for sc in self.slots),
+            *(sc.upload_note for sc in self.slots),
         ]  # fmt: skip
 
     @property
@@ -215,13 +221,17 @@ class Page:
         )
 
     def form_of(self, draft: Draft) -> list[Any]:
-        """Every control's value for ``draft``; slots past it are emptied and hidden."""
+        """Every control's value for ``draft``; slots past it are emptied and hidden, and the
+        notes of files not used are cleared (they were about the slots before)."""
         count = len(draft.slots)
         padded = [*draft.slots, *[SlotForm()] * (len(self.slots) - count)]
         slot_values = [v for s in padded for v in (s.image, list(s.attributes), s.entity, s.crop)]
         setting_values = self.settings.values_of(draft.settings)
         shown = [gr.update(visible=k <= count) for k in range(1, len(self.slots) + 1)]
-        return [count, draft.name, draft.prompt, *slot_values, *setting_values, *shown, *shown]
+        notes = [""] * len(self.slots)
+        return [
+            count, draft.name, draft.prompt, *slot_values, *setting_values, *shown, *shown, *notes
+        ]  # fmt: skip
 
     def keep_form(self) -> list[Any]:
         """The form left as it is: a skip for each of :attr:`form_outputs`."""

@@ -10,7 +10,21 @@ from PIL import Image
 
 from sigma_core import SigmaError, SigmaInputError, frontend
 from studio.compose import reference_image
-from studio.forms import Draft, SlotForm, slot_reference
+from studio.forms import Draft, SlotForm, image_source, slot_reference
+
+
+def check_upload(slot: int, image: str | None, previous: str | None) -> tuple[str | None, str]:
+    """A file dropped into slot ``slot``, as the slot keeps it: the file when sigma_core reads
+    it as an image, else the slot's ``previous`` image and sigma_core's message (the CLI's
+    words) for the note under the slot. The bad file never reaches the composition, so its
+    problem is told once, there."""
+    if not image:
+        return image, ""
+    try:
+        reference_image(image_source(image), None, slot)
+    except SigmaError as e:
+        return previous, f"That file was not used: {e}"
+    return image, ""
 
 
 def add_slot(draft: Draft, max_slots: int) -> Draft:

@@ -162,6 +162,24 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
             outputs=[sc.thumb, sc.info],
             **_quiet(trigger_mode="always_last", show_progress="hidden"),
         )  # fmt: skip
+
+        def check_upload(image: str | None, previous: str | None, k: int = k) -> list[Any]:
+            kept, note = slots.check_upload(k, image, previous)
+            return [kept, views.messages([note], []) if note else "", kept]
+
+        sc.image.upload(
+            check_upload, inputs=[sc.image, sc.last_good],
+            outputs=[sc.image, sc.upload_note, sc.last_good], **_quiet(show_progress="hidden"),
+        )  # fmt: skip
+
+        def remember(image: str | None, k: int = k) -> Any:
+            """The slot's last readable image (a preset, a move, a restore set it too)."""
+            return image if not slots.check_upload(k, image, None)[1] else gr.skip()
+
+        sc.image.change(
+            remember, inputs=[sc.image], outputs=[sc.last_good],
+            **_quiet(trigger_mode="always_last", show_progress="hidden"),
+        )  # fmt: skip
         for button, change in (
             (sc.up, lambda d, k=k: slots.move_slot(d, k, -1)),
             (sc.down, lambda d, k=k: slots.move_slot(d, k, +1)),

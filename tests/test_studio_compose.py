@@ -312,3 +312,29 @@ def test_the_thumbnail_is_what_the_model_sees(images):
     assert max(thumb.image.size) <= 256
     bad = slots.thumbnail(SlotForm(images["text"]), 3)
     assert bad.image is None and "references[slot 3].image" in bad.problem
+
+
+def test_a_file_that_is_not_an_image_is_refused_and_the_slot_keeps_its_image(images, tmp_path):
+    from PIL import Image
+
+    from studio import slots
+
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image at all\n")
+    noise = tmp_path / "random.jpg"
+    noise.write_bytes(bytes(range(256)) * 20)
+    huge = tmp_path / "huge.png"
+    Image.new("L", (20_000, 20_000)).save(huge, optimize=True)  # 400 MP in 0.4 MB
+    good = images["red"]
+    for path, needle in (
+        (fake, "is not an image PIL can read"),
+        (noise, "is not an image PIL can read"),
+        (huge, "too large to decode safely"),
+    ):
+        kept, note = slots.check_upload(1, str(path), good)
+        assert kept == good  # the slot's previous image, not the bad file
+        assert note.startswith("That file was not used: references[slot 1].image: ")
+        assert needle in note and str(tmp_path) not in note  # the core's words, no server path
+        assert slots.check_upload(2, str(path), None) == (None, note.replace("slot 1", "slot 2"))
+    assert slots.check_upload(1, good, None) == (good, "")
+    assert slots.check_upload(1, None, good) == (None, "")  # a cleared slot stays cleared

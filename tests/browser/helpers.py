@@ -188,9 +188,11 @@ def toast(page: Page, text: str):
 
 
 def close_toasts(page: Page) -> None:
+    """Close every toast (stacked toasts overlap: each close button gets its own click event,
+    as a person would click the one on top, then the next)."""
     for button in page.locator("[data-testid=toast-close]").all():
         if button.is_visible():
-            button.click()
+            button.dispatch_event("click")
 
 
 def gallery_captions(page: Page) -> list[str]:

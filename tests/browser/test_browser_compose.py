@@ -4,6 +4,8 @@ its cause or a toast, the composition kept)."""
 
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import save_screenshot
@@ -102,17 +104,29 @@ def test_bad_inputs_show_a_message_and_keep_the_composition(page: Page, pictures
     compose_one(page, pictures["red"], "A photo of [1]")
     prompt = "A photo of [1]"
     slot_problems = page.locator("#slot-2-problems")
-    # An upload that is not an image (a text file named .png), then a truncated PNG.
+    # An upload that is not an image (a text file named .png), then a truncated PNG: refused
+    # with the core's message under the slot, once, no toast, and the slot keeps its image.
     add_slot(page, 2)
+    upload_ok(page, 2, pictures["blue"])
+    kept = re.search(
+        r"\d+×\d+, the model sees .*tokens\)", page.locator("#slot-2-info").inner_text()
+    )[0]
+    note = page.locator("#slot-2-upload-note")
     upload(page, 2, pictures["text"])
-    expect(slot_problems).to_contain_text("is not an image PIL can read")
-    expect(page.locator("#slot-2-info")).to_contain_text("no preview")
+    expect(note).to_contain_text("That file was not used: references[slot 2].image: ")
+    expect(note).to_contain_text("is not an image PIL can read")
+    page.wait_for_timeout(1500)  # what the page settles on
+    expect(page.locator("#slot-2-info")).to_contain_text(kept)  # still the blue square
+    expect(page.locator("#slot-2-thumb img")).to_be_visible()
+    assert page.locator("body").inner_text().count("is not an image PIL can read") == 1
+    expect(page.locator("[data-testid=toast-text]")).to_have_count(0)
     expect(prompt_box(page)).to_have_value(prompt)
     upload(page, 2, pictures["truncated"])
-    expect(slot_problems).to_contain_text("truncated or corrupt")
+    expect(note).to_contain_text("truncated or corrupt")
     expect(prompt_box(page)).to_have_value(prompt)
     save_screenshot(page, "bad_image_upload")
-    upload_ok(page, 2, pictures["blue"])
+    upload_ok(page, 2, pictures["red"])
+    expect(note).to_have_text("")
     expect(slot_problems).not_to_contain_text("✖")
     # A template naming a missing slot, then an empty one.
     prompt_problems = page.locator("#prompt-problems")

@@ -33,11 +33,12 @@ from tests.browser.helpers import (
 
 def test_generate_shows_progress_live_preview_result_and_slider(page: Page, pictures) -> None:
     compose_two(page, pictures)
-    set_run(page, steps=6)
+    set_run(page, steps=12)
     generate(page)
     log = run_log(page)
-    steps_seen = {m for e in log for m in re.findall(r"step (\d+/\d+)", e["text"])}
-    assert {"1/5", "5/5"} <= steps_seen or len(steps_seen) >= 3, log
+    # the newest step each time the page takes one: it advances (a fast run may skip some)
+    steps_seen = {int(m) for e in log for m in re.findall(r"step (\d+)/11", e["text"])}
+    assert len(steps_seen) >= 2, log
     previews = [e["preview"] for e in log if e["preview"] and "step" in e["text"]]
     assert previews, f"no live preview during the run: {log}"
     expect(page.locator("#live-preview img")).to_be_visible()
@@ -46,7 +47,7 @@ def test_generate_shows_progress_live_preview_result_and_slider(page: Page, pict
     assert any("seed 42 · 64×64 · preview engine" in c for c in gallery_captions(page))
     info = page.locator("#result-info")
     expect(info).to_contain_text("Seed 42 · 64×64")
-    expect(info).to_contain_text("steps 6")
+    expect(info).to_contain_text("steps 12")
     expect(info).to_contain_text("mask on")
     expect(info).to_contain_text("timings:")
     expect(page.locator("#download")).to_be_visible()
