@@ -280,21 +280,54 @@ def result_file(entry: dict[str, Any], files: Path) -> Path | None:
 
 def gallery_items(history: Any, files: Path) -> list[tuple[Image.Image | str, str]]:
     """The results gallery: the full image while the server has it, else the thumbnail."""
+    entries = valid_history(history)
+    varying = varying_settings(entries)
     items = []
-    for entry in valid_history(history):
+    for entry in entries:
         path = result_file(entry, files)
         try:
             image = str(path) if path else frontend.load_image(entry["thumb"], name="thumb")
         except SigmaError:
             continue
-        items.append((image, caption(entry)))
+        items.append((image, caption(entry, varying)))
     return items
 
 
-def caption(entry: dict[str, Any]) -> str:
+# how a caption names a setting that tells results apart
+SHORT_NAMES = {
+    "num_timesteps": "steps", "cfg_text_scale": "cfg text", "cfg_img_scale": "cfg image",
+    "cfg_interval": "interval", "timestep_shift": "shift", "cfg_renorm_type": "renorm",
+    "cfg_renorm_min": "renorm min", "attribute_projection": "W_tau",
+}  # fmt: skip
+
+
+def varying_settings(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """The settings (the seed and size aside) whose values differ between ``entries``: what
+    tells their results apart."""
+    values: dict[str, set[str]] = {}
+    for entry in entries:
+        settings = entry.get("settings")
+        for name, value in (settings if isinstance(settings, dict) else {}).items():
+            values.setdefault(name, set()).add(json.dumps(value, sort_keys=True))
+    return [n for n, seen in values.items() if len(seen) > 1 and n not in ("seed", "size")]
+
+
+def caption(entry: dict[str, Any], varying: Sequence[str] = ()) -> str:
+    """A result's title (its name, or its prompt's start), seed and size, and the settings in
+    ``varying`` as it had them."""
     size = entry.get("size") or ["?", "?"]
-    note = " · preview engine" if entry.get("preview") else ""
-    return f"seed {entry['seed']} · {size[0]}×{size[1]}{note}"
+    title = str(entry.get("name") or entry.get("prompt") or "untitled")
+    title = title if len(title) <= 40 else title[:39] + "…"
+    settings = entry.get("settings") if isinstance(entry.get("settings"), dict) else {}
+    parts = [title, f"seed {entry['seed']}", f"{size[0]}×{size[1]}"]
+    parts += [_setting_text(n, settings[n]) for n in varying if n in settings]
+    return " · ".join(parts + (["preview engine"] if entry.get("preview") else []))
+
+
+def _setting_text(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{SHORT_NAMES.get(name, name)} {'on' if value else 'off'}"
+    return f"{SHORT_NAMES.get(name, name)} {value}"
 
 
 def placed_references(entry: dict[str, Any]) -> list[int]:
@@ -316,6 +349,11 @@ def entry_composition(entry: dict[str, Any], files: Path) -> Composition:
 
 
 # ----------------------------------------------------------------------------- comparisons
+
+
+def compare_label(slot: int) -> str:
+    """What the two sides of a comparison with reference ``slot`` are."""
+    return f"Compare: left, reference [{slot}] · right, the result"
 
 
 def compare_with_reference(
@@ -346,8 +384,12 @@ def ab_compositions(entry: dict[str, Any], files: Path) -> list[Composition]:
     return [replace(comp, settings=settings)]
 
 
+AB_LABEL = "A/B: left, SIGMA's mask on · right, mask off (same seed)"
+
+
 def ab_pair(entry: dict[str, Any], other: dict[str, Any], files: Path) -> tuple[str, str]:
-    """(mask on, mask off) image files of a result and its A/B twin."""
+    """(mask on, mask off) image files of a result and its A/B twin (:data:`AB_LABEL` says
+    which side is which)."""
     first, second = result_file(entry, files), result_file(other, files)
     if first is None or second is None:
         raise SigmaInputError("A/B: a result's image is no longer on the server")

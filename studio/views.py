@@ -162,7 +162,9 @@ def result_info(entry: dict[str, Any]) -> str:
     s = entry.get("settings") or {}
     t = entry.get("timings") or {}
     size = entry.get("size") or ["?", "?"]
+    title = str(entry.get("name") or "untitled")
     lines = [
+        f"**{title}**: {entry.get('prompt') or ''}",
         f"**Seed {entry.get('seed')}** · {size[0]}×{size[1]}"
         + (" · made by the **preview engine** (random weights)" if entry.get("preview") else ""),
         f"steps {s.get('num_timesteps')} · cfg text {s.get('cfg_text_scale')} · cfg image "

@@ -360,7 +360,7 @@ def _stream_to_page(
                 value=runs.gallery_items(new_history, studio.files), selected_index=0
             )
             if pair is not None:
-                out[page.slider] = pair(item.entries[0])
+                out[page.slider] = gr.update(value=pair(item.entries[0]), label=runs.AB_LABEL)
         yield out
 
 
@@ -394,7 +394,8 @@ def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     def compare(entry: dict[str, Any] | None, slot: str | None) -> Any:
         if entry is None or not slot:
             return gr.skip()
-        return runs.compare_with_reference(entry, int(slot), studio.files)
+        pair = runs.compare_with_reference(entry, int(slot), studio.files)
+        return gr.update(value=pair, label=runs.compare_label(int(slot)))
 
     page.compare_with.input(
         compare, inputs=[page.selected, page.compare_with], outputs=[page.slider], **_quiet()
