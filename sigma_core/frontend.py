@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
     )
     from sigma_core.limits import (
         MAX_ENTITY_CHARS as MAX_ENTITY_CHARS,
+        MAX_IMAGE_BYTES as MAX_IMAGE_BYTES,
         MAX_NAME_CHARS as MAX_NAME_CHARS,
         MAX_PROMPT_CHARS as MAX_PROMPT_CHARS,
         MAX_REFERENCES as MAX_REFERENCES,

@@ -28,6 +28,8 @@ MIN_SHIFT, MAX_SHIFT = 0.05, 20.0  # timestep_shift (SIGMA's default 3.0)
 MAX_SEED = 2**63  # seeds are 0 <= seed < 2^63, what torch.Generator.manual_seed takes
 
 # Files
+MAX_IMAGE_BYTES = 50 * 2**20  # one image file, encoded (the studio's upload limit too)
+MAX_IMAGE_PIXELS = 64_000_000  # one image, width * height, read from its header
 MAX_JSON_DEPTH = 32  # nesting of objects and lists in a preset (a valid one needs 4)
 MAX_COMPOSITION_BYTES = 200 * 2**20  # a preset file, or the composition stored in a PNG
 MAX_PATH_CHARS = 1_024  # an image path written in a preset

@@ -62,6 +62,7 @@ class Check:
     output_size: tuple[int, int] | None = None
     composition: Composition | None = None
     plan: Plan | None = None
+    untouched: bool = False  # nothing written or dropped yet: nothing to point out
 
     @property
     def ok(self) -> bool:
@@ -105,7 +106,10 @@ def problems_of(error: SigmaError) -> list[Problem]:
 
 def check(engine: Engine, draft: Draft) -> Check:
     """Check everything the draft holds and report every problem at once; plan it when all
-    parts are valid."""
+    parts are valid. An untouched draft (no prompt, no image) is not a list of errors: a fresh
+    page shows how to start."""
+    if not draft.prompt.strip() and not any(form.image for form in draft.slots):
+        return Check(untouched=True)
     problems: list[Problem] = []
     references = []
     images: dict[int, Image.Image] = {}

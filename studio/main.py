@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sigma_core import SigmaError
+from sigma_core import SigmaError, frontend
 from studio.options import StudioOptions, parse_options
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ def serve(studio: Studio, **launch: Any) -> Any:
             "allowed_paths": [str(studio.files)],
             "show_error": True,
             "css": CSS,
+            # an upload larger than the core's largest image is refused before it is stored
+            "max_file_size": frontend.MAX_IMAGE_BYTES,
             **launch,
         }
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.data_classes import ImageData
 
 import sigma_core
 from sigma_core import frontend
@@ -37,17 +36,25 @@ STRIP_TEMPLATE = """<div class="sigma-strip">{{#each value}}
 STRIP_JS = (STATIC / "slot_strip.js").read_text(encoding="utf-8")
 
 
-def _untouched_upload(payload: ImageData | None) -> str | None:
-    """A reference image's preprocess: the uploaded file's path (or a pasted data URI) as it
-    is. gr.Image's own preprocess opens every upload with PIL before the handler runs, so a
-    file that is not an image fails inside gradio with PIL's message; sigma_core reads it
-    instead, with its limits and its message. (Set on the instance: a gr.Image subclass makes
-    gradio write a .pyi stub next to this module at import.)"""
-    if payload is None:
-        return None
-    if payload.url and payload.url.startswith("data:"):
-        return payload.url
-    return payload.path
+# Every event that reads a reference slot's image takes it unprocessed (preprocess=False):
+# gr.Image's own preprocess opens each upload with PIL before the handler runs, so a file that
+# is not an image would fail inside gradio, with gradio's message, once per event. The handlers
+# get the uploaded file's path instead (reference_value), and sigma_core reads it, with its
+# limits and its message. (An instance-level preprocess override does not do: gradio rebuilds a
+# component per session from its constructor arguments whenever an event sends it an update.)
+RAW = {"preprocess": False}
+
+
+def reference_value(payload: Any) -> str | None:
+    """A slot image as an unprocessed event gets it (gradio's file data: path, url ...): the
+    uploaded file's path, or a pasted data URI, as it is."""
+    if not isinstance(payload, dict):
+        return payload if isinstance(payload, str) or payload is None else None
+    url = payload.get("url")
+    if isinstance(url, str) and url.startswith("data:"):
+        return url
+    path = payload.get("path")
+    return path if isinstance(path, str) else None
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,6 @@ def _slot_controls(k: int, visible: bool) -> SlotControls:
                 height=220,
                 elem_id=f"slot-{k}-image",
             )
-            image.preprocess = _untouched_upload
             with gr.Column(min_width=160):
                 thumb = gr.Image(
                     label="As the model sees it",
@@ -206,7 +212,7 @@ class Page:
     def draft_of(self, data: dict[Any, Any]) -> Draft:
         forms = tuple(
             SlotForm(
-                image=data[sc.image],
+                image=reference_value(data[sc.image]),
                 attributes=tuple(data[sc.attributes] or ()),
                 entity=data[sc.entity] or "",
                 crop=data[sc.crop] or "",
@@ -299,7 +305,8 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
                 label="Prompt: a template with [1], [2] ... or raw SIGMA syntax "
                 "(<id> woman <image_1>)",
                 lines=3,
-                max_length=frontend.MAX_PROMPT_CHARS,
+                info=f"at most {frontend.MAX_PROMPT_CHARS:,} characters; a longer text is "
+                "refused with its length, never cut",
                 elem_id="prompt",
             )
             prompt_messages = gr.HTML(elem_id="prompt-problems")
@@ -311,7 +318,7 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
             sequence = gr.HTML(elem_id="sequence-view")
             mask_button = gr.Button("Show the attention mask", size="sm", elem_id="mask-button")
             mask_image = gr.Image(
-                label="Attention mask (red: blocked by SIGMA's mask)",
+                label="Attention mask (its legend names each colour)",
                 interactive=False,
                 format="png",
                 visible=False,

@@ -23,11 +23,11 @@ CSS = """
 .sigma-seq { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; }
 .sigma-chip { border-radius: 4px; padding: 2px 6px; font-size: 0.85em; border: 1px solid #999; }
 .sigma-chip.text { background: #e8f0fe; }
-.sigma-chip .attr { border-radius: 3px; padding: 0 3px; color: #fff; font-weight: 600; }
-.sigma-chip.image { color: #fff; }
+.sigma-chip .attr { border-radius: 3px; padding: 0 3px; font-weight: 600; }
 .sigma-chip.output { background: #9c27b0; color: #fff; }
 .sigma-chip.phantom { border-style: dashed; opacity: 0.6; }
-.sigma-chip small { opacity: 0.8; }
+.sigma-chip small { opacity: 0.9; }
+.sigma-hint { opacity: 0.85; font-style: italic; }
 .sigma-strip { display: flex; flex-wrap: wrap; gap: 8px; }
 .sigma-strip-item { cursor: grab; display: flex; flex-direction: column; align-items: center;
   width: 104px; padding: 4px; border: 1px solid #bbb; border-radius: 6px; font-size: 0.8em;
@@ -36,11 +36,25 @@ CSS = """
 """
 
 
-def _rgb(group: int | None) -> str:
+def _colours(group: int | None) -> str:
+    """A chip's inline style: its group's colour, and black or white ink, whichever contrasts
+    more with it (WCAG's ratio: white on the dark blues, black on the yellows)."""
     if group is None:
-        return "#888"
+        return "background:#888;color:#000"
     r, g, b = frontend.GROUP_COLORS[group % len(frontend.GROUP_COLORS)]
-    return f"rgb({r},{g},{b})"
+    return f"background:rgb({r},{g},{b});color:{ink_for((r, g, b))}"
+
+
+def ink_for(rgb: tuple[int, int, int]) -> str:
+    """ "#000" or "#fff", whichever has the higher contrast ratio with ``rgb``."""
+    lum = luminance(rgb)
+    return "#000" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "#fff"
+
+
+def luminance(rgb: tuple[int, int, int]) -> float:
+    """WCAG relative luminance of an sRGB colour, 0 (black) to 1 (white)."""
+    linear = [c / 255 / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
 def banner(info: EngineInfo, memory: str) -> str:
@@ -53,8 +67,8 @@ def banner(info: EngineInfo, memory: str) -> str:
     )
     if info.preview:
         return (
-            '<div class="sigma-banner preview">PREVIEW ENGINE: random weights, the images are '
-            f"noise, not SIGMA results ({weights}) · {facts}</div>"
+            '<div class="sigma-banner preview">PREVIEW ENGINE: a tiny checkpoint of random '
+            f"weights, the images are noise, not SIGMA results · {facts}</div>"
         )
     return f'<div class="sigma-banner">Weights: {weights} · {facts}</div>'
 
@@ -70,8 +84,16 @@ def messages(problems: list[str], warnings: list[str]) -> str:
     return "".join(out)
 
 
+START_HINT = (
+    "To start: drop a reference image into slot 1 and choose what it gives (its attribute), then "
+    "describe the picture in the prompt, placing the reference with [1]; or open a preset."
+)
+
+
 def problems_panel(check: Check) -> str:
     """Every problem and warning, each with where it is."""
+    if check.untouched:
+        return f'<div class="sigma-hint">{START_HINT}</div>'
     if not check.problems and not check.warnings:
         return '<div class="sigma-ok">✓ ready to generate</div>'
     return messages(
@@ -92,7 +114,7 @@ def _chip(chip: Chip) -> str:
     count = f"<small> · {chip.tokens} tok</small>"
     if chip.kind == "text":
         inner = " ".join(
-            f'<span class="attr" style="background:{_rgb(p.group)}">{html.escape(p.text)}</span>'
+            f'<span class="attr" style="{_colours(p.group)}">{html.escape(p.text)}</span>'
             if p.group is not None
             else html.escape(p.text)
             for p in chip.parts
@@ -103,13 +125,13 @@ def _chip(chip: Chip) -> str:
         return f'<span class="sigma-chip output">output {w}×{h}{count}</span>'
     if chip.kind == "phantom":
         return (
-            f'<span class="sigma-chip image phantom" style="background:{_rgb(chip.group)}" '
+            f'<span class="sigma-chip image phantom" style="{_colours(chip.group)}" '
             f'title="zero inputs: one token weighted as {chip.stands_for}">'
             f"ViT [{chip.slot}] {w}×{h}, {chip.stands_for} as one{count}</span>"
         )
     attrs = html.escape(" ".join(chip.attributes)) or "no attribute"
     return (
-        f'<span class="sigma-chip image" style="background:{_rgb(chip.group)}">'
+        f'<span class="sigma-chip image" style="{_colours(chip.group)}">'
         f"image [{chip.slot}] {attrs} · {w}×{h}{count}</span>"
     )
 

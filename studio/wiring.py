@@ -21,7 +21,7 @@ from sigma_core import SigmaError, SigmaInputError
 from studio import api, compose, modes, presets, runs, slots, views
 from studio.engine import Studio, refusals
 from studio.forms import Draft, SlotForm, to_draft
-from studio.page import CURSOR_JS, Page, with_cover
+from studio.page import CURSOR_JS, RAW, Page, reference_value, with_cover
 
 ENGINE_QUEUE = "engine"  # the concurrency id every generation shares: one at a time
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -119,10 +119,10 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     triggers += [c.change for sc in page.slots for c in sc.values]
     triggers += [c.change for c in page.settings.values]
     gr.on(
-        triggers, validate, inputs=page.draft_inputs, outputs=page.check_outputs,
+        triggers, validate, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW,
         **_quiet(trigger_mode="always_last", show_progress="hidden"),
     )  # fmt: skip
-    demo.load(validate, inputs=page.draft_inputs, outputs=page.check_outputs, **_quiet())
+    demo.load(validate, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW, **_quiet())
 
     @warns(keep=gr.skip)
     def show_mask(data: dict[Any, Any]) -> Any:
@@ -131,14 +131,14 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         return gr.update(value=str(path), visible=True)
 
     page.mask_button.click(
-        show_mask, inputs=page.draft_inputs, outputs=[page.mask_image], **_quiet()
+        show_mask, inputs=page.draft_inputs, outputs=[page.mask_image], **RAW, **_quiet()
     )
 
     @warns(keep=gr.skip)
     def auto(data: dict[Any, Any]) -> Any:
         return compose.auto_compose(page.draft_of(data))
 
-    page.auto_button.click(auto, inputs=page.draft_inputs, outputs=[page.prompt], **_quiet())
+    page.auto_button.click(auto, inputs=page.draft_inputs, outputs=[page.prompt], **RAW, **_quiet())
 
 
 def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
@@ -153,31 +153,36 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
 
     for k, sc in enumerate(page.slots, start=1):
 
-        def show_thumbnail(image: str | None, crop: str | None, k: int = k) -> list[Any]:
-            thumb = slots.thumbnail(SlotForm(image=image, crop=crop or ""), k)
+        def show_thumbnail(image: Any, crop: str | None, k: int = k) -> list[Any]:
+            form = SlotForm(image=reference_value(image), crop=crop or "")
+            thumb = slots.thumbnail(form, k)
             return [thumb.image, thumb.caption]  # a problem shows in the slot's messages
 
         gr.on(
             [sc.image.change, sc.crop.change], show_thumbnail, inputs=[sc.image, sc.crop],
-            outputs=[sc.thumb, sc.info],
+            outputs=[sc.thumb, sc.info], **RAW,
             **_quiet(trigger_mode="always_last", show_progress="hidden"),
         )  # fmt: skip
 
-        def check_upload(image: str | None, previous: str | None, k: int = k) -> list[Any]:
-            kept, note = slots.check_upload(k, image, previous)
-            return [kept, views.messages([note], []) if note else "", kept]
+        def check_upload(image: Any, previous: str | None, k: int = k) -> list[Any]:
+            kept, note = slots.check_upload(k, reference_value(image), previous)
+            if not note:  # a good file stays as it is: nothing is sent back to the page
+                return [gr.skip(), "", kept]
+            return [kept, views.messages([note], []), previous]
 
         sc.image.upload(
             check_upload, inputs=[sc.image, sc.last_good],
-            outputs=[sc.image, sc.upload_note, sc.last_good], **_quiet(show_progress="hidden"),
+            outputs=[sc.image, sc.upload_note, sc.last_good], **RAW,
+            **_quiet(show_progress="hidden"),
         )  # fmt: skip
 
-        def remember(image: str | None, k: int = k) -> Any:
+        def remember(image: Any, k: int = k) -> Any:
             """The slot's last readable image (a preset, a move, a restore set it too)."""
-            return image if not slots.check_upload(k, image, None)[1] else gr.skip()
+            path = reference_value(image)
+            return path if not slots.check_upload(k, path, None)[1] else gr.skip()
 
         sc.image.change(
-            remember, inputs=[sc.image], outputs=[sc.last_good],
+            remember, inputs=[sc.image], outputs=[sc.last_good], **RAW,
             **_quiet(trigger_mode="always_last", show_progress="hidden"),
         )  # fmt: skip
         for button, change in (
@@ -186,7 +191,7 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
             (sc.remove, lambda d, k=k: slots.remove_slot(d, k)),
         ):
             button.click(
-                form_handler(change), inputs=page.draft_inputs, outputs=page.form_outputs,
+                form_handler(change), inputs=page.draft_inputs, outputs=page.form_outputs, **RAW,
                 **_quiet(),
             )  # fmt: skip
 
@@ -200,7 +205,7 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
 
     max_slots = studio.options.max_references
     page.add_button.click(
-        form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs,
+        form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs, **RAW,
         outputs=page.form_outputs, **_quiet(),
     )  # fmt: skip
 
@@ -208,7 +213,9 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         order = getattr(event, "_data", None) or {}
         return form_handler(lambda d: slots.reorder_slots(d, order.get("order")))(data)
 
-    page.slot_strip.input(drop, inputs=page.draft_inputs, outputs=page.form_outputs, **_quiet())
+    page.slot_strip.input(
+        drop, inputs=page.draft_inputs, outputs=page.form_outputs, **RAW, **_quiet()
+    )
 
     def strip(data: dict[Any, Any]) -> list[dict[str, Any]]:
         return views.slot_strip(page.draft_of(data))
@@ -217,10 +224,10 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     triggers += [c.change for sc in page.slots for c in (sc.image, sc.crop, sc.attributes)]
     triggers += [sc.entity.change for sc in page.slots]
     gr.on(
-        triggers, strip, inputs=page.draft_inputs, outputs=[page.slot_strip],
+        triggers, strip, inputs=page.draft_inputs, outputs=[page.slot_strip], **RAW,
         **_quiet(trigger_mode="always_last", show_progress="hidden"),
     )  # fmt: skip
-    demo.load(strip, inputs=page.draft_inputs, outputs=[page.slot_strip], **_quiet())
+    demo.load(strip, inputs=page.draft_inputs, outputs=[page.slot_strip], **RAW, **_quiet())
 
 
 def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
@@ -312,7 +319,7 @@ def _wire_generation(studio: Studio, page: Page) -> None:
         button.click(arm, **_quiet()).then(
             fn, inputs=inputs, outputs=page.result_outputs, concurrency_id=ENGINE_QUEUE,
             concurrency_limit=1, show_progress="minimal", show_progress_on=[page.status],
-            api_visibility="private",
+            api_visibility="private", **RAW,
         )  # fmt: skip
     # Off the queue: a Cancel never waits behind anything, least of all the run it stops.
     page.cancel_button.click(cancel, outputs=[page.status], queue=False, **_quiet())
@@ -449,7 +456,9 @@ def _wire_presets(studio: Studio, page: Page, entries: list[presets.PresetEntry]
     def save(data: dict[Any, Any]) -> Any:
         return str(presets.save_draft(page.draft_of(data), studio.files))
 
-    page.save_button.click(save, inputs=page.draft_inputs, outputs=[page.preset_file], **_quiet())
+    page.save_button.click(
+        save, inputs=page.draft_inputs, outputs=[page.preset_file], **RAW, **_quiet()
+    )
 
 
 def _wire_api(studio: Studio) -> None:

@@ -7,13 +7,27 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from studio.engine import Engine
+from studio.engine import Engine, Sessions, Studio
+from studio.options import PRESETS_DIR, StudioOptions
 from tests.studio_helpers import tiny_engine
 
 
 @pytest.fixture(scope="module")
 def engine(pipe, tiny_checkpoint) -> Engine:
     return tiny_engine(pipe, tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def studio(pipe, tiny_checkpoint, tmp_path_factory) -> Studio:
+    """A whole studio (engine, sessions, options, its files) for building and serving the
+    page: the tiny checkpoint, 3 slots, a 60 s time limit."""
+    options = StudioOptions(
+        model=str(tiny_checkpoint), device="cpu", max_references=3, presets=PRESETS_DIR,
+        time_limit_s=60,
+    )  # fmt: skip
+    files = tmp_path_factory.mktemp("studio-files")
+    engine = Engine(pipe, weights="tiny test checkpoint", options=options)
+    return Studio(engine, Sessions(), options, files)
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,15 @@ import sigma_core
 from sigma_core import PresetError, SigmaInputError, frontend
 from sigma_core.inputs.settings import describe_layout
 from studio.app import build_app
-from studio.engine import Engine, Sessions, Studio, load_engine
+from studio.engine import load_engine
 from studio.forms import Draft, SettingsForm
 from studio.main import main, serve
-from studio.options import PRESETS_DIR, StudioOptions, default_model, engine_lock, parse_options
+from studio.options import PRESETS_DIR, default_model, engine_lock, parse_options
 from studio.page import build_page
 from studio.settings_panel import ROWS, elem_id
 from studio.wiring import warns
+
+pytest_plugins = ["tests.studio_fixtures"]
 
 # gradio's queue metrics use pandas APIs that pandas 3 deprecates; not the studio's concern
 pytestmark = [
@@ -179,17 +181,6 @@ def test_the_default_model_is_bagel_only_when_it_is_cached(tmp_path, monkeypatch
 
 
 # ----------------------------------------------------------------------------- the page
-
-
-@pytest.fixture(scope="module")
-def studio(pipe, tiny_checkpoint, tmp_path_factory) -> Studio:
-    options = StudioOptions(
-        model=str(tiny_checkpoint), device="cpu", max_references=3, presets=PRESETS_DIR,
-        time_limit_s=60,
-    )  # fmt: skip
-    files = tmp_path_factory.mktemp("studio-files")
-    engine = Engine(pipe, weights="tiny test checkpoint", options=options)
-    return Studio(engine, Sessions(), options, files)
 
 
 def test_every_control_has_its_elem_id(studio):

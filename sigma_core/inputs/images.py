@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sigma_core.errors import ImageInputError
 from sigma_core.geometry import vae_size
+from sigma_core.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -33,8 +34,8 @@ ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 class ImageLimits:
     """Upper bounds checked before decoding, so a hostile file cannot exhaust memory."""
 
-    max_bytes: int = 50 * 1024 * 1024  # encoded size
-    max_pixels: int = 64_000_000  # width * height, read from the header
+    max_bytes: int = MAX_IMAGE_BYTES  # encoded size
+    max_pixels: int = MAX_IMAGE_PIXELS  # width * height, read from the header
 
 
 DEFAULT_LIMITS = ImageLimits()

@@ -97,6 +97,7 @@ def front_end_tables() -> None:
     assert_type(frontend.MAX_PROMPT_CHARS, int)
     assert_type(frontend.MAX_REFERENCES, int)
     assert_type(frontend.MAX_SEED, int)
+    assert_type(frontend.MAX_IMAGE_BYTES, int)
     # fixed-length tuples: an element's type, so that a new name does not change this file
     assert_type(frontend.PRECISIONS[0], str)
     assert_type(frontend.OFFLOAD_MODES[0], str)
