@@ -1,5 +1,6 @@
 """What a front end needs beyond the engine (:mod:`sigma_core`): the words and tables it shows,
-the bounds its controls offer, and the helpers that read what users give.
+the bounds its controls offer, and the helpers that read what users give (and prepare it: the
+auto face crop of an ``<id>`` reference, background removal where a model is installed).
 
 The studio imports this module and :mod:`sigma_core` only (import-linter holds it to that), so
 a control never offers what the core refuses and a message never differs from the CLI's. Names
@@ -19,6 +20,18 @@ if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
         ATTRIBUTES as ATTRIBUTES,
         DESCRIPTIONS as DESCRIPTIONS,
         find_attribute_tokens as find_attribute_tokens,
+    )
+    from sigma_core.inputs.background import (
+        background_removal_available as background_removal_available,
+        remove_background as remove_background,
+    )
+    from sigma_core.inputs.face_crop import (
+        Face as Face,
+        crop_around_face as crop_around_face,
+        detect_faces as detect_faces,
+        face_crop as face_crop,
+        face_crop_note as face_crop_note,
+        face_detection_available as face_detection_available,
     )
     from sigma_core.inputs.images import (
         embeddable_bytes as embeddable_bytes,

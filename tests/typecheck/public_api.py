@@ -24,6 +24,7 @@ from typing_extensions import assert_type
 import sigma_core
 from sigma_core import errors, frontend
 from sigma_core.inputs.composition import Composition, Reference
+from sigma_core.inputs.face_crop import Face
 from sigma_core.inputs.settings import Settings, SettingSpec
 from sigma_core.planning.sequence import Plan
 from sigma_core.runtime.memory import MemoryEstimate
@@ -127,3 +128,19 @@ def front_end_helpers(prompt: str, data: bytes, path: Path, plan: Plan, comp: Co
     assert_type(frontend.mask_png(plan, path), Path)
     assert_type(frontend.plan_report(plan, comp), dict[str, Any])
     assert_type(frontend.available_memory(torch.device("cpu")), int | None)
+
+
+def front_end_preprocessing(data: bytes) -> None:
+    """The auto face crop and background removal a front end offers for a reference."""
+    faces = frontend.detect_faces(data, name="references[slot 1].image")
+    assert_type(faces, list[Face])
+    assert_type(faces[0].box, tuple[int, int, int, int])
+    assert_type(faces[0].score, float)
+    assert_type(frontend.Face, type[Face])
+    crop = frontend.face_crop(data)
+    assert_type(crop, tuple[int, int, int, int] | None)
+    assert_type(frontend.crop_around_face((0, 0, 8, 8), (64, 64)), tuple[int, int, int, int])
+    assert_type(frontend.face_crop_note(1, crop), str)
+    assert_type(frontend.face_detection_available(), tuple[bool, str])
+    assert_type(frontend.background_removal_available(), tuple[bool, str])
+    assert_type(frontend.remove_background(data, background=(0, 0, 0)), Image.Image)
