@@ -81,7 +81,7 @@ def studio() -> Iterator[str]:
             proc.wait(timeout=30)
 
 
-def fill_four(page) -> None:  # noqa: ANN001 (playwright's Page)
+def fill_four(page) -> None:
     """Four slots: the shipped photos, each with an attribute, and the prompt."""
     for k, (path, token) in enumerate(zip(ASSETS, ATTRIBUTES, strict=True), start=1):
         if k > 1:
@@ -102,7 +102,7 @@ def fill_four(page) -> None:  # noqa: ANN001 (playwright's Page)
     )
 
 
-def bottom(page, selector: str) -> float:  # noqa: ANN001
+def bottom(page, selector: str) -> float:
     """Where ``selector`` ends, in page pixels."""
     return page.evaluate(
         "(s) => { const r = document.querySelector(s).getBoundingClientRect();"
@@ -111,7 +111,7 @@ def bottom(page, selector: str) -> float:  # noqa: ANN001
     )
 
 
-def heights(browser, url: str) -> dict[str, float]:  # noqa: ANN001
+def heights(browser, url: str) -> dict[str, float]:
     out = {}
     for name, (w, h) in {"desktop": (1280, 900), "phone": (390, 844)}.items():
         page = browser.new_page(viewport={"width": w, "height": h})
@@ -133,7 +133,7 @@ def heights(browser, url: str) -> dict[str, float]:  # noqa: ANN001
     return out
 
 
-def reorder(browser, url: str) -> dict[str, float]:  # noqa: ANN001
+def reorder(browser, url: str) -> dict[str, float]:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(url)
     page.wait_for_selector("#engine-banner")
@@ -152,7 +152,7 @@ def reorder(browser, url: str) -> dict[str, float]:  # noqa: ANN001
     return {"reorder: consistent (s)": consistent, "reorder: last change on the page (s)": settled}
 
 
-def run_and_cancel(browser, url: str) -> dict[str, float]:  # noqa: ANN001
+def run_and_cancel(browser, url: str) -> dict[str, float]:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(url)
     page.wait_for_selector("#engine-banner")

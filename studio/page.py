@@ -25,6 +25,7 @@ from studio.settings_panel import SettingsControls, settings_controls
 
 STATIC = Path(__file__).resolve().parent / "static"
 HISTORY_KEY = "sigma-studio-history"
+DRAFT_KEY = "sigma-studio-draft"
 # An insert button's browser side: the prompt and the caret's place in it
 CURSOR_JS = (STATIC / "cursor.js").read_text(encoding="utf-8")
 # The slot strip: a thumbnail per slot (gr.HTML's template escapes {{...}}); its script sends
@@ -34,6 +35,13 @@ STRIP_TEMPLATE = """<div class="sigma-strip">{{#each value}}
 {{#if this.thumb}}<img src="{{this.thumb}}" alt="" draggable="false">{{/if}}
 <span>[{{this.slot}}] {{this.label}}</span></div>{{/each}}</div>"""
 STRIP_JS = (STATIC / "slot_strip.js").read_text(encoding="utf-8")
+# A slot's cropper: its picture with the crop box over it; its script sends the box a drag
+# draws, in the image's own pixels, as an "input" event (value: slots.cropper_value).
+CROPPER_TEMPLATE = """{{#if value.src}}<div class="sigma-crop-frame" data-width="{{value.width}}"
+data-height="{{value.height}}"><img src="{{value.src}}" alt="drag a box on the picture to crop"
+draggable="false"><div class="sigma-crop-box" style="{{value.box_style}}"></div></div>
+{{else}}<span class="sigma-hint">no image yet</span>{{/if}}"""
+CROPPER_JS = (STATIC / "cropper.js").read_text(encoding="utf-8")
 
 
 # Every event that reads a reference slot's image takes it unprocessed (preprocess=False):
@@ -73,64 +81,80 @@ class SlotControls:
     down: gr.Button
     remove: gr.Button
     insert: gr.Button
+    details: gr.Accordion
+    cropper: gr.HTML  # the image with a box to drag: the crop with the mouse
+    face_button: gr.Button
+    face_seen: gr.State  # the image the automatic face crop last ran on (it runs once each)
 
     @property
     def values(self) -> list[gr.components.Component]:
         return [self.image, self.attributes, self.entity, self.crop]
 
 
-def _slot_controls(k: int, visible: bool) -> SlotControls:
+def _slot_controls(k: int, visible: bool, insert: gr.Button) -> SlotControls:
+    """Slot k as a compact card: its image, attributes and entity; the crop and what the model
+    sees open on demand."""
     attribute_choices = [(f"{t}: {frontend.DESCRIPTIONS[t]}", t) for t in sigma_core.ATTRIBUTES]
-    with gr.Column(variant="panel", visible=visible, elem_id=f"slot-{k}") as box:
-        gr.Markdown(f"**Slot {k}**, placed in the prompt as `[{k}]`")
-        with gr.Row():
-            image = gr.Image(
-                label=f"Reference [{k}]",
-                type="filepath",
-                sources=["upload", "clipboard", "webcam"],
-                format="png",
-                height=220,
-                elem_id=f"slot-{k}-image",
+    with gr.Column(
+        variant="panel", visible=visible, min_width=160, elem_id=f"slot-{k}",
+        elem_classes=["sigma-card"],
+    ) as box:  # fmt: skip
+        with gr.Row(elem_classes=["sigma-card-head"]):
+            gr.HTML(f'<span class="sigma-card-title" title="placed in the prompt as [{k}]">'
+                    f"[{k}]</span>")  # fmt: skip
+            up = gr.Button("◀", size="sm", min_width=30, elem_id=f"slot-{k}-up")
+            down = gr.Button("▶", size="sm", min_width=30, elem_id=f"slot-{k}-down")
+            remove = gr.Button(
+                "✕", size="sm", variant="stop", min_width=30, elem_id=f"slot-{k}-remove"
             )
-            with gr.Column(min_width=160):
-                thumb = gr.Image(
-                    label="As the model sees it",
-                    interactive=False,
-                    format="png",
-                    height=150,
-                    elem_id=f"slot-{k}-thumb",
-                )
-                info = gr.Markdown(elem_id=f"slot-{k}-info")
+        image = gr.Image(
+            label=f"Reference [{k}]",
+            type="filepath",
+            sources=["upload", "clipboard", "webcam"],
+            format="png",
+            height=130,
+            elem_id=f"slot-{k}-image",
+        )
+        info = gr.Markdown(elem_id=f"slot-{k}-info", elem_classes=["sigma-caption", "sigma-slim"])
+        upload_note = gr.HTML(elem_id=f"slot-{k}-upload-note", elem_classes=["sigma-told"])
+        messages = gr.HTML(elem_id=f"slot-{k}-problems", elem_classes=["sigma-told"])
         attributes = gr.Dropdown(
             choices=attribute_choices,
             multiselect=True,
             label="Attributes",
-            info="What this image contributes; [k] expands to these tokens, its entity and "
-            "the image",
             elem_id=f"slot-{k}-attributes",
         )
         entity = gr.Textbox(
             label="Entity phrase",
-            placeholder="woman with brown hair",
+            show_label=False,
+            placeholder="entity: woman, red mug …",
             max_length=frontend.MAX_ENTITY_CHARS,
             elem_id=f"slot-{k}-entity",
         )
-        crop = gr.Textbox(
-            label="Crop (optional)",
-            placeholder="left, top, right, bottom in pixels of the upright image; empty: none",
-            elem_id=f"slot-{k}-crop",
-        )
-        upload_note = gr.HTML(elem_id=f"slot-{k}-upload-note")
-        messages = gr.HTML(elem_id=f"slot-{k}-problems")
+        details = gr.Accordion("Crop", open=False, elem_id=f"slot-{k}-details")
+        with details:
+            cropper = gr.HTML(
+                None, html_template=CROPPER_TEMPLATE, js_on_load=CROPPER_JS,
+                elem_id=f"slot-{k}-cropper",
+            )  # fmt: skip
+            face_button = gr.Button("Crop to the face", size="sm", elem_id=f"slot-{k}-face")
+            crop = gr.Textbox(
+                label="Crop box (left, top, right, bottom in pixels; empty: the whole image)",
+                placeholder="drag on the image above, or type 10, 20, 300, 310",
+                elem_id=f"slot-{k}-crop",
+            )
+            thumb = gr.Image(
+                label="As the model sees it",
+                interactive=False,
+                format="png",
+                height=120,
+                elem_id=f"slot-{k}-thumb",
+            )
         last_good = gr.State(None)
-        with gr.Row():
-            up = gr.Button("▲ Up", size="sm", elem_id=f"slot-{k}-up")
-            down = gr.Button("▼ Down", size="sm", elem_id=f"slot-{k}-down")
-            remove = gr.Button("✕ Remove", size="sm", variant="stop", elem_id=f"slot-{k}-remove")
-    insert = gr.Button(f"[{k}]", size="sm", visible=visible, render=False, elem_id=f"insert-{k}")
+        face_seen = gr.State(None)
     return SlotControls(
         box, image, attributes, entity, crop, thumb, info, messages, upload_note, last_good, up,
-        down, remove, insert,
+        down, remove, insert, details, cropper, face_button, face_seen,
     )  # fmt: skip
 
 
@@ -139,12 +163,15 @@ class Page:
     """Every control of the page, built once; :mod:`studio.wiring` connects them."""
 
     history: gr.BrowserState
+    saved_draft: gr.BrowserState  # the composition on screen, restored on a reload
+    before_load: gr.State  # the composition a load replaced, for its undo
+    undo_button: gr.Button
     selected: gr.State
     slot_count: gr.State
     cursor: gr.Number
     banner: gr.HTML
     preset_dropdown: gr.Dropdown
-    preset_upload: gr.File
+    preset_upload: gr.UploadButton
     save_button: gr.Button
     preset_file: gr.File
     examples: gr.Gallery
@@ -194,6 +221,14 @@ class Page:
             *(sc.box for sc in self.slots), *(sc.insert for sc in self.slots),
             *(sc.upload_note for sc in self.slots),
         ]  # fmt: skip
+
+    @property
+    def view_outputs(self) -> list[Any]:
+        """What is derived from a draft (wiring.view_of): each slot's preview, caption, cropper
+        and last readable image, the slot strip, then :attr:`check_outputs`. A change of the
+        form writes these in the same response, so the page never shows two drafts at once."""
+        per_slot = [(sc.thumb, sc.info, sc.cropper, sc.last_good) for sc in self.slots]
+        return [*(c for four in per_slot for c in four), self.slot_strip, *self.check_outputs]
 
     @property
     def check_outputs(self) -> list[Any]:
@@ -251,126 +286,157 @@ def with_cover(entries: list[presets.PresetEntry]) -> list[presets.PresetEntry]:
 
 
 def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Page:
-    """Every control, in the current gr.Blocks context, none of them wired yet."""
+    """Every control, in the current gr.Blocks context, none of them wired yet: a toolbar, then
+    the workspace (the composition beside the result panel), then the examples."""
     history = gr.BrowserState([], storage_key=HISTORY_KEY)
+    saved_draft = gr.BrowserState(None, storage_key=DRAFT_KEY)
+    before_load = gr.State(None)
     selected = gr.State(None)  # the chosen result's history entry
     slot_count = gr.State(1)
     cursor = gr.Number(visible=False)
-    gr.Markdown("# SIGMA Studio\nCompose one image from references, each bound to one attribute.")
-    banner = gr.HTML(views.banner(studio.engine.info, ""), elem_id="engine-banner")
-    with gr.Row():
+    with gr.Row(elem_id="toolbar"):
+        gr.Markdown("## SIGMA Studio", elem_id="title")
         preset_dropdown = gr.Dropdown(
             choices=[(e.name, e.path.name) for e in preset_entries],
             value=None,
-            label="Preset",
+            label="Open a shipped preset",
+            scale=2,
             elem_id="preset-dropdown",
         )
-        preset_upload = gr.File(
-            label="Open a preset JSON, or a PNG made by SIGMA Studio",
+        preset_upload = gr.UploadButton(
+            "Open a preset JSON or a PNG made here",
             file_types=[".json", ".png"],
+            size="sm",
+            scale=0,
+            min_width=160,
             elem_id="preset-upload",
         )
-        with gr.Column():
-            save_button = gr.Button("Save composition as JSON", elem_id="save-preset")
-            preset_file = gr.File(label="Saved preset", interactive=False, elem_id="preset-file")
-    examples = gr.Gallery(
-        value=[(e.cover, e.name) for e in with_cover(preset_entries)],
-        label="Examples: one click fills every slot, the prompt and the settings",
-        columns=6,
-        height=180,
-        allow_preview=False,
-        buttons=[],
-        elem_id="examples",
+        save_button = gr.Button(
+            "Save as JSON", size="sm", scale=0, min_width=110, elem_id="save-preset"
+        )
+        undo_button = gr.Button(
+            "↶ Undo the load", size="sm", visible=False, scale=0, min_width=120,
+            elem_id="undo-load",
+        )  # fmt: skip
+    preset_file = gr.File(
+        label="Saved preset", interactive=False, visible=False, height=60, elem_id="preset-file"
     )
-    with gr.Row():
-        with gr.Column(scale=5):
-            slot_strip = gr.HTML(
-                [],
-                html_template=STRIP_TEMPLATE,
-                js_on_load=STRIP_JS,
-                label="Slot order: drag a thumbnail onto another to move it there",
-                show_label=True,
-                container=True,
-                elem_id="slot-order",
-            )
-            slot_list = [
-                _slot_controls(k, k == 1) for k in range(1, studio.options.max_references + 1)
-            ]
-            add_button = gr.Button("+ Add a reference slot", elem_id="add-slot")
-        with gr.Column(scale=6):
-            name = gr.Textbox(
-                label="Title", max_length=frontend.MAX_NAME_CHARS, elem_id="composition-name"
-            )
-            prompt = gr.Textbox(
-                label="Prompt: a template with [1], [2] ... or raw SIGMA syntax "
-                "(<id> woman <image_1>)",
-                lines=3,
-                info=f"at most {frontend.MAX_PROMPT_CHARS:,} characters; a longer text is "
-                "refused with its length, never cut",
-                elem_id="prompt",
-            )
-            prompt_messages = gr.HTML(elem_id="prompt-problems")
-            with gr.Row():
-                for sc in slot_list:
-                    sc.insert.render()
-                auto_button = gr.Button("Auto-compose", size="sm", elem_id="auto-compose")
-            problems = gr.HTML(elem_id="problems")
-            sequence = gr.HTML(elem_id="sequence-view")
-            mask_button = gr.Button("Show the attention mask", size="sm", elem_id="mask-button")
-            mask_image = gr.Image(
-                label="Attention mask (its legend names each colour)",
-                interactive=False,
-                format="png",
-                visible=False,
-                elem_id="mask-image",
-            )
-            with gr.Accordion("Settings", open=False, elem_id="settings"):
-                settings = settings_controls()
-                reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
-                settings_messages = gr.HTML(elem_id="settings-problems")
-                precision, offload, engine_apply, engine_status = _engine_controls(studio)
-            memory = gr.HTML(elem_id="memory-estimate")
+    banner = gr.HTML(views.banner(studio.engine.info, ""), elem_id="engine-banner")
+    with gr.Row(elem_id="workspace"):
+        with gr.Column(scale=7, elem_id="compose-col"):
+            with gr.Column(elem_id="prompt-block"):
+                name = gr.Textbox(
+                    label="Title", show_label=False, placeholder="Title (optional)",
+                    max_length=frontend.MAX_NAME_CHARS, elem_id="composition-name",
+                )  # fmt: skip
+                prompt = gr.Textbox(
+                    label="Prompt: a template with [1], [2] ... or raw SIGMA syntax "
+                    "(<id> woman <image_1>)",
+                    lines=2,
+                    info=f"at most {frontend.MAX_PROMPT_CHARS:,} characters; a longer text is "
+                    "refused with its length, never cut",
+                    elem_id="prompt",
+                )
+                prompt_messages = gr.HTML(elem_id="prompt-problems", elem_classes=["sigma-told"])
+                slot_numbers = range(1, studio.options.max_references + 1)
+                with gr.Row(elem_id="insert-row"):
+                    inserts = [
+                        gr.Button(
+                            f"[{k}]",
+                            size="sm",
+                            visible=k == 1,
+                            scale=0,
+                            min_width=44,
+                            elem_id=f"insert-{k}",
+                        )
+                        for k in slot_numbers
+                    ]
+                    auto_button = gr.Button(
+                        "Auto-compose", size="sm", scale=0, min_width=120, elem_id="auto-compose"
+                    )
+            with gr.Column(elem_id="slots-block"):
+                slot_strip = gr.HTML(
+                    [],
+                    html_template=STRIP_TEMPLATE,
+                    js_on_load=STRIP_JS,
+                    label="Order: drag a thumbnail onto another to move it there",
+                    show_label=True,
+                    container=True,
+                    elem_id="slot-order",
+                )
+                with gr.Row(elem_id="slot-grid"):
+                    slot_list = [_slot_controls(k, k == 1, inserts[k - 1]) for k in slot_numbers]
+                add_button = gr.Button("+ Add a reference slot", size="sm", elem_id="add-slot")
+            with gr.Column(elem_id="compose-rest"):
+                sequence = gr.HTML(elem_id="sequence-view")
+                mask_button = gr.Button("Show the attention mask", size="sm", elem_id="mask-button")
+                mask_image = gr.Image(
+                    label="Attention mask (its legend names each colour)",
+                    interactive=False,
+                    format="png",
+                    visible=False,
+                    elem_id="mask-image",
+                )
+                with gr.Accordion("Settings", open=False, elem_id="settings"):
+                    settings = settings_controls()
+                    reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
+                    settings_messages = gr.HTML(elem_id="settings-problems")
+                    precision, offload, engine_apply, engine_status = _engine_controls(studio)
+        with gr.Column(scale=5, elem_id="result-panel"):
             with gr.Row():
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                 cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            problems = gr.HTML(elem_id="problems")
+            memory = gr.HTML(elem_id="memory-estimate")
             status = gr.HTML(elem_id="progress")
             live_preview = gr.Image(
                 label="Live preview (the current estimate of the final image)",
                 interactive=False,
                 format="png",
-                height=256,
+                height=200,
                 elem_id="live-preview",
             )
-    with gr.Row():
-        with gr.Column(scale=3):
             gallery = gr.Gallery(
-                label="Results (this browser's history)",
-                columns=4,
+                label="Results (this browser's history, newest first)",
+                columns=3,
+                height=260,
                 format="png",
                 elem_id="gallery",
             )
-        with gr.Column(scale=2):
             result_info = gr.Markdown(elem_id="result-info")
-            download = gr.DownloadButton(
-                "Download PNG (composition embedded)", visible=False, elem_id="download"
-            )
-            restore_button = gr.Button(
-                "Restore this result's composition", elem_id="restore-composition"
-            )
-            compare_with = gr.Dropdown(
-                choices=[], label="Compare the result with reference", elem_id="compare-with"
-            )
-            ab_button = gr.Button(
-                "Leakage A/B: the same seed with the mask flipped", elem_id="ab-button"
-            )
-    slider = gr.ImageSlider(label="Compare", format="png", elem_id="slider")
+            with gr.Row():
+                download = gr.DownloadButton(
+                    "Download PNG (composition embedded)", size="sm", visible=False,
+                    elem_id="download",
+                )  # fmt: skip
+                restore_button = gr.Button(
+                    "Restore its composition", size="sm", elem_id="restore-composition"
+                )
+            with gr.Row(equal_height=True):
+                compare_with = gr.Dropdown(
+                    choices=[], label="Compare with reference", elem_id="compare-with"
+                )
+                ab_button = gr.Button(
+                    "Leakage A/B: same seed, mask flipped", size="sm", elem_id="ab-button"
+                )
+            slider = gr.ImageSlider(label="Compare", format="png", elem_id="slider")
+    examples = gr.Gallery(
+        value=[(e.cover, e.name) for e in with_cover(preset_entries)],
+        label="Examples: one click fills every slot, the prompt and the settings (undo above)",
+        columns=6,
+        height=220,
+        object_fit="contain",
+        allow_preview=False,
+        buttons=[],
+        elem_id="examples",
+    )
     return Page(
-        history, selected, slot_count, cursor, banner, preset_dropdown, preset_upload,
-        save_button, preset_file, examples, slot_list, add_button, name, prompt,
-        prompt_messages, auto_button, problems, sequence, mask_button, mask_image, settings,
-        reuse_seed, settings_messages, generate_button, cancel_button, status, live_preview,
-        gallery, result_info, download, restore_button, compare_with, ab_button, slider,
-        slot_strip, precision, offload, engine_apply, engine_status, memory,
+        history, saved_draft, before_load, undo_button, selected, slot_count, cursor, banner,
+        preset_dropdown, preset_upload, save_button, preset_file, examples, slot_list,
+        add_button, name, prompt, prompt_messages, auto_button, problems, sequence, mask_button,
+        mask_image, settings, reuse_seed, settings_messages, generate_button, cancel_button,
+        status, live_preview, gallery, result_info, download, restore_button, compare_with,
+        ab_button, slider, slot_strip, precision, offload, engine_apply, engine_status, memory,
     )  # fmt: skip
 
 

@@ -3,6 +3,9 @@ reference at the cursor, and the thumbnail of what the model sees."""
 
 from __future__ import annotations
 
+import base64
+import functools
+import io
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -10,7 +13,9 @@ from PIL import Image
 
 from sigma_core import SigmaError, SigmaInputError, frontend
 from studio.compose import reference_image
-from studio.forms import Draft, SlotForm, image_source, slot_reference
+from studio.forms import Draft, SlotForm, image_source, parse_crop, slot_reference
+
+CROPPER_SIDE = 480  # the longest side of the picture a slot's cropper shows
 
 
 def check_upload(slot: int, image: str | None, previous: str | None) -> tuple[str | None, str]:
@@ -117,6 +122,14 @@ class Thumbnail:
 
 def thumbnail(form: SlotForm, slot: int) -> Thumbnail:
     """What the model reads of slot ``slot``: its size after the VAE resize and its tokens."""
+    return _thumbnail(form.image, form.crop, slot)
+
+
+@functools.lru_cache(maxsize=128)
+def _thumbnail(image: str | None, crop: str, slot: int) -> Thumbnail:
+    """Cached by image, crop and slot: every render of the page asks for every slot's (an
+    uploaded file never changes under its path)."""
+    form = SlotForm(image=image, crop=crop)
     if not form.image:
         return Thumbnail(None, "no image yet: drop, paste, upload or take one with the webcam")
     try:
@@ -127,10 +140,79 @@ def thumbnail(form: SlotForm, slot: int) -> Thumbnail:
         return Thumbnail(None, "no preview: see the problem below", problem=str(e))
     rows, cols = frontend.latent_grid(seen.size)
     w, h = source.size
-    crop = f"cropped to {w}×{h}, " if ref.crop else f"{w}×{h}, "
+    crop = f"cropped to {w}×{h}" if ref.crop else f"{w}×{h}"
     caption = (
-        f"{crop}the model sees {seen.width}×{seen.height}: {rows}×{cols} latent tokens "
-        f"(+2 markers = {rows * cols + 2} tokens)"
+        f"{crop}, the model sees {seen.width}×{seen.height} · {rows * cols + 2} tokens "
+        f"({rows}×{cols} latents + 2 markers)"
     )
     seen.thumbnail((256, 256))
     return Thumbnail(seen, caption)
+
+
+def cropper_value(form: SlotForm, slot: int) -> dict[str, Any]:
+    """The slot cropper's value: the upright picture, small (a JPEG data URI), the image's own
+    size (the box a drag draws is in its pixels) and the current crop box as CSS percentages.
+    Empty without a readable image."""
+    return _cropper_value(form.image, form.crop, slot)
+
+
+@functools.lru_cache(maxsize=32)
+def _cropper_value(image: str | None, crop: str, slot: int) -> dict[str, Any]:
+    if not image:
+        return {}
+    try:
+        upright = reference_image(image_source(image), None, slot)
+    except SigmaError:
+        return {}  # the slot's messages say why
+    small = upright.copy()
+    small.thumbnail((CROPPER_SIDE, CROPPER_SIDE))
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=85)
+    w, h = upright.size
+    try:
+        box = parse_crop(crop, slot)
+    except SigmaError:
+        box = None
+    style = "display:none"
+    if box is not None:
+        left, top, right, bottom = box
+        style = (
+            f"display:block;left:{100 * left / w:.3f}%;top:{100 * top / h:.3f}%;"
+            f"width:{100 * (right - left) / w:.3f}%;height:{100 * (bottom - top) / h:.3f}%"
+        )
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"src": uri, "width": w, "height": h, "box_style": style}
+
+
+def crop_text(box: Any, form: SlotForm, slot: int) -> str:
+    """A box dragged on slot ``slot``'s cropper (from the browser: checked here) as the crop
+    field's text, clamped to the image."""
+    if not (isinstance(box, list | tuple) and len(box) == 4 and all(type(v) is int for v in box)):
+        raise SigmaInputError(f"references[slot {slot}].crop: not a box: {box!r:.60}")
+    if not form.image:
+        raise SigmaInputError(f"references[slot {slot}].crop: the slot has no image to crop")
+    w, h = reference_image(image_source(form.image), None, slot).size
+    left, top, right, bottom = box
+    clamped = (max(0, left), max(0, top), min(w, right), min(h, bottom))
+    return ", ".join(map(str, clamped))
+
+
+def face_crop(form: SlotForm, slot: int) -> tuple[str, str]:
+    """Slot ``slot``'s crop around the face its image shows (OpenCV's detector, shipped in its
+    wheel), as the crop field's text, and the note that says what was chosen and how to undo
+    it; no face: the crop as it was, and a note saying the whole image is used."""
+    if not form.image:
+        raise SigmaInputError(f"references[slot {slot}]: the slot has no image to crop")
+    ready, why = frontend.face_detection_available()
+    if not ready:
+        raise SigmaInputError(why)
+    box = frontend.face_crop(image_source(form.image), name=f"references[slot {slot}].image")
+    note = frontend.face_crop_note(slot, box)
+    return ("" if box is None else ", ".join(map(str, box))), note
+
+
+def wants_face_crop(form: SlotForm, seen: str | None) -> bool:
+    """Whether a slot gets its face crop on its own: an ``<id>`` slot with an image that has no
+    crop yet, and that was not face-cropped before (``seen``: the image it last ran on; a crop
+    the user cleared stays cleared)."""
+    return bool(form.image) and "<id>" in form.attributes and not form.crop and form.image != seen

@@ -28,7 +28,39 @@ CSS = """
 .sigma-chip.phantom { border-style: dashed; opacity: 0.6; }
 .sigma-chip small { opacity: 0.9; }
 .sigma-hint { opacity: 0.85; font-style: italic; }
-.sigma-strip { display: flex; flex-wrap: wrap; gap: 8px; }
+.sigma-strip { display: flex; flex-wrap: wrap; gap: 8px; padding-top: 22px; }
+#workspace { align-items: flex-start; }
+#slot-grid { display: grid !important; gap: 8px;
+  grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); }
+.sigma-slim, .sigma-told { padding: 0 !important; min-height: 0 !important;
+  border: none !important; }
+.sigma-told:not(:has(.sigma-problems, .sigma-warnings, .sigma-hint)) { display: none; }
+#toolbar { align-items: center; }
+#slot-grid .token > span { max-width: 5.5em; overflow: hidden; white-space: nowrap;
+  text-overflow: ellipsis; }
+#slot-grid > .sigma-card { gap: 6px; }
+#title h2 { margin: 0; }
+#slot-grid > .sigma-card { min-width: 0 !important; }
+.sigma-card-head { align-items: center; flex-wrap: nowrap !important; gap: 4px; }
+.sigma-card-head > * { flex: 0 0 auto !important; min-width: 0 !important; }
+.sigma-card-head > div:first-child { flex: 1 1 auto !important; }
+.sigma-card-title { font-weight: 700; font-size: 1.05em; }
+.sigma-caption { font-size: 0.8em; opacity: 0.85; }
+.sigma-crop-frame { position: relative; display: inline-block; cursor: crosshair;
+  touch-action: none; user-select: none; max-width: 100%; }
+.sigma-crop-frame img { display: block; max-width: 100%; max-height: 240px; }
+.sigma-crop-box { position: absolute; border: 2px solid #ff9800; pointer-events: none;
+  box-shadow: 0 0 0 9999px rgba(0, 0, 0, 0.35); }
+#result-panel { position: sticky; top: 8px; max-height: calc(100vh - 16px);
+  overflow-y: auto; }
+@media (max-width: 768px) {
+  #workspace { flex-direction: column; }
+  #compose-col { display: contents; }
+  #prompt-block { order: 1; }
+  #result-panel { order: 2; position: static; max-height: none; }
+  #slots-block { order: 3; }
+  #compose-rest { order: 4; }
+}
 .sigma-strip-item { cursor: grab; display: flex; flex-direction: column; align-items: center;
   width: 104px; padding: 4px; border: 1px solid #bbb; border-radius: 6px; font-size: 0.8em;
   text-align: center; overflow-wrap: anywhere; }
@@ -82,6 +114,11 @@ def messages(problems: list[str], warnings: list[str]) -> str:
     out = [f'<div class="sigma-problems">✖ {html.escape(p)}</div>' for p in problems]
     out += [f'<div class="sigma-warnings">! {html.escape(w)}</div>' for w in warnings]
     return "".join(out)
+
+
+def note(text: str) -> str:
+    """A neutral note next to a control (what was done for the user, and how to undo it)."""
+    return f'<div class="sigma-hint">{html.escape(text)}</div>' if text else ""
 
 
 START_HINT = (

@@ -11,17 +11,20 @@ from __future__ import annotations
 import functools
 import html
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from sigma_core import SigmaError, SigmaInputError
-from studio import api, compose, modes, presets, runs, slots, views
+from studio import api, autosave, compose, modes, presets, runs, slots, views
 from studio.engine import Studio, refusals
 from studio.forms import Draft, SlotForm, to_draft
-from studio.page import CURSOR_JS, RAW, Page, reference_value, with_cover
+from studio.page import CURSOR_JS, RAW, Page, SlotControls, reference_value, with_cover
 
 ENGINE_QUEUE = "engine"  # the concurrency id every generation shares: one at a time
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -71,7 +74,7 @@ def wire(studio: Studio, page: Page, demo: gr.Blocks, entries: list[presets.Pres
     _wire_engine(studio, page, demo)
     _wire_generation(studio, page)
     _wire_results(studio, page, demo)
-    _wire_presets(studio, page, entries)
+    _wire_presets(studio, page, demo, entries)
     _wire_api(studio)
 
     def forget(request: gr.Request) -> None:
@@ -95,34 +98,65 @@ def _memory(studio: Studio, result: compose.Check) -> str:
         return views.messages([str(e)], [])
 
 
+def _checks(studio: Studio, page: Page, draft: Draft) -> list[Any]:
+    """The draft's problems next to their causes, the sequence view and the memory
+    prediction (:attr:`Page.check_outputs`'s order)."""
+    result = compose.check(studio.engine, draft)
+    per_slot = [
+        views.messages(*result.at(f"slot {k}")) if k <= len(draft.slots) else ""
+        for k in range(1, len(page.slots) + 1)
+    ]
+    return [
+        views.problems_panel(result),
+        views.sequence(result),
+        views.messages(*result.at("prompt")) + views.messages(*result.at("composition")),
+        views.messages(*result.at("settings")),
+        _memory(studio, result),
+        *per_slot,
+    ]
+
+
+def _slot_view(form: SlotForm, k: int) -> list[Any]:
+    """Slot k's preview, caption, cropper and last readable image."""
+    thumb = slots.thumbnail(form, k)
+    readable = form.image if not slots.check_upload(k, form.image, None)[1] else gr.skip()
+    return [thumb.image, thumb.caption, slots.cropper_value(form, k), readable]
+
+
+def view_of(studio: Studio, page: Page, draft: Draft) -> list[Any]:
+    """Everything the page derives from ``draft`` (:attr:`Page.view_outputs`'s order)."""
+    padded = [*draft.slots, *[SlotForm()] * (len(page.slots) - len(draft.slots))]
+    per_slot = [v for k, form in enumerate(padded, start=1) for v in _slot_view(form, k)]
+    return [*per_slot, views.slot_strip(draft), *_checks(studio, page, draft)]
+
+
 def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
-    """Validation as you type: problems next to their causes, and the sequence view."""
+    """Validation as you type: problems next to their causes, the slot strip and the sequence
+    view. Only a person's edits trigger it (``input``): a change the server makes to the form
+    sends its whole view with it."""
 
-    def validate(data: dict[Any, Any]) -> list[Any]:
+    def refresh(data: dict[Any, Any]) -> list[Any]:
         draft = page.draft_of(data)
-        result = compose.check(studio.engine, draft)
-        per_slot = [
-            views.messages(*result.at(f"slot {k}")) if k <= len(draft.slots) else ""
-            for k in range(1, len(page.slots) + 1)
-        ]
-        return [
-            views.problems_panel(result),
-            views.sequence(result),
-            views.messages(*result.at("prompt")) + views.messages(*result.at("composition")),
-            views.messages(*result.at("settings")),
-            _memory(studio, result),
-            *per_slot,
-        ]
+        return [views.slot_strip(draft), *_checks(studio, page, draft)]
 
-    # The banner changes with the engine (a switch, a run's memory): the prediction follows.
-    triggers = [page.prompt.change, page.name.change, page.slot_count.change, page.banner.change]
-    triggers += [c.change for sc in page.slots for c in sc.values]
+    # Text and settings by "change": a paste or a browser's autofill is no keystroke. A change
+    # the server makes triggers it too, and gets the same (consistent) answer.
+    triggers = [page.prompt.change, page.name.change, *(sc.entity.change for sc in page.slots)]
     triggers += [c.change for c in page.settings.values]
     gr.on(
-        triggers, validate, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW,
+        triggers, refresh, inputs=page.draft_inputs,
+        outputs=[page.slot_strip, *page.check_outputs], **RAW,
         **_quiet(trigger_mode="always_last", show_progress="hidden"),
     )  # fmt: skip
-    demo.load(validate, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW, **_quiet())
+
+    def check(data: dict[Any, Any]) -> list[Any]:
+        return _checks(studio, page, page.draft_of(data))
+
+    # The banner changes with the engine (a switch, a run's memory): the prediction follows.
+    page.banner.change(
+        check, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW,
+        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+    )  # fmt: skip
 
     @warns(keep=gr.skip)
     def show_mask(data: dict[Any, Any]) -> Any:
@@ -138,61 +172,33 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     def auto(data: dict[Any, Any]) -> Any:
         return compose.auto_compose(page.draft_of(data))
 
-    page.auto_button.click(auto, inputs=page.draft_inputs, outputs=[page.prompt], **RAW, **_quiet())
+    page.auto_button.click(
+        auto, inputs=page.draft_inputs, outputs=[page.prompt], **RAW, **_quiet()
+    ).then(check, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW, **_quiet())
 
 
 def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
-    """Add, remove, move, insert [k], and each slot's thumbnail."""
+    """Each slot's own events (upload, crop, face crop, attributes), and the changes of the
+    form: add, remove, move, drag in the strip."""
 
     def form_handler(change: Callable[[Draft], Draft]) -> Callable[[dict[Any, Any]], list[Any]]:
-        @warns(keep=page.keep_form)
+        @warns(keep=lambda: page.keep_form() + [gr.skip()] * len(page.view_outputs))
         def handler(data: dict[Any, Any]) -> list[Any]:
-            return page.form_of(change(page.draft_of(data)))
+            draft = change(page.draft_of(data))
+            return page.form_of(draft) + view_of(studio, page, draft)
 
         return handler
 
     for k, sc in enumerate(page.slots, start=1):
-
-        def show_thumbnail(image: Any, crop: str | None, k: int = k) -> list[Any]:
-            form = SlotForm(image=reference_value(image), crop=crop or "")
-            thumb = slots.thumbnail(form, k)
-            return [thumb.image, thumb.caption]  # a problem shows in the slot's messages
-
-        gr.on(
-            [sc.image.change, sc.crop.change], show_thumbnail, inputs=[sc.image, sc.crop],
-            outputs=[sc.thumb, sc.info], **RAW,
-            **_quiet(trigger_mode="always_last", show_progress="hidden"),
-        )  # fmt: skip
-
-        def check_upload(image: Any, previous: str | None, k: int = k) -> list[Any]:
-            kept, note = slots.check_upload(k, reference_value(image), previous)
-            if not note:  # a good file stays as it is: nothing is sent back to the page
-                return [gr.skip(), "", kept]
-            return [kept, views.messages([note], []), previous]
-
-        sc.image.upload(
-            check_upload, inputs=[sc.image, sc.last_good],
-            outputs=[sc.image, sc.upload_note, sc.last_good], **RAW,
-            **_quiet(show_progress="hidden"),
-        )  # fmt: skip
-
-        def remember(image: Any, k: int = k) -> Any:
-            """The slot's last readable image (a preset, a move, a restore set it too)."""
-            path = reference_value(image)
-            return path if not slots.check_upload(k, path, None)[1] else gr.skip()
-
-        sc.image.change(
-            remember, inputs=[sc.image], outputs=[sc.last_good], **RAW,
-            **_quiet(trigger_mode="always_last", show_progress="hidden"),
-        )  # fmt: skip
+        _wire_slot(studio, page, k, sc)
         for button, change in (
             (sc.up, lambda d, k=k: slots.move_slot(d, k, -1)),
             (sc.down, lambda d, k=k: slots.move_slot(d, k, +1)),
             (sc.remove, lambda d, k=k: slots.remove_slot(d, k)),
         ):
             button.click(
-                form_handler(change), inputs=page.draft_inputs, outputs=page.form_outputs, **RAW,
-                **_quiet(),
+                form_handler(change), inputs=page.draft_inputs,
+                outputs=page.form_outputs + page.view_outputs, **RAW, **_quiet(),
             )  # fmt: skip
 
         def insert(text: str | None, at: float | None, k: int = k) -> str:
@@ -201,12 +207,15 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         sc.insert.click(
             insert, inputs=[page.prompt, page.cursor], outputs=[page.prompt], js=CURSOR_JS,
             **_quiet(),
+        ).then(
+            lambda data: _checks(studio, page, page.draft_of(data)), inputs=page.draft_inputs,
+            outputs=page.check_outputs, **RAW, **_quiet(show_progress="hidden"),
         )  # fmt: skip
 
     max_slots = studio.options.max_references
     page.add_button.click(
         form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs, **RAW,
-        outputs=page.form_outputs, **_quiet(),
+        outputs=page.form_outputs + page.view_outputs, **_quiet(),
     )  # fmt: skip
 
     def drop(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
@@ -214,20 +223,64 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         return form_handler(lambda d: slots.reorder_slots(d, order.get("order")))(data)
 
     page.slot_strip.input(
-        drop, inputs=page.draft_inputs, outputs=page.form_outputs, **RAW, **_quiet()
-    )
-
-    def strip(data: dict[Any, Any]) -> list[dict[str, Any]]:
-        return views.slot_strip(page.draft_of(data))
-
-    triggers = [page.slot_count.change]
-    triggers += [c.change for sc in page.slots for c in (sc.image, sc.crop, sc.attributes)]
-    triggers += [sc.entity.change for sc in page.slots]
-    gr.on(
-        triggers, strip, inputs=page.draft_inputs, outputs=[page.slot_strip], **RAW,
-        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+        drop, inputs=page.draft_inputs, outputs=page.form_outputs + page.view_outputs, **RAW,
+        **_quiet(),
     )  # fmt: skip
-    demo.load(strip, inputs=page.draft_inputs, outputs=[page.slot_strip], **RAW, **_quiet())
+
+
+def _wire_slot(studio: Studio, page: Page, k: int, sc: SlotControls) -> None:
+    """Slot k's upload, cleared image, attributes, crop (typed, dragged, or to the face): each
+    answered with the slot's view, the strip and the checks, in one response."""
+    outputs = [sc.image, sc.crop, sc.upload_note, sc.face_seen, sc.thumb, sc.info, sc.cropper]
+    outputs += [sc.last_good, page.slot_strip, *page.check_outputs]
+    inputs = {*page.draft_inputs, sc.last_good, sc.face_seen}
+
+    def answer(data: dict[Any, Any], what: str, box: Any = None) -> list[Any]:
+        draft = page.draft_of(data)
+        form, seen = draft.slots[k - 1], data[sc.face_seen]
+        image, crop, note = gr.skip(), gr.skip(), gr.skip()
+        if what == "upload":
+            kept, problem = slots.check_upload(k, form.image, data[sc.last_good])
+            note = views.messages([problem], []) if problem else ""
+            if problem:
+                image, form = kept, replace(form, image=kept)
+        elif what == "drag":
+            crop = slots.crop_text(box, form, k)
+            form = replace(form, crop=crop)
+        auto = what in ("upload", "attributes") and slots.wants_face_crop(form, seen)
+        if what == "face" or auto:
+            try:
+                crop, told = slots.face_crop(form, k)
+                form = replace(form, crop=crop)
+            except SigmaError as e:  # a face crop of its own accord never stops an upload
+                if not auto:
+                    raise
+                told = str(e)
+            seen, note = form.image, views.note(told)
+        draft = replace(draft, slots=(*draft.slots[: k - 1], form, *draft.slots[k:]))
+        return [
+            image, crop, note, seen, *_slot_view(form, k), views.slot_strip(draft),
+            *_checks(studio, page, draft),
+        ]  # fmt: skip
+
+    quiet = _quiet(show_progress="hidden")
+    keep = warns(keep=lambda: [gr.skip()] * len(outputs))
+    for event, what in (
+        (sc.image.upload, "upload"), (sc.image.clear, "clear"),
+        (sc.attributes.input, "attributes"), (sc.crop.input, "typed"), (sc.crop.blur, "typed"),
+        (sc.face_button.click, "face"),
+    ):  # fmt: skip
+        event(keep(functools.partial(_call, answer, what)), inputs=inputs, outputs=outputs,
+              **RAW, **quiet)  # fmt: skip
+
+    def dragged(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
+        return answer(data, "drag", (getattr(event, "_data", None) or {}).get("box"))
+
+    sc.cropper.input(keep(dragged), inputs=inputs, outputs=outputs, **RAW, **quiet)
+
+
+def _call(answer: Callable[..., list[Any]], what: str, data: dict[Any, Any]) -> list[Any]:
+    return answer(data, what)
 
 
 def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
@@ -408,16 +461,14 @@ def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         compare, inputs=[page.selected, page.compare_with], outputs=[page.slider], **_quiet()
     )
 
-    @warns(keep=page.keep_form)
-    def restore(entry: dict[str, Any] | None) -> list[Any]:
+    def restore(data: dict[Any, Any], _: dict[str, Any]) -> Draft:
+        entry = data[page.selected]
         if entry is None:
             raise SigmaInputError("history: choose a result in the gallery first")
         comp = runs.entry_composition(entry, studio.files)
-        return page.form_of(to_draft(comp, studio.files, max_slots=studio.options.max_references))
+        return to_draft(comp, studio.files, max_slots=studio.options.max_references)
 
-    page.restore_button.click(
-        restore, inputs=[page.selected], outputs=page.form_outputs, **_quiet()
-    )
+    _wire_load(studio, page, page.restore_button.click, restore, {page.selected})
 
     def load_page(stored: Any) -> list[Any]:
         return runs.gallery_items(stored, studio.files)
@@ -425,36 +476,99 @@ def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     demo.load(load_page, inputs=[page.history], outputs=[page.gallery], **_quiet())
 
 
-def _wire_presets(studio: Studio, page: Page, entries: list[presets.PresetEntry]) -> None:
-    """The preset dropdown, the examples, opening an upload, saving the composition."""
+def _wire_load(
+    studio: Studio, page: Page, event: Callable[..., Any], opened: Callable[..., Draft],
+    inputs: set[Any], extra_outputs: Sequence[Any] = (),
+) -> None:  # fmt: skip
+    """A load that replaces the whole composition (a preset, an example, a PNG, a result's
+    composition): the form and its view in one response, and the composition it replaced
+    kept for the undo button. ``opened`` gets the event's values (a dict, by control) and the
+    event's own data (a dict: a gallery's selected index ...)."""
+    load_outputs = [*page.form_outputs, *page.view_outputs, page.before_load, page.undo_button]
+
+    @warns(keep=lambda: [gr.skip()] * (len(load_outputs) + len(extra_outputs)))
+    def load(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
+        draft = opened(data, getattr(event, "_data", None) or {})
+        undo = [autosave.stored(page.draft_of(data)), gr.update(visible=True)]
+        extra = [None] * len(extra_outputs)  # an upload button emptied again, for the next file
+        return page.form_of(draft) + view_of(studio, page, draft) + undo + extra
+
+    event(load, inputs={*page.draft_inputs, *inputs}, outputs=[*load_outputs, *extra_outputs],
+          **RAW, **_quiet())  # fmt: skip
+
+
+def _wire_presets(
+    studio: Studio, page: Page, demo: gr.Blocks, entries: list[presets.PresetEntry]
+) -> None:
+    """The preset dropdown, the examples, opening an upload, saving the composition, the
+    undo of a load, and the draft kept in the browser."""
     by_name = {e.path.name: e.path for e in entries}
+    max_slots = studio.options.max_references
 
-    @warns(keep=page.keep_form)
-    def open_path(path: Any) -> list[Any]:
-        max_slots = studio.options.max_references
-        return page.form_of(presets.open_composition(path, studio.files, max_slots=max_slots))
+    def open_path(path: Any) -> Draft:
+        return presets.open_composition(path, studio.files, max_slots=max_slots)
 
-    page.preset_dropdown.input(
-        lambda choice: open_path(by_name.get(choice or "")), inputs=[page.preset_dropdown],
-        outputs=page.form_outputs, **_quiet(),
+    _wire_load(
+        studio, page, page.preset_dropdown.input,
+        lambda data, _: open_path(by_name.get(data[page.preset_dropdown] or "")),
+        {page.preset_dropdown},
     )  # fmt: skip
-
     shown = with_cover(entries)
 
-    def open_example(event: gr.SelectData) -> list[Any]:
-        return open_path(shown[event.index].path if 0 <= event.index < len(shown) else None)
+    def open_example(data: dict[Any, Any], event: dict[str, Any]) -> Draft:
+        index = event.get("index")
+        chosen = type(index) is int and 0 <= index < len(shown)
+        return open_path(shown[index].path if chosen else None)
 
-    page.examples.select(open_example, outputs=page.form_outputs, **_quiet())
-    page.preset_upload.upload(
-        lambda path: [*open_path(path), None],  # emptied again, ready for the next file
-        inputs=[page.preset_upload],
-        outputs=[*page.form_outputs, page.preset_upload],
+    _wire_load(studio, page, page.examples.select, open_example, set())
+    _wire_load(
+        studio, page, page.preset_upload.upload,
+        lambda data, _: open_path(reference_value(data[page.preset_upload])),
+        {page.preset_upload},
+        extra_outputs=[page.preset_upload],
+    )  # fmt: skip
+
+    def undo(data: dict[Any, Any]) -> list[Any]:
+        roots = [studio.files, Path(get_upload_folder())]
+        draft, _ = autosave.restored(data[page.before_load], roots, max_slots)
+        hide = [None, gr.update(visible=False)]
+        return page.form_of(draft) + view_of(studio, page, draft) + hide
+
+    page.undo_button.click(
+        undo, inputs={page.before_load}, outputs=[*page.form_outputs, *page.view_outputs,
+        page.before_load, page.undo_button], **_quiet(),
+    )  # fmt: skip
+
+    def keep_draft(data: dict[Any, Any]) -> dict[str, Any]:
+        return autosave.stored(page.draft_of(data))
+
+    triggers = [c.change for c in (page.prompt, page.name, page.slot_count)]
+    triggers += [c.change for sc in page.slots for c in sc.values]
+    triggers += [c.change for c in page.settings.values]
+    gr.on(
+        triggers, keep_draft, inputs=page.draft_inputs, outputs=[page.saved_draft], **RAW,
+        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+    )  # fmt: skip
+
+    def reopen(stored: Any) -> list[Any]:
+        """The page opens on the draft this browser kept (or the empty one)."""
+        roots = [studio.files, Path(get_upload_folder())]
+        draft, notes = autosave.restored(stored, roots, max_slots)
+        for told in notes:
+            gr.Warning(html.escape(told))
+        return page.form_of(draft) + view_of(studio, page, draft)
+
+    demo.load(
+        reopen,
+        inputs=[page.saved_draft],
+        outputs=page.form_outputs + page.view_outputs,
         **_quiet(),
     )
 
     @warns(keep=gr.skip)
     def save(data: dict[Any, Any]) -> Any:
-        return str(presets.save_draft(page.draft_of(data), studio.files))
+        return gr.update(value=str(presets.save_draft(page.draft_of(data), studio.files)),
+                         visible=True)  # fmt: skip
 
     page.save_button.click(
         save, inputs=page.draft_inputs, outputs=[page.preset_file], **RAW, **_quiet()

@@ -308,7 +308,7 @@ def test_the_thumbnail_is_what_the_model_sees(images):
     assert thumb.problem is None
     assert "cropped to 32×48" in thumb.caption
     assert "the model sees 512×768" in thumb.caption  # BAGEL's resize: short side 512 ...
-    assert "48×32 latent tokens (+2 markers = 1538 tokens)" in thumb.caption  # 16 px a token
+    assert "1538 tokens (48×32 latents + 2 markers)" in thumb.caption  # 16 px a token
     assert max(thumb.image.size) <= 256
     bad = slots.thumbnail(SlotForm(images["text"]), 3)
     assert bad.image is None and "references[slot 3].image" in bad.problem

@@ -54,11 +54,19 @@ def upload(page: Page, k: int, path: Path) -> None:
     page.locator(f"#slot-{k}-image input[type=file]").set_input_files(path)
 
 
+def open_file(page: Page, path: Path) -> None:
+    """Open a preset JSON or a PNG through the toolbar's open button (a file chooser)."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("#preset-upload").click()
+    chooser.value.set_files(path)
+
+
 def upload_ok(page: Page, k: int, path: Path) -> None:
     """Upload a usable image to slot k and wait for its thumbnail and caption."""
     upload(page, k, path)
     expect(page.locator(f"#slot-{k}-info")).to_contain_text("the model sees")
-    expect(page.locator(f"#slot-{k}-thumb img")).to_be_visible()
+    expect(page.locator(f"#slot-{k}-image img")).to_be_visible()
+    expect(page.locator(f"#slot-order [data-slot='{k}'] img")).to_be_visible()
 
 
 def pick_attribute(page: Page, k: int, token: str) -> None:

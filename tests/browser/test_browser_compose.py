@@ -35,10 +35,10 @@ def test_compose_two_references_with_attributes_and_a_template(page: Page, pictu
     expect(banner).to_contain_text("PREVIEW ENGINE")
     fill_two_slots(page, pictures)
     expect(page.locator("#slot-1-info")).to_have_text(
-        "256×256, the model sees 512×512: 32×32 latent tokens (+2 markers = 1026 tokens)"
+        "256×256, the model sees 512×512 · 1026 tokens (32×32 latents + 2 markers)"
     )
     expect(page.locator("#slot-2-info")).to_contain_text("451×300, the model sees")
-    expect(page.locator("#slot-2-info")).to_contain_text("latent tokens")
+    expect(page.locator("#slot-2-info")).to_contain_text("latents + 2 markers")
     # The template: typed, with each reference inserted at the cursor by its button.
     type_prompt(page, "A photo of holding")
     prompt_box(page).press("Home")
@@ -109,7 +109,7 @@ def test_bad_inputs_show_a_message_and_keep_the_composition(page: Page, pictures
     add_slot(page, 2)
     upload_ok(page, 2, pictures["blue"])
     kept = re.search(
-        r"\d+×\d+, the model sees .*tokens\)", page.locator("#slot-2-info").inner_text()
+        r"\d+×\d+, the model sees .*markers\)", page.locator("#slot-2-info").inner_text()
     )[0]
     note = page.locator("#slot-2-upload-note")
     upload(page, 2, pictures["text"])
@@ -117,7 +117,7 @@ def test_bad_inputs_show_a_message_and_keep_the_composition(page: Page, pictures
     expect(note).to_contain_text("is not an image PIL can read")
     page.wait_for_timeout(1500)  # what the page settles on
     expect(page.locator("#slot-2-info")).to_contain_text(kept)  # still the blue square
-    expect(page.locator("#slot-2-thumb img")).to_be_visible()
+    expect(page.locator("#slot-order [data-slot='2'] img")).to_be_visible()
     assert page.locator("body").inner_text().count("is not an image PIL can read") == 1
     expect(page.locator("[data-testid=toast-text]")).to_have_count(0)
     expect(prompt_box(page)).to_have_value(prompt)

@@ -15,6 +15,7 @@ from tests.browser.helpers import (
     compose_one,
     compose_two,
     generate,
+    open_file,
     open_settings,
     prompt_box,
     set_run,
@@ -49,7 +50,7 @@ def test_save_preset_reload_see_history_and_load_it_back(page: Page, pictures, t
     expect(page.locator("#slot-2")).to_have_count(0)
     save_screenshot(page, "reloaded_history")
     # Load the saved preset: the prompt, both slots, their images and the settings return.
-    page.locator("#preset-upload input[type=file]").set_input_files(saved)
+    open_file(page, saved)
     expect(prompt_box(page)).to_have_value(TEMPLATE)
     expect(page.locator("#composition-name textarea")).to_have_value("Red and cat")
     expect(page.locator("#slot-2")).to_be_visible()
@@ -84,7 +85,7 @@ def test_a_downloaded_result_png_loads_back(page: Page, pictures, tmp_path) -> N
     assert stored.prompt == "A studio portrait of [1]"
     # Change the form, then open the PNG: its composition comes back.
     type_prompt(page, "something else entirely")
-    page.locator("#preset-upload input[type=file]").set_input_files(png)
+    open_file(page, png)
     expect(prompt_box(page)).to_have_value("A studio portrait of [1]")
     expect(page.locator("#slot-1-info")).to_contain_text("256×256")
     expect(page.locator("#slot-1-attributes")).to_contain_text("<id>")
