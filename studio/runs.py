@@ -106,8 +106,9 @@ def stream(
 ) -> Iterator[RunItem]:  # fmt: skip
     """Make one image per seed (none: one, with the composition's seed), reporting every
     step, in one engine call: the references are encoded and the prompt prefilled once, and
-    each image's steps follow. Each image is saved as its own result. When one image does
-    not fit in memory, nothing starts (more images need no more memory)."""
+    each image's steps follow. Each image is saved as its own result, those done before a
+    cancel or the time limit too. When one image does not fit in memory, nothing starts (more
+    images need no more memory)."""
     try:
         fit = modes.fit_for(engine, composition)
     except SigmaError as e:
@@ -122,12 +123,20 @@ def stream(
     def work() -> None:
         try:
             report = _Reporter(events, max(len(seeds), 1))
-            out = engine.generate(
-                composition, seeds=seeds, cancel=token, on_step=report.step,
-                on_phase=report.phase,
-            )  # fmt: skip
+            stopped: GenerationCancelled | None = None
+            try:
+                out = engine.generate(
+                    composition, seeds=seeds, cancel=token, on_step=report.step,
+                    on_phase=report.phase,
+                )  # fmt: skip
+            except GenerationCancelled as e:
+                if e.partial is None:
+                    raise
+                out, stopped = e.partial, e  # the images done before it are the user's
             for result in out.split():
                 events.put(save_result(result, files))
+            if stopped is not None:
+                events.put(stopped)
         except Exception as e:  # every failure is reported to the consumer, bugs included
             events.put(e)
         finally:
@@ -153,13 +162,13 @@ def stream(
     finally:
         if worker.is_alive():  # the consumer went away (page closed): stop the engine
             token.cancel.set()
-    yield Outcome(
-        entries=tuple(entries),
-        error=None
-        if failure is None
-        else describe_failure(failure, engine, token, time_limit_s, composition),
-        cancelled=isinstance(failure, GenerationCancelled),
-    )
+    error = None
+    if failure is not None:
+        error = describe_failure(
+            failure, engine, token, time_limit_s, composition, kept=len(entries),
+            images=max(len(seeds), 1),
+        )  # fmt: skip
+    yield Outcome(tuple(entries), error, cancelled=isinstance(failure, GenerationCancelled))
 
 
 class _Reporter:
@@ -198,16 +207,19 @@ def _waiting(events: queue.Queue[Any]) -> list[Any]:
 
 def describe_failure(
     error: BaseException, engine: Engine, token: RunToken, time_limit_s: float,
-    composition: Composition,
+    composition: Composition, *, kept: int = 0, images: int = 1,
 ) -> str:  # fmt: skip
-    """The message for a run of ``composition`` that stopped: what happened and what to do."""
+    """The message for a run of ``composition`` (``images`` per run) that stopped: what
+    happened, the images ``kept`` (those done before a cancel), and what to do."""
     if isinstance(error, GenerationCancelled):
+        made = f"; {kept} image{'s' * (kept != 1)} kept" if kept else ""
         if token.timed_out() and not token.cancel.is_set():
+            fewer = "fewer steps, fewer images per run" if images > 1 else "fewer steps"
             return (
                 f"stopped {str(error).removeprefix('cancelled ')}: the run took longer than this "
-                f"studio's time limit of {time_limit_s:g} s; use fewer steps or a smaller size"
+                f"studio's time limit of {time_limit_s:g} s{made}; use {fewer} or a smaller size"
             )
-        return f"{error}; the composition is unchanged, press Generate to run it again"
+        return f"{error}{made}; the composition is unchanged, press Generate to run it again"
     if isinstance(error, SigmaOutOfMemoryError):
         return f"{error}. {modes.after_out_of_memory(engine, composition)}"
     if isinstance(error, SigmaError):

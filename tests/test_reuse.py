@@ -4,8 +4,10 @@ Euler loop, each image exactly what a call of one image with its seed makes."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import threading
+import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -223,3 +225,49 @@ def test_the_step_callback_runs_for_each_image_and_cancel_stops_within_a_step(fr
         pipe(_comp(seed=1), num_images_per_prompt=3, output_type="latent", cancel=stop,
              callback_on_step_end=step)  # fmt: skip
     assert steps == [0, 1, 2, 0] and e.value.step == 1
+    assert e.value.partial.seeds == [1] and e.value.partial.images is None  # image 1, as asked
+
+
+def test_a_cancel_keeps_the_images_done_decoded_after_the_kv_cache_is_freed(
+    fresh, monkeypatch
+) -> None:
+    """Cancelled during image 2 of 3: image 1 is still decoded, once the KV cache is freed, and
+    goes with the cancel, exactly what a call of one image with its seed makes."""
+    pipe, _ = fresh
+    made, freed = [], []
+    denoiser, decode = pipeline_module.Denoiser, pipe.vae.decode
+
+    def track(*args, **kwargs):
+        made.append(weakref.ref(d := denoiser(*args, **kwargs)))
+        return d
+
+    monkeypatch.setattr(pipeline_module, "Denoiser", track)
+    monkeypatch.setattr(
+        pipe.vae, "decode", lambda z: freed.append(all(r() is None for r in made)) or decode(z)
+    )
+    stop, steps = threading.Event(), []
+
+    def step(p, i, t, tensors):
+        steps.append(i)
+        if len(steps) == 5:  # the second step of the second image
+            stop.set()
+
+    with pytest.raises(GenerationCancelled, match="during image 2 of 3, after step 2 of 3") as e:
+        pipe(_comp(seed=7), num_images_per_prompt=3, cancel=stop, callback_on_step_end=step)
+    part = e.value.partial
+    assert freed == [True] and e.value.step == 2  # image 1 alone decoded, the cache gone
+    assert part.seeds == [7] and part.seed == part.settings.seed == 7 and len(part.images) == 1
+    alone = pipe(_comp(seed=7))
+    assert torch.equal(part.latents, alone.latents)
+    assert part.images[0].tobytes() == alone.images[0].tobytes()
+    assert part.num_passes == alone.num_passes and part.split() == [part]
+    again = pickle.loads(pickle.dumps(e.value))  # as a ZeroGPU run sends it back
+    assert str(again) == str(e.value) and again.step == 2
+    assert torch.equal(again.partial.latents, alone.latents)
+    # a cancel before any image is done keeps nothing; a call of one image names no image
+    for n, where in ((2, "^cancelled during image 1 of 2, after"), (1, "^cancelled after")):
+        stop.clear()
+        with pytest.raises(GenerationCancelled, match=where + " step 1 of 3$") as e:
+            pipe(_comp(seed=7), num_images_per_prompt=n, cancel=stop,
+                 callback_on_step_end=lambda *a: stop.set())  # fmt: skip
+        assert e.value.partial is None

@@ -139,6 +139,40 @@ def test_images_per_run_encode_and_prefill_once(pipe, tiny_checkpoint, images, t
     assert (stats.hits, stats.misses, stats.entries) == (2, 2, 2)
 
 
+def test_a_cancel_keeps_the_images_done(engine, images, tmp_path):
+    """Three images per run, cancelled during the second: the first is saved, with its seed,
+    and the message says so."""
+    sessions = Sessions()
+    sessions.arm("a")
+    settings = FAST.replace(seed="7", images_per_run=3, num_timesteps=40)
+    draft = replace(two_slots(images), settings=settings)
+    seen = []
+    for item in runs.generate(engine, sessions, "a", draft, files=tmp_path, time_limit_s=60):
+        seen.append(item)
+        if isinstance(item, runs.Progress) and item.image == 2 and item.step >= 1:
+            sessions.cancel("a")
+    outcome = seen[-1]
+    assert outcome.cancelled and len(outcome.entries) == 1, outcome.error
+    assert outcome.error.startswith("cancelled during image 2 of 3, after step ")
+    assert "; 1 image kept; the composition is unchanged" in outcome.error
+    (entry,) = outcome.entries
+    stored = sigma_core.read_png_composition(runs.result_file(entry, tmp_path))
+    assert entry["seed"] == stored.settings.seed == 7
+    assert [p.image for p in seen if isinstance(p, runs.Progress)][-1] == 2  # no image 3
+
+
+def test_the_time_limit_message_counts_the_images_kept(engine, images):
+    late = RunToken(threading.Event(), 0)
+    stop = GenerationCancelled("cancelled during image 3 of 4, after step 5 of 20", step=5)
+    comp = to_composition(two_slots(images))
+    text = runs.describe_failure(stop, engine, late, 60, comp, kept=2, images=4)
+    assert text == (
+        "stopped during image 3 of 4, after step 5 of 20: the run took longer than this "
+        "studio's time limit of 60 s; 2 images kept; use fewer steps, fewer images per run or a "
+        "smaller size"
+    )
+
+
 def test_a_run_records_its_layout_and_its_png_restores_it(engine, images, tmp_path):
     draft = replace(two_slots(images), settings=FAST.replace(layout="training"))
     _, outcome = finish(

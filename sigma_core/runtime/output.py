@@ -26,9 +26,9 @@ from sigma_core.errors import (
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.preset import write_png
 from sigma_core.inputs.settings import Settings
-from sigma_core.model.bagel import patchify
+from sigma_core.model.bagel import patchify, unpatchify
 from sigma_core.planning.sequence import Plan
-from sigma_core.runtime.contexts import CALLBACK_TENSORS, StepVelocities
+from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, StepVelocities
 
 if TYPE_CHECKING:
     from sigma_core.runtime.placement import Offload
@@ -72,6 +72,36 @@ class RunPhases:
             yield
         key = f"{name}_s"
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+
+
+def denoise_each(
+    phase: RunPhases, denoise: Denoiser, noises: Sequence[tuple[torch.Tensor, int]],
+    ts: torch.Tensor, on_step: Callable[[int, torch.Tensor, StepVelocities], torch.Tensor],
+) -> tuple[list[torch.Tensor], int, GenerationCancelled | None]:  # fmt: skip
+    """Each image's Euler loop in turn from its noise tokens (see :meth:`Denoiser.sample`), a
+    "denoise" phase announced as ("image", i, n) when n > 1. Returns each image's final latents
+    [1, z, H/8, W/8], the passes made, and a cancel that stopped the loops after image 1: it
+    names its image, and holds no traceback (that would keep the KV cache). A cancel before
+    that is raised."""
+    finals: list[torch.Tensor] = []
+    passes, n = 0, len(noises)
+    for i, (x, _) in enumerate(noises):
+        if n > 1:
+            phase.report("image", i, n)
+        try:
+            with phase("denoise", denoise.model, total=len(denoise.steps)):
+                x, done = denoise.sample(x, ts, on_step)
+        except GenerationCancelled as e:
+            if n == 1:
+                raise
+            where = f"during image {i + 1} of {n}, {str(e).removeprefix('cancelled ')}"
+            stopped = GenerationCancelled(f"cancelled {where}", step=e.step)
+            if not finals:
+                raise stopped from None
+            return finals, passes, stopped
+        finals.append(unpatchify(x, denoise.grid, denoise.model.latent_channels))
+        passes += done
+    return finals, passes, None
 
 
 @dataclass

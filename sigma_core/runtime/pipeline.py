@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from sigma_core.inputs.composition import Composition
-from sigma_core.model.bagel import BagelGenerator, unpatchify
+from sigma_core.model.bagel import BagelGenerator
 from sigma_core.model.precision import Precision, dtype_name
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.planner import Planner
@@ -41,6 +41,7 @@ from sigma_core.runtime.output import (
     StepCallback,
     check_call,
     check_cancel,
+    denoise_each,
     step_hook,
     to_output,
 )
@@ -155,7 +156,9 @@ class SigmaPipeline:
         ``num_images_per_prompt`` images (consecutive seeds from the settings' seed), or one per
         generator of a list, share the encode and the prefill: only the Euler loop repeats, on
         the same contexts, so image i is exactly what a call of one image with its seed makes.
-        Its loop is announced as ("image", i, n) to ``callback_on_phase``; see SigmaOutput.
+        Its loop is announced as ("image", i, n) to ``callback_on_phase``; see SigmaOutput. A
+        cancel during image i > 1 still decodes the i - 1 images done, after the KV cache is
+        freed: the GenerationCancelled raised holds them in its ``partial``.
         """
         phase = RunPhases(self.device, self.offload, callback_on_phase)
         start = time.perf_counter()
@@ -201,26 +204,23 @@ class SigmaPipeline:
             on_step = step_hook(
                 self, plan, ts, callback_on_step_end, callback_on_step_end_tensor_inputs, cancel
             )
-            finals, passes = [], 0
-            for i, (x, _) in enumerate(noises):
-                if len(noises) > 1:
-                    phase.report("image", i, len(noises))
-                with phase("denoise", self.model, total=len(branches)):
-                    x, done = denoise.sample(x, ts, on_step)
-                finals.append(unpatchify(x, plan.noise.block_grid, self.model.latent_channels))
-                passes += done
+            finals, passes, stopped = denoise_each(phase, denoise, noises, ts, on_step)
             del denoise
-            # 5. decode, each image alone
+            # 5. decode, each image alone (those done when a cancel came after the first)
             final, decoded = torch.cat(finals), None
             if output_type != "latent":
                 with phase("decode", self.vae, total=len(finals)):
                     pixels = torch.cat([self.vae.decode(f) for f in finals])
                     decoded = to_output(pixels, output_type, preview=self.preview)
         timings = {**phase.timings, "total_s": time.perf_counter() - start}
-        return SigmaOutput(
+        out = SigmaOutput(
             images=decoded, latents=final, seed=seeds[0], composition=composition, plan=plan,
-            preview=self.preview, num_passes=passes, timings=timings, seeds=seeds,
+            preview=self.preview, num_passes=passes, timings=timings, seeds=seeds[: len(finals)],
         )  # fmt: skip
+        if stopped is not None:
+            stopped.partial = out
+            raise stopped
+        return out
 
     def live_preview(self, tensors: dict[str, Any], *, size: PreviewSize = "latent") -> Image.Image:
         """A step's estimate of the final image from a callback's "latents", "velocity" and
