@@ -16,6 +16,9 @@ The studio shows the message and keeps the user's work.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 
 class SigmaError(Exception):
     """Base of every error raised on purpose; the message says what is wrong and what to do."""
@@ -61,8 +64,16 @@ class SigmaOutOfMemoryError(SigmaResourceError):
 
 
 class GenerationCancelled(SigmaError):
-    """A run stopped on request; the pipeline stays usable."""
+    """A run stopped on request; the pipeline stays usable. ``step``: the Euler steps done (of
+    the image running). ``partial``: when a call of several images (num_images_per_prompt) is
+    cancelled after its first, the images whose loops finished, decoded as the call asked, as
+    a :class:`~sigma_core.runtime.output.SigmaOutput` (split() gives each with its seed); None
+    when no image finished. (Typed Any: this base module imports nothing of sigma_core.)"""
 
-    def __init__(self, message: str, *, step: int) -> None:
+    def __init__(self, message: str, *, step: int, partial: Any = None) -> None:
         super().__init__(message)
-        self.step = step
+        self.step, self.partial = step, partial
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keyword arguments survive a pickle (a ZeroGPU run raises in another process)
+        return functools.partial(type(self), step=self.step, partial=self.partial), (str(self),)

@@ -35,7 +35,7 @@ def api_generate(
     caller cancelled, or went away) stops the run within a step."""
     comp = read_preset(preset)
     outcome = Outcome()
-    items = stream(engine, sessions, session, [comp], files=files, time_limit_s=time_limit_s)
+    items = stream(engine, sessions, session, comp, files=files, time_limit_s=time_limit_s)
     with closing(items):
         for item in items:
             if isinstance(item, Outcome):

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -133,25 +133,32 @@ class Engine:
 
     def generate(
         self, composition: Composition, *, cancel: Any, on_step: StepReport | None = None,
-        on_phase: PhaseReport | None = None,
+        on_phase: PhaseReport | None = None, seeds: Sequence[int] = (),
     ) -> SigmaOutput:  # fmt: skip
-        """One image; ``cancel`` (anything with ``is_set()``) stops it within one step;
-        ``on_phase`` hears each phase start, ``on_step`` each step end."""
+        """One image per seed of ``seeds`` (none: one, with the composition's seed), in one
+        pipeline call that encodes and prefills once (SigmaOutput.split gives each image);
+        ``cancel`` (anything with ``is_set()``) stops it within one step; ``on_phase`` hears
+        each phase start ("image", i, n as image i + 1 of several starts), ``on_step`` each
+        step end."""
         total = composition.settings.num_timesteps - 1
 
         def step_end(pipe: SigmaPipeline, step: int, t: Any, tensors: dict[str, Any]) -> None:
             if on_step is not None:
                 on_step(step + 1, total, self.live_preview(tensors))
 
+        # each image's noise as a pipeline call of one image with its seed draws it
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds] or None
         with self._run_lock:
-            return self._run(composition, cancel, step_end, on_phase)
+            return self._run(composition, generators, cancel, step_end, on_phase)
 
     def _run(
-        self, composition: Composition, cancel: Any, step_end: Any, on_phase: Any
-    ) -> SigmaOutput:
+        self, composition: Composition, generators: list[torch.Generator] | None, cancel: Any,
+        step_end: Any, on_phase: Any,
+    ) -> SigmaOutput:  # fmt: skip
         """The pipeline call: the part that needs the GPU (wrapped for ZeroGPU in __init__)."""
         return self.pipe(
             composition,
+            generator=generators,
             callback_on_step_end=step_end,
             callback_on_step_end_tensor_inputs=frontend.LIVE_PREVIEW_TENSORS,
             cancel=cancel,

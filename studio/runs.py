@@ -95,19 +95,22 @@ def generate(
     except SigmaError as e:
         yield Outcome(error=str(e))
         return
-    jobs = [replace(comp, settings=comp.settings.replace(seed=s)) for s in seeds]
-    yield from stream(engine, sessions, session, jobs, files=files, time_limit_s=time_limit_s)
+    yield from stream(
+        engine, sessions, session, comp, seeds=seeds, files=files, time_limit_s=time_limit_s
+    )
 
 
 def stream(
-    engine: Engine, sessions: Sessions, session: str, compositions: Sequence[Composition], *,
-    files: Path, time_limit_s: float,
+    engine: Engine, sessions: Sessions, session: str, composition: Composition, *,
+    seeds: Sequence[int] = (), files: Path, time_limit_s: float,
 ) -> Iterator[RunItem]:  # fmt: skip
-    """Make one image per composition, in order, reporting every step. They share their
-    references and size, so the first says whether they fit in memory; when it does not,
-    nothing starts."""
+    """Make one image per seed (none: one, with the composition's seed), reporting every
+    step, in one engine call: the references are encoded and the prompt prefilled once, and
+    each image's steps follow. Each image is saved as its own result, those done before a
+    cancel or the time limit too. When one image does not fit in memory, nothing starts (more
+    images need no more memory)."""
     try:
-        fit = modes.fit_for(engine, compositions[0])
+        fit = modes.fit_for(engine, composition)
     except SigmaError as e:
         fit = modes.Fit(False, str(e))
     if not fit.fits:
@@ -119,12 +122,21 @@ def stream(
 
     def work() -> None:
         try:
-            for i, comp in enumerate(compositions, start=1):
-                report = _Reporter(events, i, len(compositions))
+            report = _Reporter(events, max(len(seeds), 1))
+            stopped: GenerationCancelled | None = None
+            try:
                 out = engine.generate(
-                    comp, cancel=token, on_step=report.step, on_phase=report.phase
-                )
-                events.put(save_result(out, files))
+                    composition, seeds=seeds, cancel=token, on_step=report.step,
+                    on_phase=report.phase,
+                )  # fmt: skip
+            except GenerationCancelled as e:
+                if e.partial is None:
+                    raise
+                out, stopped = e.partial, e  # the images done before it are the user's
+            for result in out.split():
+                events.put(save_result(result, files))
+            if stopped is not None:
+                events.put(stopped)
         except Exception as e:  # every failure is reported to the consumer, bugs included
             events.put(e)
         finally:
@@ -150,25 +162,28 @@ def stream(
     finally:
         if worker.is_alive():  # the consumer went away (page closed): stop the engine
             token.cancel.set()
-    yield Outcome(
-        entries=tuple(entries),
-        error=None
-        if failure is None
-        else describe_failure(failure, engine, token, time_limit_s, compositions[0]),
-        cancelled=isinstance(failure, GenerationCancelled),
-    )
+    error = None
+    if failure is not None:
+        error = describe_failure(
+            failure, engine, token, time_limit_s, composition, kept=len(entries),
+            images=max(len(seeds), 1),
+        )  # fmt: skip
+    yield Outcome(tuple(entries), error, cancelled=isinstance(failure, GenerationCancelled))
 
 
 class _Reporter:
-    """Puts image ``image``'s phases and steps on ``events`` as :class:`Progress`; the steps
-    carry the seconds since the denoising began, so the time left follows the step rate alone
-    (encoding and prefill, however long, do not make it up)."""
+    """Puts a run's phases and steps on ``events`` as :class:`Progress` of the image running
+    (of ``images``); the steps carry the seconds since its denoising began, so the time left
+    follows the step rate alone (encoding and prefill, however long, do not make it up)."""
 
-    def __init__(self, events: queue.Queue[Any], image: int, images: int) -> None:
-        self.events, self.image, self.images = events, image, images
+    def __init__(self, events: queue.Queue[Any], images: int) -> None:
+        self.events, self.image, self.images = events, 1, images
         self.denoise_start = time.monotonic()
 
     def phase(self, name: str, done: int, total: int) -> None:
+        if name == "image":  # image done + 1 of several: its denoising follows
+            self.image = done + 1
+            return
         if name == "denoise":
             self.denoise_start = time.monotonic()
         self.events.put(Progress(self.image, self.images, done, total, phase=name))
@@ -192,16 +207,19 @@ def _waiting(events: queue.Queue[Any]) -> list[Any]:
 
 def describe_failure(
     error: BaseException, engine: Engine, token: RunToken, time_limit_s: float,
-    composition: Composition,
+    composition: Composition, *, kept: int = 0, images: int = 1,
 ) -> str:  # fmt: skip
-    """The message for a run of ``composition`` that stopped: what happened and what to do."""
+    """The message for a run of ``composition`` (``images`` per run) that stopped: what
+    happened, the images ``kept`` (those done before a cancel), and what to do."""
     if isinstance(error, GenerationCancelled):
+        made = f"; {kept} image{'s' * (kept != 1)} kept" if kept else ""
         if token.timed_out() and not token.cancel.is_set():
+            fewer = "fewer steps, fewer images per run" if images > 1 else "fewer steps"
             return (
                 f"stopped {str(error).removeprefix('cancelled ')}: the run took longer than this "
-                f"studio's time limit of {time_limit_s:g} s; use fewer steps or a smaller size"
+                f"studio's time limit of {time_limit_s:g} s{made}; use {fewer} or a smaller size"
             )
-        return f"{error}; the composition is unchanged, press Generate to run it again"
+        return f"{error}{made}; the composition is unchanged, press Generate to run it again"
     if isinstance(error, SigmaOutOfMemoryError):
         return f"{error}. {modes.after_out_of_memory(engine, composition)}"
     if isinstance(error, SigmaError):
@@ -375,13 +393,13 @@ def compare_with_reference(
     return ImageOps.fit(comp.load_image(ref), result.size), result
 
 
-def ab_compositions(entry: dict[str, Any], files: Path) -> list[Composition]:
+def ab_composition(entry: dict[str, Any], files: Path) -> Composition:
     """The leakage A/B's other half: the result's composition and seed with the mask flipped."""
     comp = entry_composition(entry, files)
     if result_file(entry, files) is None:
         raise SigmaInputError("A/B: this result's image is no longer on the server; make it again")
     settings = comp.settings.replace(seed=entry["seed"], mask=not comp.settings.mask)
-    return [replace(comp, settings=settings)]
+    return replace(comp, settings=settings)
 
 
 AB_LABEL = "A/B: left, SIGMA's mask on · right, mask off (same seed)"

@@ -207,6 +207,8 @@ def progress(p: Progress) -> str:
         if p.step < p.steps:
             return f"{image}Encoding reference {p.step + 1} of {p.steps}…"
         return f"{image}{p.steps} reference{'s' * (p.steps != 1)} encoded"
+    if p.phase == "decode" and p.steps > 1:  # a run's images are decoded together
+        return f"Decoding the {p.steps} images…"
     if p.phase != "denoise":
         return image + PHASE_TEXT.get(p.phase, f"{p.phase}…")
     if p.step == 0:

@@ -356,10 +356,10 @@ def _wire_generation(studio: Studio, page: Page) -> None:
         entry = data[page.selected]
         if entry is None:
             raise SigmaInputError("A/B: choose a result in the gallery first")
-        twins = runs.ab_compositions(entry, studio.files)
+        twin = runs.ab_composition(entry, studio.files)
         yield {page.status: "A/B: the same seed with the mask flipped…"}
         items = runs.stream(
-            studio.engine, studio.sessions, request.session_hash, twins,
+            studio.engine, studio.sessions, request.session_hash, twin,
             files=studio.files, time_limit_s=studio.options.time_limit_s,
         )  # fmt: skip
         pair = lambda other: runs.ab_pair(entry, other, studio.files)  # noqa: E731

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sigma_core import Composition
@@ -23,14 +23,16 @@ def on_zerogpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").lower() == "true"
 
 
-def gpu_seconds(composition: Composition, *args: Any, **kwargs: Any) -> int:
-    """The GPU time to ask for one run: CFG's three passes per step over the output's tokens,
-    one prefill per placed reference, and a margin. Called with the wrapped function's own
-    arguments, as ``spaces.GPU(duration=...)`` does."""
+def gpu_seconds(
+    composition: Composition, generators: Sequence[Any] | None = None, *args: Any, **kwargs: Any
+) -> int:
+    """The GPU time to ask for one run: CFG's three passes per step over the output's tokens
+    for each image (one per generator), one prefill per placed reference, and a margin.
+    Called with the wrapped function's own arguments, as ``spaces.GPU(duration=...)`` does."""
     settings = composition.settings
     width, height = settings.size or (1024, 1024)  # following a reference: at most 1024²
     share = width * height / 256 / TOKENS_1024
-    passes = 3 * (settings.num_timesteps - 1)
+    passes = 3 * (settings.num_timesteps - 1) * len(generators or [None])
     references = len(composition.referenced_slots())
     seconds = BASE_S + passes * PASS_S * share + references * PREFILL_S
     return int(min(max(math.ceil(seconds), MIN_S), MAX_S))

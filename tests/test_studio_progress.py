@@ -20,7 +20,7 @@ class SlowEncode(Engine):
     def __init__(self, pipe) -> None:
         super().__init__(pipe, weights="slow encode", options=StudioOptions())
 
-    def generate(self, composition, *, cancel, on_step=None, on_phase=None):
+    def generate(self, composition, *, cancel, on_step=None, on_phase=None, seeds=()):
         on_phase("plan", 0, 1)
         for k in range(2):
             on_phase("encode", k, 2)
@@ -32,7 +32,7 @@ class SlowEncode(Engine):
             time.sleep(0.01)
             on_step(step, 20, None)
         on_phase("decode", 0, 1)
-        return super().generate(replace(composition), cancel=cancel)
+        return super().generate(replace(composition), cancel=cancel, seeds=seeds)
 
 
 def test_the_status_names_each_phase_and_times_only_the_steps(pipe, images, tmp_path):

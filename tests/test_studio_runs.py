@@ -14,18 +14,20 @@ import pytest
 from PIL import Image
 
 import sigma_core
+import sigma_core.runtime.pipeline as pipeline_module
 from sigma_core import (
     GenerationCancelled,
     PresetError,
     SigmaInputError,
     SigmaOutOfMemoryError,
+    SigmaPipeline,
     frontend,
 )
 from studio import api, compose, presets, runs, views
 from studio.engine import Engine, RunToken, Sessions
 from studio.forms import to_composition, to_draft
 from studio.options import PRESETS_DIR, StudioOptions
-from tests.studio_helpers import FAST, finish, two_slots
+from tests.studio_helpers import FAST, finish, tiny_engine, two_slots
 
 pytest_plugins = ["tests.studio_fixtures"]
 
@@ -97,6 +99,78 @@ def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
     )
     second, first = (e["seed"] for e in outcome.entries)
     assert second == first + 1
+
+
+def test_images_per_run_encode_and_prefill_once(pipe, tiny_checkpoint, images, tmp_path,
+                                                monkeypatch):  # fmt: skip
+    """Three images per run: one VAE encode per reference and one prefill for all three, each
+    image saved as its own result with its seed, and shown as image k of 3; the next run, with
+    a new seed, encodes nothing."""
+    calls: list[str] = []
+    encode, prefill = pipe.vae.encode, pipeline_module.prefill_contexts
+    monkeypatch.setattr(pipe.vae, "encode", lambda x: calls.append("encode") or encode(x))
+    monkeypatch.setattr(
+        pipeline_module, "prefill_contexts",
+        lambda *a, **k: calls.append("prefill") or prefill(*a, **k),
+    )  # fmt: skip
+    own_cache = SigmaPipeline(pipe.model, pipe.vae, pipe.tokenizer)
+    engine = tiny_engine(own_cache, tiny_checkpoint)
+    # 50 ms a step: the consumer sees each image's first step (the last may give way at once)
+    monkeypatch.setattr(engine, "live_preview", lambda tensors: time.sleep(0.05))
+    draft = replace(two_slots(images), settings=FAST.replace(seed="7", images_per_run=3))
+    steps, outcome = finish(
+        runs.generate(engine, Sessions(), "a", draft, files=tmp_path, time_limit_s=60)
+    )
+    assert outcome.error is None and calls == ["encode", "encode", "prefill"]
+    assert [e["seed"] for e in outcome.entries] == [9, 8, 7]  # newest first
+    for entry in outcome.entries:
+        stored = sigma_core.read_png_composition(runs.result_file(entry, tmp_path))
+        assert stored.settings.seed == entry["seed"]
+    shown = [(p.image, p.step) for p in steps]
+    assert {(1, 1), (2, 1), (3, 1)} <= set(shown) and shown == sorted(shown)
+    assert all(p.images == 3 for p in steps)
+    calls.clear()
+    again = replace(draft, settings=draft.settings.replace(seed="10", images_per_run=1))
+    _, outcome = finish(
+        runs.generate(engine, Sessions(), "a", again, files=tmp_path, time_limit_s=60)
+    )
+    assert outcome.entries[0]["seed"] == 10 and calls == ["prefill"]
+    stats = own_cache.encode_references.stats()
+    assert (stats.hits, stats.misses, stats.entries) == (2, 2, 2)
+
+
+def test_a_cancel_keeps_the_images_done(engine, images, tmp_path):
+    """Three images per run, cancelled during the second: the first is saved, with its seed,
+    and the message says so."""
+    sessions = Sessions()
+    sessions.arm("a")
+    settings = FAST.replace(seed="7", images_per_run=3, num_timesteps=40)
+    draft = replace(two_slots(images), settings=settings)
+    seen = []
+    for item in runs.generate(engine, sessions, "a", draft, files=tmp_path, time_limit_s=60):
+        seen.append(item)
+        if isinstance(item, runs.Progress) and item.image == 2 and item.step >= 1:
+            sessions.cancel("a")
+    outcome = seen[-1]
+    assert outcome.cancelled and len(outcome.entries) == 1, outcome.error
+    assert outcome.error.startswith("cancelled during image 2 of 3, after step ")
+    assert "; 1 image kept; the composition is unchanged" in outcome.error
+    (entry,) = outcome.entries
+    stored = sigma_core.read_png_composition(runs.result_file(entry, tmp_path))
+    assert entry["seed"] == stored.settings.seed == 7
+    assert [p.image for p in seen if isinstance(p, runs.Progress)][-1] == 2  # no image 3
+
+
+def test_the_time_limit_message_counts_the_images_kept(engine, images):
+    late = RunToken(threading.Event(), 0)
+    stop = GenerationCancelled("cancelled during image 3 of 4, after step 5 of 20", step=5)
+    comp = to_composition(two_slots(images))
+    text = runs.describe_failure(stop, engine, late, 60, comp, kept=2, images=4)
+    assert text == (
+        "stopped during image 3 of 4, after step 5 of 20: the run took longer than this "
+        "studio's time limit of 60 s; 2 images kept; use fewer steps, fewer images per run or a "
+        "smaller size"
+    )
 
 
 def test_a_run_records_its_layout_and_its_png_restores_it(engine, images, tmp_path):
@@ -175,7 +249,7 @@ class FaultyEngine(Engine):
         super().__init__(pipe, weights="faulty", options=StudioOptions())
         self.error = error
 
-    def generate(self, composition, *, cancel, on_step=None, on_phase=None):
+    def generate(self, composition, *, cancel, on_step=None, on_phase=None, seeds=()):
         raise self.error
 
 
@@ -262,9 +336,9 @@ def test_compare_a_result_with_a_reference(made):
 
 def test_leakage_ab_runs_the_same_seed_with_the_mask_flipped(engine, made):
     entry, files = made
-    (twin,) = runs.ab_compositions(entry, files)
+    twin = runs.ab_composition(entry, files)
     assert twin.settings.seed == 42 and twin.settings.mask is False
-    _, outcome = finish(runs.stream(engine, Sessions(), "a", [twin], files=files, time_limit_s=60))
+    _, outcome = finish(runs.stream(engine, Sessions(), "a", twin, files=files, time_limit_s=60))
     other = outcome.entries[0]
     mask_on, mask_off = runs.ab_pair(entry, other, files)
     assert mask_on.endswith(entry["file"]) and mask_off.endswith(other["file"])

@@ -55,4 +55,6 @@ def test_duration_grows_with_steps_size_and_references() -> None:
     assert zerogpu.gpu_seconds(_comp(80, (1024, 1024), 1)) > base
     assert zerogpu.gpu_seconds(_comp(50, (1024, 1024), 8)) > base
     assert zerogpu.gpu_seconds(_comp(50, (768, 768), 1)) < base
+    # a run of three images asks once, for every image's steps: two more times 147 passes of 0.2 s
+    assert zerogpu.gpu_seconds(_comp(50, (1024, 1024), 1), [None] * 3) >= base + 58
     assert zerogpu.gpu_seconds(_comp(1000, (1024, 1024), 16)) == zerogpu.MAX_S

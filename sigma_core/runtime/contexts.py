@@ -161,7 +161,9 @@ class Denoiser:
     The rows a step needs are always a prefix (image CFG only runs with text CFG): batched CFG
     is one forward over rows [0, k), sequential CFG one forward per row. The denoise context of
     each row set is made before the loop for the ``steps`` announced, so the loop itself makes
-    no tensor from host data.
+    no tensor from host data. :meth:`sample` may run again from other noise (several images of
+    one prefill): a pass writes its block's keys after the context and reads them back in the
+    same pass, so the contexts stay as prefilled and each loop is what it would be alone.
     """
 
     def __init__(

@@ -50,6 +50,7 @@ from sigma_core.runtime.placement import (
     module_device,
     spread_layers,
 )
+from sigma_core.runtime.references import LATENT_CACHE_BYTES, check_cache_bytes
 
 BAGEL_REPO = "ByteDance-Seed/BAGEL-7B-MoT"
 BAGEL_SIZE = "about 29.3 GB (ema.safetensors 29.2 GB, ae.safetensors 0.3 GB, configs, tokenizer)"
@@ -86,6 +87,7 @@ class LoadOptions:
     device_map: str | dict[str, str] | None = None  # "auto" or {module prefix: device}
     compile: bool = False
     layout: str | None = None  # what "auto" runs in; None: the weights' trained layout
+    latent_cache_bytes: int = LATENT_CACHE_BYTES  # the bound of the references' latent cache
 
     @classmethod
     def check(
@@ -99,6 +101,7 @@ class LoadOptions:
         device_map: str | dict[str, str] | None = None,
         compile: bool = False,
         layout: str | None = None,
+        latent_cache_bytes: int = LATENT_CACHE_BYTES,
     ) -> LoadOptions:
         """The options, or a SigmaInputError naming the first one this machine cannot run."""
         where = resolve_device(device)
@@ -120,7 +123,8 @@ class LoadOptions:
             raise SigmaInputError(f"compile: {compile!r} must be True or False")
         if layout is not None:
             check_layout_name(layout)
-        return cls(where, mode, vae_dtype, offload, device_map, compile, layout)
+        cache_bytes = check_cache_bytes(latent_cache_bytes)
+        return cls(where, mode, vae_dtype, offload, device_map, compile, layout, cache_bytes)
 
 
 def resolve_checkpoint(path_or_repo_id: str | os.PathLike, *, patterns: list[str]) -> Path:

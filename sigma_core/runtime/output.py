@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,9 +26,9 @@ from sigma_core.errors import (
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.preset import write_png
 from sigma_core.inputs.settings import Settings
-from sigma_core.model.bagel import patchify
+from sigma_core.model.bagel import patchify, unpatchify
 from sigma_core.planning.sequence import Plan
-from sigma_core.runtime.contexts import CALLBACK_TENSORS, StepVelocities
+from sigma_core.runtime.contexts import CALLBACK_TENSORS, Denoiser, StepVelocities
 
 if TYPE_CHECKING:
     from sigma_core.runtime.placement import Offload
@@ -38,7 +38,8 @@ PREVIEW_NOTICE = "preview engine (random weights)"
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, Any]], Any]
 OUTPUT_TYPES = ("pil", "np", "latent")
 # a phase callback: (phase, done, total) as a phase starts (encode: of the references,
-# denoise: of its steps); "encode" again after each reference (k of n done)
+# denoise: of its steps, decode: of the images); "encode" again after each reference (k of n
+# done); in a call of n > 1 images, ("image", i, n) as image i + 1's denoising loop starts
 PhaseCallback = Callable[[str, int, int], Any]
 PHASES = {  # a run's phases, in order, as an out-of-memory message names each
     "plan": "planning the run", "encode": "encoding the references",
@@ -49,7 +50,8 @@ PHASES = {  # a run's phases, in order, as an out-of-memory message names each
 class RunPhases:
     """The phases of one run: each reported to ``callback`` as it starts, timed into
     :attr:`timings` (``name + "_s"``), and run with its module on the device (``offload``) and
-    out of memory turned into a :class:`SigmaOutOfMemoryError` that names the phase."""
+    out of memory turned into a :class:`SigmaOutOfMemoryError` that names the phase. A phase
+    run again (denoise, once per image) adds to its time."""
 
     def __init__(self, device: torch.device, offload: Offload, callback: PhaseCallback | None):
         self.device, self.offload, self.callback = device, offload, callback
@@ -68,16 +70,50 @@ class RunPhases:
         placed = self.offload.using(module) if module is not None else nullcontext()
         with out_of_memory(PHASES[name], self.device), placed:
             yield
-        self.timings[f"{name}_s"] = time.perf_counter() - start
+        key = f"{name}_s"
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+
+
+def denoise_each(
+    phase: RunPhases, denoise: Denoiser, noises: Sequence[tuple[torch.Tensor, int]],
+    ts: torch.Tensor, on_step: Callable[[int, torch.Tensor, StepVelocities], torch.Tensor],
+) -> tuple[list[torch.Tensor], int, GenerationCancelled | None]:  # fmt: skip
+    """Each image's Euler loop in turn from its noise tokens (see :meth:`Denoiser.sample`), a
+    "denoise" phase announced as ("image", i, n) when n > 1. Returns each image's final latents
+    [1, z, H/8, W/8], the passes made, and a cancel that stopped the loops after image 1: it
+    names its image, and holds no traceback (that would keep the KV cache). A cancel before
+    that is raised."""
+    finals: list[torch.Tensor] = []
+    passes, n = 0, len(noises)
+    for i, (x, _) in enumerate(noises):
+        if n > 1:
+            phase.report("image", i, n)
+        try:
+            with phase("denoise", denoise.model, total=len(denoise.steps)):
+                x, done = denoise.sample(x, ts, on_step)
+        except GenerationCancelled as e:
+            if n == 1:
+                raise
+            where = f"during image {i + 1} of {n}, {str(e).removeprefix('cancelled ')}"
+            stopped = GenerationCancelled(f"cancelled {where}", step=e.step)
+            if not finals:
+                raise stopped from None
+            return finals, passes, stopped
+        finals.append(unpatchify(x, denoise.grid, denoise.model.latent_channels))
+        passes += done
+    return finals, passes, None
 
 
 @dataclass
 class SigmaOutput:
     """The result of one run. ``composition`` carries the seed actually used, so saving it
-    reproduces the image."""
+    reproduces the image. A run of n images (``num_images_per_prompt``) holds them all, in
+    order: n PIL images or an array [n, H, W, 3], latents [n, z, H/8, W/8], each image's seed
+    in ``seeds`` (``seed`` and the composition's are the first's); :meth:`split` gives one
+    result per image."""
 
     images: list[Image.Image] | np.ndarray | None
-    latents: torch.Tensor  # [1, z, H/8, W/8], fp32
+    latents: torch.Tensor  # [n, z, H/8, W/8], fp32 (n = 1 but for num_images_per_prompt)
     seed: int
     composition: Composition
     plan: Plan
@@ -85,6 +121,32 @@ class SigmaOutput:
     num_passes: int = 0  # LLM passes over the noise block, all steps and branches
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. what saving could not store
+    seeds: list[int] = field(default_factory=list)  # each image's seed; [seed] when not given
+
+    def __post_init__(self) -> None:
+        self.seeds = self.seeds or [self.seed]
+
+    def split(self) -> list[SigmaOutput]:
+        """One result per image, each with its own seed in its composition (so each saves and
+        reproduces on its own), its share of the passes, and the whole call's timings."""
+        n = len(self.seeds)
+        if n == 1:
+            return [self]
+        images = self.images
+        return [
+            replace(
+                self,
+                images=None if images is None else images[i : i + 1],
+                latents=self.latents[i : i + 1],
+                seed=seed,
+                seeds=[seed],
+                composition=replace(self.composition, settings=self.settings.replace(seed=seed)),
+                num_passes=self.num_passes // n,
+                timings=dict(self.timings),
+                warnings=list(self.warnings),
+            )
+            for i, seed in enumerate(self.seeds)
+        ]
 
     @property
     def settings(self) -> Settings:
@@ -105,6 +167,10 @@ class SigmaOutput:
         the error says where, so a long run is never lost."""
         if not isinstance(self.images, list) or not self.images:
             raise SigmaInputError("save: this result has no PIL image (use output_type='pil')")
+        if len(self.images) > 1:
+            raise SigmaInputError(
+                f"save: this result holds {len(self.images)} images; save each of its split()"
+            )
         write = functools.partial(
             write_png, self.images[0], self.composition, notice=self.notice, warnings=self.warnings
         )
@@ -121,13 +187,13 @@ class SigmaOutput:
 def to_output(
     pixels: torch.Tensor, output_type: str, *, preview: bool
 ) -> list[Image.Image] | np.ndarray:
-    """Decoded pixels [1, 3, H, W] in [-1, 1] as ``output_type``: "np", a float array
-    [1, H, W, 3] in [0, 1]; "pil", one image, stamped as a preview when ``preview``."""
-    img = (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [1, H, W, 3]
+    """Decoded pixels [n, 3, H, W] in [-1, 1] as ``output_type``: "np", a float array
+    [n, H, W, 3] in [0, 1]; "pil", n images, stamped as previews when ``preview``."""
+    img = (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [n, H, W, 3]
     if output_type == "np":
         return img.cpu().numpy()
-    image = Image.fromarray((img[0] * 255).to(torch.uint8).cpu().numpy())
-    return [stamp_preview(image) if preview else image]
+    images = [Image.fromarray(i) for i in (img * 255).to(torch.uint8).cpu().numpy()]
+    return [stamp_preview(image) for image in images] if preview else images
 
 
 def stamp_preview(image: Image.Image) -> Image.Image:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from sigma_core.inputs.composition import Composition
-from sigma_core.model.bagel import BagelGenerator, unpatchify
+from sigma_core.model.bagel import BagelGenerator
 from sigma_core.model.precision import Precision, dtype_name
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.planner import Planner
@@ -41,12 +41,13 @@ from sigma_core.runtime.output import (
     StepCallback,
     check_call,
     check_cancel,
+    denoise_each,
     step_hook,
     to_output,
 )
 from sigma_core.runtime.placement import Offload
-from sigma_core.runtime.references import ReferenceEncoder
-from sigma_core.runtime.sampler import Guidance, initial_noise, timesteps
+from sigma_core.runtime.references import LATENT_CACHE_BYTES, ReferenceEncoder
+from sigma_core.runtime.sampler import Guidance, initial_noises, timesteps
 from sigma_core.runtime.tiny import preview_checkpoint
 
 
@@ -57,9 +58,10 @@ class SigmaPipeline:
         self, model: BagelGenerator, vae: FluxVAE, tokenizer: Any, *, preview: bool = False,
         load_report: LoadReport | None = None, precision: Precision | None = None,
         offload: Offload | None = None, compile: bool = False, layout: str | None = None,
-        trained_layout: str | None = None,
+        trained_layout: str | None = None, latent_cache_bytes: int = LATENT_CACHE_BYTES,
     ) -> None:  # fmt: skip
-        """``layout`` is what "auto" runs in, by default ``trained_layout`` (planning.planner)."""
+        """``layout`` is what "auto" runs in, by default ``trained_layout`` (planning.planner);
+        ``latent_cache_bytes`` bounds the references' latent cache (runtime.references)."""
         self.model, self.vae, self.preview, self.load_report = model, vae, preview, load_report
         self.planner = Planner(
             tokenizer, model.config.max_position_embeddings, layout=layout,
@@ -70,7 +72,7 @@ class SigmaPipeline:
         self.compile = compile
         # One compiled pass per pipeline: dynamo caches its graphs across runs.
         self._velocity = torch.compile(model.velocity) if compile else None
-        self.encode_references = ReferenceEncoder(vae)
+        self.encode_references = ReferenceEncoder(vae, max_bytes=latent_cache_bytes)
         # Offloading moves shared modules: runs then take turns (no effect otherwise).
         self._turns = threading.Lock() if self.offload.mode != "none" else nullcontext()
 
@@ -98,7 +100,7 @@ class SigmaPipeline:
     ) -> SigmaPipeline:
         """Load a BAGEL folder or hub repo; ``sigma_weights`` (folder or repo) overrides its
         ema.safetensors. ``options``: precision (or dtype), vae_dtype, device, offload,
-        device_map, compile and layout, each checked before a byte is read (see
+        device_map, compile, layout and latent_cache_bytes, each checked before a byte is read (see
         :class:`~sigma_core.runtime.loader.LoadOptions`)."""
         opts = LoadOptions.check(**options)
         ckpt = load_checkpoint(path_or_repo_id, sigma_weights, opts)
@@ -107,6 +109,7 @@ class SigmaPipeline:
             ckpt.model, ckpt.vae, ckpt.tokenizer, preview=ckpt.preview, load_report=ckpt.report,
             precision=opts.precision, offload=Offload(opts.offload, device, ckpt.model, ckpt.vae),
             compile=opts.compile, layout=opts.layout, trained_layout=ckpt.trained_layout,
+            latent_cache_bytes=opts.latent_cache_bytes,
         )  # fmt: skip
 
     @classmethod
@@ -128,7 +131,7 @@ class SigmaPipeline:
         self,
         composition: Composition,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         num_inference_steps: int | None = None,
         output_type: str = "pil",
@@ -137,6 +140,7 @@ class SigmaPipeline:
         cancel: CancelToken | None = None,
         batch_cfg: bool = False,
         callback_on_phase: PhaseCallback | None = None,
+        num_images_per_prompt: int = 1,
     ) -> SigmaOutput:
         """Generate. ``num_inference_steps`` overrides the settings' num_timesteps (BAGEL counts
         timesteps: N give N-1 Euler steps). ``latents`` is the initial noise [1, 16, H/8, W/8].
@@ -148,6 +152,13 @@ class SigmaPipeline:
         ``batch_cfg`` runs a step's CFG branches as one batched forward instead of one by one
         (the default, faster on CPU by benchmarks/bench_engine.py). ``callback_on_phase`` gets
         (phase, done, total) as each phase starts, and each reference as it is encoded.
+
+        ``num_images_per_prompt`` images (consecutive seeds from the settings' seed), or one per
+        generator of a list, share the encode and the prefill: only the Euler loop repeats, on
+        the same contexts, so image i is exactly what a call of one image with its seed makes.
+        Its loop is announced as ("image", i, n) to ``callback_on_phase``; see SigmaOutput. A
+        cancel during image i > 1 still decodes the i - 1 images done, after the KV cache is
+        freed: the GenerationCancelled raised holds them in its ``partial``.
         """
         phase = RunPhases(self.device, self.offload, callback_on_phase)
         start = time.perf_counter()
@@ -159,12 +170,13 @@ class SigmaPipeline:
             )  # fmt: skip
             images = composition.load_images()
             plan = self.planner.plan(composition, images)
-            x, seed = initial_noise(
-                plan.noise.block_size, generator=generator, latents=latents, seed=settings.seed,
-                device=self.device,
+            noises = initial_noises(
+                plan.noise.block_size, num_images_per_prompt, generator=generator,
+                latents=latents, seed=settings.seed, device=self.device,
             )  # fmt: skip
+            seeds = [seed for _, seed in noises]
             # the result records what ran: the seed drawn and the layout "auto" resolved to
-            settings = settings.replace(seed=seed, layout=plan.layout)
+            settings = settings.replace(seed=seeds[0], layout=plan.layout)
             composition = replace(composition, settings=settings)
             self.check_memory(composition, batch_cfg=batch_cfg, plan=plan)
             guidance = Guidance.from_settings(settings)
@@ -175,36 +187,40 @@ class SigmaPipeline:
             # 2. encode the references (cached by pixels)
             with phase("encode", self.vae, total=plan.num_references):
                 refs = self.encode_references(plan, images, on_reference=phase.report)
-            # 3. prefill gen, cfg_text and cfg_img into one KV cache
+            # 3. prefill gen, cfg_text and cfg_img into one KV cache, held by the denoiser alone
             with phase("prefill", self.model):
                 ctx = prefill_contexts(
                     self.model, plan, refs, need_text=any(b[0] for b in branches),
                     need_img=any(b[1] for b in branches),
                     attribute_projection=settings.attribute_projection,
                 )  # fmt: skip
-            # 4. denoise: the Euler loop (the KV cache is freed when it ends)
-            with phase("denoise", self.model, total=len(branches)):
                 denoise = Denoiser(
                     self.model, ctx, plan.noise.block_grid, guidance, batched=batch_cfg,
                     steps=branches, velocity=self._velocity,
                 )  # fmt: skip
-                del ctx  # the denoiser holds the KV cache until the loop ends, no longer
-                on_step = step_hook(
-                    self, plan, ts, callback_on_step_end, callback_on_step_end_tensor_inputs, cancel
-                )
-                x, passes = denoise.sample(x, ts, on_step)
-                del denoise
-            # 5. decode
-            final = unpatchify(x, plan.noise.block_grid, self.model.latent_channels)
-            decoded = None
+                del ctx
+            # 4. denoise: the Euler loop, once per image on the same contexts (no pass changes
+            # them: see model.cache), then the KV cache is freed
+            on_step = step_hook(
+                self, plan, ts, callback_on_step_end, callback_on_step_end_tensor_inputs, cancel
+            )
+            finals, passes, stopped = denoise_each(phase, denoise, noises, ts, on_step)
+            del denoise
+            # 5. decode, each image alone (those done when a cancel came after the first)
+            final, decoded = torch.cat(finals), None
             if output_type != "latent":
-                with phase("decode", self.vae):
-                    decoded = to_output(self.vae.decode(final), output_type, preview=self.preview)
+                with phase("decode", self.vae, total=len(finals)):
+                    pixels = torch.cat([self.vae.decode(f) for f in finals])
+                    decoded = to_output(pixels, output_type, preview=self.preview)
         timings = {**phase.timings, "total_s": time.perf_counter() - start}
-        return SigmaOutput(
-            images=decoded, latents=final, seed=seed, composition=composition, plan=plan,
-            preview=self.preview, num_passes=passes, timings=timings,
+        out = SigmaOutput(
+            images=decoded, latents=final, seed=seeds[0], composition=composition, plan=plan,
+            preview=self.preview, num_passes=passes, timings=timings, seeds=seeds[: len(finals)],
         )  # fmt: skip
+        if stopped is not None:
+            stopped.partial = out
+            raise stopped
+        return out
 
     def live_preview(self, tensors: dict[str, Any], *, size: PreviewSize = "latent") -> Image.Image:
         """A step's estimate of the final image from a callback's "latents", "velocity" and

@@ -7,18 +7,22 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sigma_core.errors import SigmaInputError
+from sigma_core.inputs.fields import is_int
 from sigma_core.inputs.images import vae_resize
 from sigma_core.model.bagel import patchify
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.sequence import Plan
 
-LATENT_CACHE_SIZE = 32
+# 256 MiB: a 1024x1024 reference's latent is [4096, 64] fp32 (1 MiB), so hundreds of references
+LATENT_CACHE_BYTES = 256 * 2**20
 
 
 def to_pixels(img: Image.Image) -> torch.Tensor:
@@ -28,24 +32,104 @@ def to_pixels(img: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
 
 
+def check_cache_bytes(max_bytes: Any) -> int:
+    """A latent cache's bound, or a SigmaInputError (0 keeps nothing: every run encodes)."""
+    if not is_int(max_bytes) or max_bytes < 0:
+        raise SigmaInputError(f"latent_cache_bytes: {str(max_bytes)[:40]!r} must be an int >= 0")
+    return max_bytes
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """A latent cache at one moment: lookups served (hits) and encoded (misses) since it was made
+    or cleared, what it holds now, and its bound."""
+
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    max_bytes: int
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over lookups; 0.0 before the first lookup."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else 0.0
+
+
+class LatentCache:
+    """Tensors by key, least recently used first out, never holding more than ``max_bytes``
+    (an entry larger than that is not kept at all). One lock guards the books, so threads may
+    share it; it never computes anything itself."""
+
+    def __init__(self, max_bytes: int = LATENT_CACHE_BYTES) -> None:
+        self.max_bytes = check_cache_bytes(max_bytes)
+        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = self._hits = self._misses = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The tensor kept under ``key`` (now the most recently used), or None: a miss."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self._misses += 1
+                return None
+            self._hits += 1
+            self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        """Keep ``value`` as the most recently used, dropping the least recently used until it
+        fits; a value larger than the whole bound is not kept."""
+        size = value.numel() * value.element_size()
+        with self._lock:
+            old = self._entries.pop(key, None)  # two runs that encoded the same image
+            self._bytes -= 0 if old is None else old.numel() * old.element_size()
+            if size > self.max_bytes:
+                return
+            while self._bytes + size > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= dropped.numel() * dropped.element_size()
+            self._entries[key] = value
+            self._bytes += size
+
+    def clear(self) -> None:
+        """Forget every entry, and the hits and misses counted so far."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = self._hits = self._misses = 0
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                self._hits, self._misses, len(self._entries), self._bytes, self.max_bytes
+            )
+
+
 class ReferenceEncoder:
     """Encodes each placed reference once: BAGEL's resize, pixels to [-1, 1], posterior mean.
 
-    Latents are kept by pixel hash (the last :data:`LATENT_CACHE_SIZE`), so regenerating with
-    the same references skips the VAE. A lock guards the cache; encoding runs outside it, so
-    two runs encode in parallel (at worst the same image twice, with the same result).
+    Latents are kept in a :class:`LatentCache` of at most ``max_bytes``, so a run that changes
+    only the prompt, the seed or the settings skips the VAE. The key is the SHA-256 of the
+    resized pixels with their mode and size: the image arrives oriented and cropped, and the
+    resize depends on its size alone, so those bytes stand for pixels, crop and size together,
+    and the latent is a function of them (for this encoder's VAE; each pipeline has its own).
+    Encoding runs outside the cache's lock, so two runs encode in parallel (at worst the same
+    image twice, with the same result).
     """
 
-    def __init__(self, vae: FluxVAE, *, capacity: int = LATENT_CACHE_SIZE) -> None:
+    def __init__(self, vae: FluxVAE, *, max_bytes: int = LATENT_CACHE_BYTES) -> None:
         self.vae = vae
-        self.capacity = capacity
-        self._latents: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        self.cache = LatentCache(max_bytes)
 
     def clear(self) -> None:
-        """Forget every cached latent."""
-        with self._lock:
-            self._latents.clear()
+        """Forget every cached latent (and the cache's counts)."""
+        self.cache.clear()
+
+    def stats(self) -> CacheStats:
+        """The latent cache's hits, misses, entries and bytes."""
+        return self.cache.stats()
 
     def __call__(
         self,
@@ -68,15 +152,9 @@ class ReferenceEncoder:
         return out
 
     def _encode(self, img: Image.Image) -> torch.Tensor:
-        key = hashlib.sha256(img.tobytes()).hexdigest() + f"{img.size}"
-        with self._lock:
-            if key in self._latents:
-                self._latents.move_to_end(key)
-                return self._latents[key]
-        pixels = to_pixels(img)
-        latent = patchify(self.vae.encode(pixels).float())
-        with self._lock:
-            self._latents[key] = latent
-            while len(self._latents) > self.capacity:
-                self._latents.popitem(last=False)
+        key = f"{hashlib.sha256(img.tobytes()).hexdigest()}-{img.mode}-{img.size}"
+        latent = self.cache.get(key)
+        if latent is None:
+            latent = patchify(self.vae.encode(to_pixels(img)).float())
+            self.cache.put(key, latent)
         return latent

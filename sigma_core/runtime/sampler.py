@@ -14,6 +14,7 @@ import torch
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import latent_shape
+from sigma_core.inputs.fields import is_int
 from sigma_core.inputs.settings import Settings
 from sigma_core.limits import MAX_SEED
 from sigma_core.model.bagel import patchify
@@ -142,3 +143,47 @@ def initial_noise(
             seed = generator.initial_seed()
         noise = torch.randn(shape, generator=generator, device=generator.device)
     return patchify(noise.to(device, torch.float32)), seed
+
+
+def initial_noises(
+    size: tuple[int, int],
+    count: int,
+    *,
+    generator: torch.Generator | list[torch.Generator] | None,
+    latents: torch.Tensor | None,
+    seed: int | None,
+    device: torch.device,
+) -> list[tuple[torch.Tensor, int]]:
+    """The starting noise and seed of each of a call's images: one per generator of a list,
+    else ``count`` (see :func:`initial_noise` for one). Image i of ``count`` > 1 draws what a
+    call of one image with seed ``seed + i`` draws (from a fresh random ``seed`` when None)."""
+    if not is_int(count) or count < 1:
+        raise SigmaInputError(f"num_images_per_prompt: {count!r} must be an int >= 1")
+    if not isinstance(generator, list):
+        if count == 1:
+            return [initial_noise(size, generator=generator, latents=latents, seed=seed,
+                                  device=device)]  # fmt: skip
+        generator = _seeded_generators(count, generator, latents, seed)
+    elif not generator or count not in (1, len(generator)) or latents is not None:
+        raise SigmaInputError(
+            f"generator: a list of {len(generator)} gives one image per generator: "
+            "num_images_per_prompt must be 1 or its length, and latents None"
+        )
+    return [initial_noise(size, generator=g, latents=None, seed=None, device=device)
+            for g in generator]  # fmt: skip
+
+
+def _seeded_generators(
+    count: int, generator: torch.Generator | None, latents: torch.Tensor | None, seed: int | None
+) -> list[torch.Generator]:
+    """Generators for ``count`` consecutive seeds from ``seed`` (or a fresh random one), made
+    as :func:`initial_noise` makes one from a seed."""
+    if generator is not None or latents is not None:
+        raise SigmaInputError(
+            f"num_images_per_prompt: {count} images draw their noise from consecutive seeds "
+            "(settings.seed) or a list of generators, not from one generator or latents"
+        )
+    start = seed if seed is not None else secrets.randbelow(MAX_SEED - count + 1)
+    if start + count > MAX_SEED:
+        raise SigmaInputError(f"settings.seed: {start} + {count} images passes 2^63 - 1")
+    return [torch.Generator("cpu").manual_seed(start + i) for i in range(count)]

@@ -30,6 +30,7 @@ from sigma_core.planning.sequence import Plan
 from sigma_core.runtime.memory import MemoryEstimate
 from sigma_core.runtime.output import CancelToken, SigmaOutput
 from sigma_core.runtime.pipeline import SigmaPipeline
+from sigma_core.runtime.references import CacheStats
 
 
 def engine(path: Path, out: Path) -> None:
@@ -42,6 +43,10 @@ def engine(path: Path, out: Path) -> None:
     result = pipe(comp, cancel=threading.Event())  # a CancelToken (a protocol)
     assert_type(result, SigmaOutput)
     assert_type(result.save(out), Path)
+    several = pipe(comp, num_images_per_prompt=2, generator=[torch.Generator()] * 2)
+    assert_type(several.split(), list[SigmaOutput])
+    assert_type(several.seeds, list[int])
+    assert_type(pipe.encode_references.stats(), CacheStats)
     assert_type(pipe.plan(comp), Plan)
     assert_type(pipe.live_preview({}, size="output"), Image.Image)
 
