@@ -120,9 +120,9 @@ def heights(browser, url: str) -> dict[str, float]:
         fill_four(page)
         page.wait_for_timeout(1000)
         ends = [bottom(page, s) for s in ("#generate", "#gallery", "#slot-4", "#prompt")]
-        out[f"{name} page height (screens)"] = page.evaluate(
-            "() => document.documentElement.scrollHeight"
-        ) / h
+        out[f"{name} page height (screens)"] = (
+            page.evaluate("() => document.documentElement.scrollHeight") / h
+        )
         if name == "desktop":
             out["desktop composition + result end (screens)"] = max(ends) / h
         else:

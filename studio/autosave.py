@@ -5,6 +5,7 @@ studio received or wrote itself (under its upload or output folder) and that sti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,7 @@ def stored(draft: Draft) -> dict[str, Any]:
     """The draft as the browser keeps it: plain JSON data, images as the server's paths."""
     data = asdict(draft)
     data["settings"]["values"] = dict(draft.settings.values)
-    return data
+    return json.loads(json.dumps(data))  # lists, as the browser gives them back
 
 
 def restored(value: Any, roots: Sequence[Path], max_slots: int) -> tuple[Draft, list[str]]:
@@ -38,30 +39,28 @@ def restored(value: Any, roots: Sequence[Path], max_slots: int) -> tuple[Draft, 
     raw_slots = data.get("slots")
     raw_slots = raw_slots[:max_slots] if isinstance(raw_slots, list) else []
     notes: list[str] = []
-    forms = []
-    for k, raw in enumerate(raw_slots, start=1):
-        raw = raw if isinstance(raw, dict) else {}
-        image = _image(raw.get("image"), roots)
-        if raw.get("image") and image is None:
-            notes.append(f"slot {k}: its image is no longer on the server; drop it in again")
-        attributes = raw.get("attributes")
-        forms.append(
-            SlotForm(
-                image=image,
-                attributes=tuple(a for a in attributes if a in frontend.ATTRIBUTES)
-                if isinstance(attributes, list)
-                else (),
-                entity=_text(raw.get("entity"), "entity"),
-                crop=_text(raw.get("crop"), "crop"),
-            )
-        )
+    forms = tuple(_slot(raw, k, roots, notes) for k, raw in enumerate(raw_slots, start=1))
     draft = Draft(
         prompt=_text(data.get("prompt"), "prompt"),
-        slots=tuple(forms) or (SlotForm(),),
+        slots=forms or (SlotForm(),),
         settings=_settings(data.get("settings")),
         name=_text(data.get("name"), "name"),
     )
     return draft, notes
+
+
+def _slot(raw: Any, k: int, roots: Sequence[Path], notes: list[str]) -> SlotForm:
+    raw = raw if isinstance(raw, dict) else {}
+    image = _image(raw.get("image"), roots)
+    if raw.get("image") and image is None:
+        notes.append(f"slot {k}: its image is no longer on the server; drop it in again")
+    attributes = raw.get("attributes") if isinstance(raw.get("attributes"), list) else []
+    return SlotForm(
+        image=image,
+        attributes=tuple(a for a in attributes if a in frontend.ATTRIBUTES),
+        entity=_text(raw.get("entity"), "entity"),
+        crop=_text(raw.get("crop"), "crop"),
+    )
 
 
 def _text(value: Any, kind: str) -> str:
@@ -88,28 +87,42 @@ def _settings(value: Any) -> SettingsForm:
     data = value if isinstance(value, dict) else {}
     values = data.get("values") if isinstance(data.get("values"), dict) else {}
     kept = {n: v for n, v in values.items() if n in SPECS and _like(v, defaults[n])}
-    seed_mode, images = data.get("seed_mode"), data.get("images_per_run")
     return defaults.replace(
         **{n: tuple(v) if isinstance(v, list) else v for n, v in kept.items()},
-        seed_mode=seed_mode if seed_mode in SEED_MODES else defaults.seed_mode,
-        images_per_run=images
-        if type(images) is int and 1 <= images <= MAX_IMAGES_PER_RUN
-        else defaults.images_per_run,
+        **_own(data, defaults),
     )
+
+
+def _own(data: dict[str, Any], defaults: SettingsForm) -> dict[str, Any]:
+    """The studio's own two controls: the seed mode and the images per run."""
+    seed_mode, images = data.get("seed_mode"), data.get("images_per_run")
+    good = type(images) is int and 1 <= images <= MAX_IMAGES_PER_RUN
+    return {
+        "seed_mode": seed_mode if seed_mode in SEED_MODES else defaults.seed_mode,
+        "images_per_run": images if good else defaults.images_per_run,
+    }
 
 
 def _like(value: Any, default: Any) -> bool:
     """Whether ``value`` is what a control holding ``default`` can hold."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return type(value) is type(default)
-    if isinstance(default, int | float):
-        return isinstance(value, int | float)
-    if isinstance(default, str):
-        return isinstance(value, str) and len(value) <= TEXT_LIMITS["setting"]
     if isinstance(default, tuple | list):
         return (
             isinstance(value, list | tuple)
             and len(value) == len(default)
-            and all(_like(v, d) for v, d in zip(value, default, strict=True))
+            and all(map(_like, value, default))
         )
-    return value is None and default is None
+    kind = _KINDS.get(type(default))
+    return kind is not None and kind(value)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+_KINDS: dict[type, Any] = {
+    bool: lambda v: isinstance(v, bool),
+    int: _is_number,
+    float: _is_number,
+    str: lambda v: isinstance(v, str) and len(v) <= TEXT_LIMITS["setting"],
+    type(None): lambda v: v is None,
+}

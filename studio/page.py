@@ -28,6 +28,8 @@ HISTORY_KEY = "sigma-studio-history"
 DRAFT_KEY = "sigma-studio-draft"
 # An insert button's browser side: the prompt and the caret's place in it
 CURSOR_JS = (STATIC / "cursor.js").read_text(encoding="utf-8")
+# Cancel's browser side: the status says so at once, while a run is going
+CANCEL_JS = (STATIC / "cancel.js").read_text(encoding="utf-8")
 # The slot strip: a thumbnail per slot (gr.HTML's template escapes {{...}}); its script sends
 # the order a drag and drop makes as an "input" event.
 STRIP_TEMPLATE = """<div class="sigma-strip">{{#each value}}

@@ -21,10 +21,10 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from sigma_core import SigmaError, SigmaInputError
-from studio import api, autosave, compose, modes, presets, runs, slots, views
+from studio import api, autosave, compose, modes, presets, render, runs, slots, views
 from studio.engine import Studio, refusals
-from studio.forms import Draft, SlotForm, to_draft
-from studio.page import CURSOR_JS, RAW, Page, SlotControls, reference_value, with_cover
+from studio.forms import Draft, to_draft
+from studio.page import CANCEL_JS, CURSOR_JS, RAW, Page, SlotControls, reference_value, with_cover
 
 ENGINE_QUEUE = "engine"  # the concurrency id every generation shares: one at a time
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -88,48 +88,6 @@ def _quiet(**kwargs: Any) -> dict[str, Any]:
     return {"concurrency_limit": None, "api_visibility": "private", **kwargs}
 
 
-def _memory(studio: Studio, result: compose.Check) -> str:
-    """The predicted peak of a draft that plans."""
-    if result.composition is None:
-        return views.memory(None)
-    try:
-        return views.memory(modes.fit_for(studio.engine, result.composition))
-    except SigmaError as e:
-        return views.messages([str(e)], [])
-
-
-def _checks(studio: Studio, page: Page, draft: Draft) -> list[Any]:
-    """The draft's problems next to their causes, the sequence view and the memory
-    prediction (:attr:`Page.check_outputs`'s order)."""
-    result = compose.check(studio.engine, draft)
-    per_slot = [
-        views.messages(*result.at(f"slot {k}")) if k <= len(draft.slots) else ""
-        for k in range(1, len(page.slots) + 1)
-    ]
-    return [
-        views.problems_panel(result),
-        views.sequence(result),
-        views.messages(*result.at("prompt")) + views.messages(*result.at("composition")),
-        views.messages(*result.at("settings")),
-        _memory(studio, result),
-        *per_slot,
-    ]
-
-
-def _slot_view(form: SlotForm, k: int) -> list[Any]:
-    """Slot k's preview, caption, cropper and last readable image."""
-    thumb = slots.thumbnail(form, k)
-    readable = form.image if not slots.check_upload(k, form.image, None)[1] else gr.skip()
-    return [thumb.image, thumb.caption, slots.cropper_value(form, k), readable]
-
-
-def view_of(studio: Studio, page: Page, draft: Draft) -> list[Any]:
-    """Everything the page derives from ``draft`` (:attr:`Page.view_outputs`'s order)."""
-    padded = [*draft.slots, *[SlotForm()] * (len(page.slots) - len(draft.slots))]
-    per_slot = [v for k, form in enumerate(padded, start=1) for v in _slot_view(form, k)]
-    return [*per_slot, views.slot_strip(draft), *_checks(studio, page, draft)]
-
-
 def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     """Validation as you type: problems next to their causes, the slot strip and the sequence
     view. Only a person's edits trigger it (``input``): a change the server makes to the form
@@ -137,7 +95,7 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
 
     def refresh(data: dict[Any, Any]) -> list[Any]:
         draft = page.draft_of(data)
-        return [views.slot_strip(draft), *_checks(studio, page, draft)]
+        return [views.slot_strip(draft), *render.checks(studio, page, draft)]
 
     # Text and settings by "change": a paste or a browser's autofill is no keystroke. A change
     # the server makes triggers it too, and gets the same (consistent) answer.
@@ -150,7 +108,7 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     )  # fmt: skip
 
     def check(data: dict[Any, Any]) -> list[Any]:
-        return _checks(studio, page, page.draft_of(data))
+        return render.checks(studio, page, page.draft_of(data))
 
     # The banner changes with the engine (a switch, a run's memory): the prediction follows.
     page.banner.change(
@@ -185,7 +143,7 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         @warns(keep=lambda: page.keep_form() + [gr.skip()] * len(page.view_outputs))
         def handler(data: dict[Any, Any]) -> list[Any]:
             draft = change(page.draft_of(data))
-            return page.form_of(draft) + view_of(studio, page, draft)
+            return page.form_of(draft) + render.view_of(studio, page, draft)
 
         return handler
 
@@ -208,7 +166,7 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
             insert, inputs=[page.prompt, page.cursor], outputs=[page.prompt], js=CURSOR_JS,
             **_quiet(),
         ).then(
-            lambda data: _checks(studio, page, page.draft_of(data)), inputs=page.draft_inputs,
+            lambda data: render.checks(studio, page, page.draft_of(data)), inputs=page.draft_inputs,
             outputs=page.check_outputs, **RAW, **_quiet(show_progress="hidden"),
         )  # fmt: skip
 
@@ -259,8 +217,8 @@ def _wire_slot(studio: Studio, page: Page, k: int, sc: SlotControls) -> None:
             seen, note = form.image, views.note(told)
         draft = replace(draft, slots=(*draft.slots[: k - 1], form, *draft.slots[k:]))
         return [
-            image, crop, note, seen, *_slot_view(form, k), views.slot_strip(draft),
-            *_checks(studio, page, draft),
+            image, crop, note, seen, *render.slot_view(form, k), views.slot_strip(draft),
+            *render.checks(studio, page, draft),
         ]  # fmt: skip
 
     quiet = _quiet(show_progress="hidden")
@@ -334,10 +292,9 @@ def _wire_generation(studio: Studio, page: Page) -> None:
     def arm(request: gr.Request) -> None:
         studio.sessions.arm(request.session_hash)
 
-    def cancel(request: gr.Request) -> str:
-        if studio.sessions.cancel(request.session_hash):
-            return "Cancelling: the run stops after the current step…"
-        return "Nothing to cancel."
+    def cancel(request: gr.Request) -> None:
+        if not studio.sessions.cancel(request.session_hash):
+            gr.Info("Nothing to cancel.")
 
     def run(
         data: dict[Any, Any], request: gr.Request, progress: gr.Progress = _PROGRESS
@@ -375,7 +332,9 @@ def _wire_generation(studio: Studio, page: Page) -> None:
             api_visibility="private", **RAW,
         )  # fmt: skip
     # Off the queue: a Cancel never waits behind anything, least of all the run it stops.
-    page.cancel_button.click(cancel, outputs=[page.status], queue=False, **_quiet())
+    # The "Cancelling" text is the browser's own (CANCEL_JS): a reply from the server could
+    # arrive after the run's last word and hide it.
+    page.cancel_button.click(cancel, js=CANCEL_JS, queue=False, **_quiet())
 
     def reuse(entry: dict[str, Any] | None, stored: Any) -> list[Any]:
         latest = entry or next(iter(runs.valid_history(stored)), None)
@@ -491,7 +450,7 @@ def _wire_load(
         draft = opened(data, getattr(event, "_data", None) or {})
         undo = [autosave.stored(page.draft_of(data)), gr.update(visible=True)]
         extra = [None] * len(extra_outputs)  # an upload button emptied again, for the next file
-        return page.form_of(draft) + view_of(studio, page, draft) + undo + extra
+        return page.form_of(draft) + render.view_of(studio, page, draft) + undo + extra
 
     event(load, inputs={*page.draft_inputs, *inputs}, outputs=[*load_outputs, *extra_outputs],
           **RAW, **_quiet())  # fmt: skip
@@ -532,7 +491,7 @@ def _wire_presets(
         roots = [studio.files, Path(get_upload_folder())]
         draft, _ = autosave.restored(data[page.before_load], roots, max_slots)
         hide = [None, gr.update(visible=False)]
-        return page.form_of(draft) + view_of(studio, page, draft) + hide
+        return page.form_of(draft) + render.view_of(studio, page, draft) + hide
 
     page.undo_button.click(
         undo, inputs={page.before_load}, outputs=[*page.form_outputs, *page.view_outputs,
@@ -556,7 +515,7 @@ def _wire_presets(
         draft, notes = autosave.restored(stored, roots, max_slots)
         for told in notes:
             gr.Warning(html.escape(told))
-        return page.form_of(draft) + view_of(studio, page, draft)
+        return page.form_of(draft) + render.view_of(studio, page, draft)
 
     demo.load(
         reopen,

@@ -17,6 +17,7 @@ from tests.browser.helpers import (
     compose_one,
     compose_two,
     fill_two_slots,
+    open_file,
     prompt_box,
     start_run,
     toast,
@@ -149,7 +150,7 @@ def test_bad_inputs_show_a_message_and_keep_the_composition(page: Page, pictures
         ("invalid", "invalid.json: references[0].attributes[0]"),
         ("plain", "this PNG holds no SIGMA Studio composition"),
     ):
-        page.locator("#preset-upload input[type=file]").set_input_files(pictures[name])
+        open_file(page, pictures[name])
         expect(toast(page, message)).to_be_visible()
         expect(prompt_box(page)).to_have_value(raw)
         expect(page.locator("#slot-3")).to_be_visible()
@@ -180,7 +181,7 @@ def test_bad_inputs_show_a_message_and_keep_the_composition(page: Page, pictures
 
 def test_warning_toasts_show_attribute_tokens_verbatim(page: Page, pictures) -> None:
     type_prompt(page, "kept as it is")
-    page.locator("#preset-upload input[type=file]").set_input_files(pictures["invalid"])
+    open_file(page, pictures["invalid"])
     expect(toast(page, "invalid.json: references[0].attributes[0]")).to_be_visible()
     expect(prompt_box(page)).to_have_value("kept as it is")
     expect(toast(page, "'<idd>' is not an attribute; did you mean '<id>'?")).to_be_visible(

@@ -42,13 +42,24 @@ def test_save_preset_reload_see_history_and_load_it_back(page: Page, pictures, t
     assert preset["prompt"] == TEMPLATE and preset["name"] == "Red and cat"
     assert [r["attributes"] for r in preset["references"]] == [["<id>"], ["<subject>"]]
     assert all(r["image"].startswith("data:image/") for r in preset["references"])
-    # Reload: the form starts afresh, the history comes back from browser storage.
+    # Reload: the draft and the history come back from this browser's storage.
     page.reload()
     page.wait_for_selector("#engine-banner")
     expect(page.locator("#gallery .caption-label").first).to_contain_text("seed 42 · 64×64")
-    expect(prompt_box(page)).to_have_value("")
-    expect(page.locator("#slot-2")).to_have_count(0)
-    save_screenshot(page, "reloaded_history")
+    expect(prompt_box(page)).to_have_value(TEMPLATE)
+    expect(page.locator("#composition-name textarea")).to_have_value("Red and cat")
+    expect(page.locator("#slot-2-info")).to_contain_text("451×300")
+    expect(page.locator("#slot-2-entity textarea")).to_have_value("tabby cat")
+    save_screenshot(page, "reloaded_draft_and_history")
+    # An example replaces the composition; the undo brings it back, whole.
+    expect(page.locator("#undo-load")).to_be_hidden()
+    page.locator("#examples img").first.click()
+    expect(prompt_box(page)).not_to_have_value(TEMPLATE)
+    page.locator("#undo-load").click()
+    expect(prompt_box(page)).to_have_value(TEMPLATE)
+    expect(page.locator("#slot-2-info")).to_contain_text("451×300")
+    expect(page.locator("#slot-1-attributes")).to_contain_text("<id>")
+    expect(page.locator("#undo-load")).to_be_hidden()
     # Load the saved preset: the prompt, both slots, their images and the settings return.
     open_file(page, saved)
     expect(prompt_box(page)).to_have_value(TEMPLATE)

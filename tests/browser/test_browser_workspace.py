@@ -1,0 +1,119 @@
+"""The workspace (issue 19, sections 2, 3 and defect 5): four slots and the result fit the
+screen on a desktop and a phone, a reorder is one consistent render, and a reference is
+cropped with the mouse or to its face."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from sigma_core.inputs import PROJECT_ASSETS
+from tests.browser.conftest import save_screenshot
+from tests.browser.helpers import add_slot, pick_attribute, prompt_box, type_prompt, upload_ok
+
+FOUR = [PROJECT_ASSETS / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")]
+TOKENS = ("<id>", "<subject>", "<subject>", "<style>")
+# Every state the slot-1 card, the strip and the sequence view take, recorded at each change.
+RECORD_JS = """() => {
+  const log = [];
+  window.__sigmaStates = log;
+  const snap = () => log.push({
+    info: document.querySelector('#slot-1-info').innerText,
+    strip: document.querySelector('#slot-order [data-slot="1"]').innerText,
+    seq: document.querySelector('#sequence-view').innerText,
+    prompt: document.querySelector('#prompt textarea').value});
+  new MutationObserver(snap).observe(document.querySelector('#workspace'),
+    {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def fill_four(page: Page) -> None:
+    for k, (path, token) in enumerate(zip(FOUR, TOKENS, strict=True), start=1):
+        if k > 1:
+            add_slot(page, k)
+        upload_ok(page, k, path)
+        pick_attribute(page, k, token)
+    type_prompt(page, "[1] holds [2] beside [3], painted like [4]")
+    expect(page.locator("#problems")).to_contain_text("ready to generate")
+
+
+def bottom(page: Page, selector: str) -> float:
+    return page.evaluate(
+        "(s) => document.querySelector(s).getBoundingClientRect().bottom + window.scrollY",
+        selector,
+    )
+
+
+def test_four_slots_and_the_result_fit_a_desktop_and_a_phone(page: Page) -> None:
+    page.set_viewport_size({"width": 1280, "height": 900})
+    fill_four(page)
+    save_screenshot(page, "workspace_desktop_1280x900")
+    ends = [bottom(page, s) for s in ("#prompt", "#slot-4", "#generate", "#gallery")]
+    assert max(ends) <= 1.5 * 900, ends  # the composition and the result: 1.5 screens at most
+    # the result panel sits beside the slots, not below them
+    assert bottom(page, "#gallery") < bottom(page, "#slot-4"), ends
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(500)
+    save_screenshot(page, "workspace_phone_390x844")
+    below = bottom(page, "#prompt")
+    assert bottom(page, "#generate") - below <= 844, "Generate is more than a screen down"
+    assert (
+        page.evaluate(
+            "() => document.querySelector('#gallery').getBoundingClientRect().top + window.scrollY"
+        )
+        - below
+        <= 844
+    ), "the result panel is more than a screen down"
+
+
+def test_a_reorder_is_one_consistent_render(page: Page) -> None:
+    """No state between the old order and the new: whenever slot 1's card shows the cat, the
+    strip and the renumbered prompt do too (before, they followed one by one over seconds)."""
+    fill_four(page)
+    page.evaluate(RECORD_JS)
+    strip = page.locator("#slot-order")
+    strip.locator("[data-slot='2']").drag_to(strip.locator("[data-slot='1']"))
+    expect(prompt_box(page)).to_have_value("[2] holds [1] beside [3], painted like [4]")
+    expect(page.locator("#slot-1-info")).to_contain_text("451×300")
+    page.wait_for_timeout(1500)
+    states = page.evaluate("() => window.__sigmaStates")
+    moved = [s for s in states if "451×300" in s["info"]]
+    assert moved, states[-3:]
+    for s in moved:
+        assert "<subject>" in s["strip"] and s["prompt"].startswith("[2] holds [1]"), s
+        if "image [" in s["seq"]:
+            assert re.search(r"image \[2\]\s*<id>", s["seq"]), s
+    expect(page.locator("#problems")).to_contain_text("ready to generate")
+
+
+def test_an_id_reference_is_cropped_to_its_face_and_the_crop_can_be_dragged(page: Page) -> None:
+    upload_ok(page, 1, FOUR[0])  # the astronaut: 512x512
+    expect(page.locator("#slot-1-info")).to_contain_text("512×512, the model sees")
+    pick_attribute(page, 1, "<id>")  # an <id> image gets its face crop, once, on its own
+    note = page.locator("#slot-1-upload-note")
+    expect(note).to_contain_text("cropped to the face")
+    expect(page.locator("#slot-1-info")).to_contain_text(re.compile(r"cropped to \d+×\d+"))
+    page.locator("#slot-1-details").click()
+    crop = page.locator("#slot-1-crop textarea")
+    expect(crop).to_have_value(re.compile(r"^\d+, \d+, \d+, \d+$"))
+    left, top, right, bottom_ = map(int, crop.input_value().split(", "))
+    assert left < 175 and top < 66 and right > 273 and bottom_ > 163  # holds the face box
+    # Drag a box over the top-left quarter of the picture: the crop follows, in its pixels.
+    frame = page.locator("#slot-1-cropper .sigma-crop-frame")
+    expect(frame).to_be_visible()
+    box = frame.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    expect(crop).to_have_value(re.compile(r"^\d{1,2}, \d{1,2}, 2[45]\d, 2[45]\d$"))
+    expect(page.locator("#slot-1-info")).to_contain_text(re.compile(r"cropped to 2[45]\d×"))
+    save_screenshot(page, "crop_with_the_mouse")
+    # Undo: an empty crop is the whole image, and it stays so (no second face crop).
+    crop.fill("")
+    crop.blur()
+    expect(page.locator("#slot-1-info")).to_contain_text("512×512, the model sees")
+    page.locator("#slot-1-entity textarea").fill("astronaut")
+    page.wait_for_timeout(1000)
+    expect(crop).to_have_value("")
