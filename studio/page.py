@@ -87,6 +87,7 @@ class SlotControls:
     cropper: gr.HTML  # the image with a box to drag: the crop with the mouse
     face_button: gr.Button
     face_seen: gr.State  # the image the automatic face crop last ran on (it runs once each)
+    background_button: gr.Button
 
     @property
     def values(self) -> list[gr.components.Component]:
@@ -139,7 +140,11 @@ def _slot_controls(k: int, visible: bool, insert: gr.Button) -> SlotControls:
                 None, html_template=CROPPER_TEMPLATE, js_on_load=CROPPER_JS,
                 elem_id=f"slot-{k}-cropper",
             )  # fmt: skip
-            face_button = gr.Button("Crop to the face", size="sm", elem_id=f"slot-{k}-face")
+            with gr.Row():
+                face_button = gr.Button("Crop to the face", size="sm", elem_id=f"slot-{k}-face")
+                background_button = gr.Button(
+                    "Remove the background", size="sm", elem_id=f"slot-{k}-background"
+                )
             crop = gr.Textbox(
                 label="Crop box (left, top, right, bottom in pixels; empty: the whole image)",
                 placeholder="drag on the image above, or type 10, 20, 300, 310",
@@ -156,7 +161,7 @@ def _slot_controls(k: int, visible: bool, insert: gr.Button) -> SlotControls:
         face_seen = gr.State(None)
     return SlotControls(
         box, image, attributes, entity, crop, thumb, info, messages, upload_note, last_good, up,
-        down, remove, insert, details, cropper, face_button, face_seen,
+        down, remove, insert, details, cropper, face_button, face_seen, background_button,
     )  # fmt: skip
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import io
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -216,3 +218,22 @@ def wants_face_crop(form: SlotForm, seen: str | None) -> bool:
     crop yet, and that was not face-cropped before (``seen``: the image it last ran on; a crop
     the user cleared stays cleared)."""
     return bool(form.image) and "<id>" in form.attributes and not form.crop and form.image != seen
+
+
+def without_background(form: SlotForm, slot: int, files: Path) -> tuple[str, str]:
+    """Slot ``slot``'s image with its background made white (rembg, only with its model already
+    on this machine; otherwise sigma_core's message says what to install), written to ``files``
+    by content; and the note that says how to go back."""
+    if not form.image:
+        raise SigmaInputError(f"references[slot {slot}]: the slot has no image")
+    cut = frontend.remove_background(
+        image_source(form.image), name=f"references[slot {slot}].image"
+    )
+    buf = io.BytesIO()
+    cut.save(buf, format="PNG")
+    folder = files / "backgrounds"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(buf.getvalue()).hexdigest()[:24]}.png"
+    path.write_bytes(buf.getvalue())
+    note = f"slot {slot}: background removed; drop the original in again to go back"
+    return str(path), note

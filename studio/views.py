@@ -4,6 +4,9 @@ always escaped, so a prompt or a file name cannot inject markup into the page.""
 from __future__ import annotations
 
 import html
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from sigma_core import frontend
@@ -109,10 +112,28 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+# Folders of this machine that a message has no business showing: where the studio is installed,
+# the temporary folder (gradio's uploads, the studio's files by default) and the home folder.
+PRIVATE_FOLDERS = sorted(
+    {str(Path(frontend.__file__).resolve().parents[1]), tempfile.gettempdir(), str(Path.home())},
+    key=len,
+    reverse=True,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with this machine's folders shortened to "…": a file keeps its name and the
+    folders under the private one, so a message still says which file it means."""
+    for folder in PRIVATE_FOLDERS:
+        if len(folder) > 1:
+            text = text.replace(folder + os.sep, "…" + os.sep).replace(folder, "…")
+    return text
+
+
 def messages(problems: list[str], warnings: list[str]) -> str:
     """The problems and warnings shown next to one control (empty when there are none)."""
-    out = [f'<div class="sigma-problems">✖ {html.escape(p)}</div>' for p in problems]
-    out += [f'<div class="sigma-warnings">! {html.escape(w)}</div>' for w in warnings]
+    out = [f'<div class="sigma-problems">✖ {html.escape(redact(p))}</div>' for p in problems]
+    out += [f'<div class="sigma-warnings">! {html.escape(redact(w))}</div>' for w in warnings]
     return "".join(out)
 
 

@@ -31,7 +31,7 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 def _warn(error: SigmaError) -> None:
-    gr.Warning(html.escape(str(error)))  # toasts render HTML: <id> must stay visible
+    gr.Warning(html.escape(views.redact(str(error))))  # toasts render HTML: <id> stays visible
 
 
 def warns(keep: Callable[[], Any]) -> Callable[[Handler], Handler]:
@@ -205,6 +205,9 @@ def _wire_slot(studio: Studio, page: Page, k: int, sc: SlotControls) -> None:
         elif what == "drag":
             crop = slots.crop_text(box, form, k)
             form = replace(form, crop=crop)
+        elif what == "background":
+            image, told = slots.without_background(form, k, studio.files)
+            form, note = replace(form, image=image), views.note(told)
         auto = what in ("upload", "attributes") and slots.wants_face_crop(form, seen)
         if what == "face" or auto:
             try:
@@ -226,7 +229,7 @@ def _wire_slot(studio: Studio, page: Page, k: int, sc: SlotControls) -> None:
     for event, what in (
         (sc.image.upload, "upload"), (sc.image.clear, "clear"),
         (sc.attributes.input, "attributes"), (sc.crop.input, "typed"), (sc.crop.blur, "typed"),
-        (sc.face_button.click, "face"),
+        (sc.face_button.click, "face"), (sc.background_button.click, "background"),
     ):  # fmt: skip
         event(keep(functools.partial(_call, answer, what)), inputs=inputs, outputs=outputs,
               **RAW, **quiet)  # fmt: skip
@@ -367,7 +370,7 @@ def _stream_to_page(
         memory = studio.engine.memory_in_use()
         out: dict[Any, Any] = {page.banner: views.banner(studio.engine.info, memory)}
         if item.error:
-            (gr.Info if item.cancelled else gr.Warning)(html.escape(item.error))
+            (gr.Info if item.cancelled else gr.Warning)(html.escape(views.redact(item.error)))
             out[page.status] = views.messages([item.error], [])
         else:
             out[page.status] = "Done."
@@ -514,7 +517,7 @@ def _wire_presets(
         roots = [studio.files, Path(get_upload_folder())]
         draft, notes = autosave.restored(stored, roots, max_slots)
         for told in notes:
-            gr.Warning(html.escape(told))
+            gr.Warning(html.escape(views.redact(told)))
         return page.form_of(draft) + render.view_of(studio, page, draft)
 
     demo.load(
@@ -563,14 +566,14 @@ def _wire_api(studio: Studio) -> None:
                     else:
                         yield item
         except SigmaError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(views.redact(str(e))) from None
 
     def inspect(preset_json: str) -> dict[str, Any]:
         """The interleaved sequence a preset makes: segments, groups and token counts."""
         try:
             return api.api_inspect(studio.engine, preset_json)
         except SigmaError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(views.redact(str(e))) from None
 
     def validate_preset(preset_json: str) -> dict[str, Any]:
         """Whether a preset would run: its problems, or its token count and warnings."""

@@ -4,6 +4,8 @@ that says a thing once, uploads bounded by the core's image limit."""
 
 from __future__ import annotations
 
+import tempfile
+
 from sigma_core import frontend
 from studio import compose, views
 from studio.engine import EngineInfo
@@ -57,3 +59,63 @@ def test_uploads_are_bounded_by_the_cores_image_limit(studio):
         assert big.status_code == 413 or "too large" in big.text.lower(), big.text[:200]
     finally:
         demo.close()
+
+
+def test_messages_never_show_this_machines_folders(tmp_path) -> None:
+    """A missing file is named, its folder on the server is not (before: the install path and
+    /tmp/gradio/... showed in toasts and under slots)."""
+    from pathlib import Path
+
+    from studio import slots, views
+
+    root = Path(views.__file__).resolve().parents[1]
+    missing = root / "assets" / "nope.png"
+    _, note = slots.check_upload(2, str(missing), None)
+    shown = views.messages([note], [])
+    assert str(root) not in shown and "…/assets/nope.png" in shown
+    upload = Path(tempfile.gettempdir()) / "gradio" / "abc123" / "notes.png"
+    assert (
+        views.redact(f"file not found: '{upload}'") == "file not found: '…/gradio/abc123/notes.png'"
+    )
+    assert views.redact("a plain message, 5/8 done") == "a plain message, 5/8 done"
+
+
+def test_background_removal_says_what_to_install_when_it_cannot_run(tmp_path) -> None:
+    """No rembg model on this machine (as in CI): the core's message, naming what to install."""
+    import pytest
+    from PIL import Image
+
+    from sigma_core import SigmaInputError, frontend
+    from studio import slots
+    from studio.forms import SlotForm
+
+    if frontend.background_removal_available()[0]:
+        pytest.skip("rembg and its model are installed here")  # never in CI
+    path = tmp_path / "cat.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(path)
+    with pytest.raises(SigmaInputError, match="rembg"):
+        slots.without_background(SlotForm(image=str(path)), 2, tmp_path / "files")
+    assert not (tmp_path / "files").exists()
+
+
+def test_a_removed_background_becomes_the_slots_image_file(tmp_path, monkeypatch) -> None:
+    """With a faked remover (rembg's model cannot be shipped): the result is written by
+    content into the studio's files and the note says how to go back."""
+    from PIL import Image
+
+    from sigma_core import frontend
+    from studio import slots
+    from studio.forms import SlotForm
+
+    path = tmp_path / "cat.png"
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(path)
+    monkeypatch.setattr(
+        frontend, "remove_background", lambda image, name: Image.new("RGB", (64, 48), "white")
+    )
+    new, note = slots.without_background(SlotForm(image=str(path)), 2, tmp_path / "files")
+    assert new.startswith(str(tmp_path / "files" / "backgrounds")) and new.endswith(".png")
+    with Image.open(new) as im:
+        assert im.size == (64, 48) and im.getpixel((0, 0)) == (255, 255, 255)
+    assert note == "slot 2: background removed; drop the original in again to go back"
+    again, _ = slots.without_background(SlotForm(image=str(path)), 2, tmp_path / "files")
+    assert again == new  # by content: one file

@@ -28,7 +28,7 @@ WATCH_JS = """() => {
   const snap = () => {
     const img = document.querySelector('#live-preview img');
     log.push({text: document.querySelector('#progress').innerText,
-              preview: img ? img.getAttribute('src') : null});
+              preview: img ? img.getAttribute('src') : null, t: Date.now()});
   };
   const seen = new MutationObserver(snap);
   for (const id of ['progress', 'live-preview']) {

@@ -33,11 +33,11 @@ from tests.browser.helpers import (
 
 def test_generate_shows_progress_live_preview_result_and_slider(page: Page, pictures) -> None:
     compose_two(page, pictures)
-    set_run(page, steps=12)
+    set_run(page, steps=40)
     generate(page)
     log = run_log(page)
     # the newest step each time the page takes one: it advances (a fast run may skip some)
-    steps_seen = {int(m) for e in log for m in re.findall(r"step (\d+)/11", e["text"])}
+    steps_seen = {int(m) for e in log for m in re.findall(r"step (\d+)/39", e["text"])}
     assert len(steps_seen) >= 2, log
     previews = [e["preview"] for e in log if e["preview"] and "step" in e["text"]]
     assert previews, f"no live preview during the run: {log}"
@@ -47,7 +47,7 @@ def test_generate_shows_progress_live_preview_result_and_slider(page: Page, pict
     assert any("seed 42 · 64×64 · preview engine" in c for c in gallery_captions(page))
     info = page.locator("#result-info")
     expect(info).to_contain_text("Seed 42 · 64×64")
-    expect(info).to_contain_text("steps 12")
+    expect(info).to_contain_text("steps 40")
     expect(info).to_contain_text("mask on")
     expect(info).to_contain_text("timings:")
     expect(page.locator("#download")).to_be_visible()
@@ -209,3 +209,29 @@ def test_two_browser_sessions_stay_apart(open_page, pictures) -> None:
     expect(prompt_box(second)).to_have_value("A cat [2] beside [1]")
     save_screenshot(first, "two_sessions_first")
     save_screenshot(second, "two_sessions_second")
+
+
+def test_runs_waiting_for_the_engine_start_first_come_first_served(open_page, pictures) -> None:
+    """Three tabs: one runs; the second clicks Generate, the third two seconds later. The
+    second starts first (reported: a tab that clicked 2.2 s earlier ran after a later one)."""
+    busy, early, late = open_page(), open_page(), open_page()
+    for page, colour in ((busy, "red"), (early, "blue"), (late, "green")):
+        compose_one(page, pictures[colour], f"A {colour} photo of [1]")
+    set_run(busy, steps=400)
+    set_run(early, steps=30)
+    set_run(late, steps=30)
+    start_run(busy)
+    wait_first_step(busy)
+    start_run(early)
+    expect(early.locator("#progress")).to_contain_text(re.compile(r"queue|Waiting", re.I))
+    late.wait_for_timeout(2000)
+    start_run(late)
+    expect(late.locator("#progress")).to_contain_text(re.compile(r"queue|Waiting", re.I))
+    busy.locator("#cancel").click()
+    wait_run(early)
+    wait_run(late)
+
+    def first_step(page: Page) -> int:  # when the page first showed a step (ms, its clock)
+        return min(e["t"] for e in run_log(page) if re.search(r"step \d+/29", e["text"]))
+
+    assert first_step(early) < first_step(late), "the later click ran first"
