@@ -52,3 +52,19 @@ def pipe(tiny_checkpoint):
     from sigma_core import SigmaPipeline
 
     return SigmaPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture
+def fresh(pipe, monkeypatch) -> tuple[object, list[str]]:
+    """A pipeline of its own (an empty latent cache) on the tiny fp32 weights, and a log of
+    each VAE encode and each prefill it makes."""
+    import sigma_core.runtime.pipeline as _pipeline
+
+    calls: list[str] = []
+    encode, prefill = pipe.vae.encode, _pipeline.prefill_contexts
+    monkeypatch.setattr(pipe.vae, "encode", lambda x: calls.append("encode") or encode(x))
+    monkeypatch.setattr(
+        _pipeline, "prefill_contexts",
+        lambda *a, **k: calls.append("prefill") or prefill(*a, **k),
+    )  # fmt: skip
+    return _pipeline.SigmaPipeline(pipe.model, pipe.vae, pipe.tokenizer), calls

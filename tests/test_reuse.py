@@ -131,20 +131,6 @@ def _comp(prompt: str = "Put [1] on a beach next to [2] at sunset", **settings) 
     return Composition(prompt, refs, Settings(**settings))
 
 
-@pytest.fixture
-def fresh(pipe, monkeypatch) -> tuple[SigmaPipeline, list[str]]:
-    """A pipeline of its own (an empty latent cache) on the tiny fp32 weights, and a log of
-    each VAE encode and each prefill it makes."""
-    calls: list[str] = []
-    encode, prefill = pipe.vae.encode, pipeline_module.prefill_contexts
-    monkeypatch.setattr(pipe.vae, "encode", lambda x: calls.append("encode") or encode(x))
-    monkeypatch.setattr(
-        pipeline_module, "prefill_contexts",
-        lambda *a, **k: calls.append("prefill") or prefill(*a, **k),
-    )  # fmt: skip
-    return SigmaPipeline(pipe.model, pipe.vae, pipe.tokenizer), calls
-
-
 def test_a_new_seed_or_prompt_word_skips_the_encode(fresh) -> None:
     pipe, calls = fresh
     pipe(_comp(seed=1), output_type="latent")

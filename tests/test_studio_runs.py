@@ -14,13 +14,11 @@ import pytest
 from PIL import Image
 
 import sigma_core
-import sigma_core.runtime.pipeline as pipeline_module
 from sigma_core import (
     GenerationCancelled,
     PresetError,
     SigmaInputError,
     SigmaOutOfMemoryError,
-    SigmaPipeline,
     frontend,
 )
 from studio import api, compose, presets, runs, views
@@ -101,19 +99,13 @@ def test_images_per_run_use_consecutive_seeds(engine, images, tmp_path):
     assert second == first + 1
 
 
-def test_images_per_run_encode_and_prefill_once(pipe, tiny_checkpoint, images, tmp_path,
-                                                monkeypatch):  # fmt: skip
+def test_images_per_run_encode_and_prefill_once(
+    fresh, tiny_checkpoint, images, tmp_path, monkeypatch
+):
     """Three images per run: one VAE encode per reference and one prefill for all three, each
     image saved as its own result with its seed, and shown as image k of 3; the next run, with
     a new seed, encodes nothing."""
-    calls: list[str] = []
-    encode, prefill = pipe.vae.encode, pipeline_module.prefill_contexts
-    monkeypatch.setattr(pipe.vae, "encode", lambda x: calls.append("encode") or encode(x))
-    monkeypatch.setattr(
-        pipeline_module, "prefill_contexts",
-        lambda *a, **k: calls.append("prefill") or prefill(*a, **k),
-    )  # fmt: skip
-    own_cache = SigmaPipeline(pipe.model, pipe.vae, pipe.tokenizer)
+    own_cache, calls = fresh
     engine = tiny_engine(own_cache, tiny_checkpoint)
     # 50 ms a step: the consumer sees each image's first step (the last may give way at once)
     monkeypatch.setattr(engine, "live_preview", lambda tensors: time.sleep(0.05))

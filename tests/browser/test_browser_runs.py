@@ -217,7 +217,7 @@ def test_runs_waiting_for_the_engine_start_first_come_first_served(open_page, pi
     busy, early, late = open_page(), open_page(), open_page()
     for page, colour in ((busy, "red"), (early, "blue"), (late, "green")):
         compose_one(page, pictures[colour], f"A {colour} photo of [1]")
-    set_run(busy, steps=400)
+    set_run(busy, steps=1000, size="480x480")  # about 30 s: both others queue behind it
     set_run(early, steps=30)
     set_run(late, steps=30)
     start_run(busy)
