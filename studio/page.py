@@ -400,13 +400,13 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
                 label="Live preview (the current estimate of the final image)",
                 interactive=False,
                 format="png",
-                height=200,
+                height=160,
                 elem_id="live-preview",
             )
             gallery = gr.Gallery(
                 label="Results (this browser's history, newest first)",
                 columns=3,
-                height=260,
+                height=240,
                 format="png",
                 elem_id="gallery",
             )
