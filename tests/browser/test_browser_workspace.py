@@ -10,7 +10,15 @@ from playwright.sync_api import Page, expect
 
 from sigma_core.inputs import PROJECT_ASSETS
 from tests.browser.conftest import save_screenshot
-from tests.browser.helpers import add_slot, pick_attribute, prompt_box, type_prompt, upload_ok
+from tests.browser.helpers import (
+    add_slot,
+    open_file,
+    pick_attribute,
+    prompt_box,
+    toast,
+    type_prompt,
+    upload_ok,
+)
 
 FOUR = [PROJECT_ASSETS / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")]
 TOKENS = ("<id>", "<subject>", "<subject>", "<style>")
@@ -117,3 +125,32 @@ def test_an_id_reference_is_cropped_to_its_face_and_the_crop_can_be_dragged(page
     page.locator("#slot-1-entity textarea").fill("astronaut")
     page.wait_for_timeout(1000)
     expect(crop).to_have_value("")
+
+
+def test_background_removal_says_what_to_install_here(page: Page) -> None:
+    """No U²-Net model on this machine (as in CI): the button answers with what to install,
+    and the slot keeps its image."""
+    upload_ok(page, 1, FOUR[1])
+    page.locator("#slot-1-details").click()
+    page.locator("#slot-1-background").click()
+    expect(toast(page, "rembg")).to_be_visible()
+    expect(page.locator("#slot-1-info")).to_contain_text("451×300")
+    text = page.locator("[data-testid=toast-text]").first.inner_text()
+    assert "/root" not in text and "site-packages" not in text, text
+
+
+def test_a_file_of_the_wrong_type_is_refused_once(page: Page, tmp_path) -> None:
+    """A text file dropped on a slot or opened as a preset: gradio's one notice naming the
+    file and what is allowed (it came twice before), and nothing else changes."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just text")
+    page.locator("#slot-1-image input[type=file]").set_input_files(notes)
+    expect(toast(page, "Invalid file type: notes.txt. Only image/* allowed.")).to_have_count(1)
+    open_file(page, notes)
+    expect(toast(page, "Only .json, .png allowed.")).to_have_count(1)
+    page.wait_for_timeout(1500)  # a second notice would have come by now
+    shown = page.locator("[data-testid=toast-text]").all_inner_texts()
+    assert sum("Invalid file type" in t for t in shown) <= 2, shown
+    assert sum("image/*" in t for t in shown) <= 1, shown
+    expect(page.locator("#slot-1-upload-note")).to_have_text("")
+    expect(prompt_box(page)).to_have_value("")
