@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "inspect", "show the token sequence a preset becomes", common, tok)
     p.add_argument("preset", metavar="PRESET.json", help="a preset, or a PNG saved by the studio")
     p.add_argument("--mask-png", metavar="OUT.png", help="also draw the attention mask")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --mask-png's file if it exists"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _setting_option(p, "layout")
 
@@ -171,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA")
     p.add_argument("--base", metavar="DIR", help="the base checkpoint (default: the run's)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUT_DIR (a previous export; never a base checkpoint)",
+    )
 
     _add(sub, "attributes", "list SIGMA's attribute tokens", common)
     return parser

@@ -1,9 +1,11 @@
-"""Output files: checked before a run, written atomically, never replaced by surprise.
+"""Output files and folders: checked before a run, written atomically, never replaced by
+surprise.
 
 A generation takes minutes, so everything that would stop its result from being saved (a bad
 name, a missing folder, an existing file, a full disk) is refused before it starts. Writing goes
 through a temporary file in the same folder that is moved in place only when complete, so a
-failed save never leaves half a file or destroys the previous one.
+failed save never leaves half a file or destroys the previous one. An output folder (export)
+is written the same way: into a private folder beside it, moved in place when complete.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -61,13 +65,17 @@ def check_output_path(
             f"output file {shown} already exists; pass --overwrite to replace it, or choose "
             "another name"
         )
-    free = shutil.disk_usage(out.parent).free
+    _check_free(out.parent, needed_bytes)
+    return out
+
+
+def _check_free(folder: Path, needed_bytes: int) -> None:
+    free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise SigmaResourceError(
-            f"not enough free disk space in {str(out.parent)!r}: {size_text(free)} free, about "
+            f"not enough free disk space in {str(folder)!r}: {size_text(free)} free, about "
             f"{size_text(needed_bytes)} needed; free some space or choose another folder"
         )
-    return out
 
 
 def _stat(path: Path, what: str) -> os.stat_result | None:
@@ -155,3 +163,91 @@ def _write_error(path: Path, e: OSError) -> SigmaInputError | SigmaResourceError
             f"disk full while writing {str(path)!r}: free some space or choose another folder"
         )
     return SigmaInputError(f"cannot write {str(path)!r}: {e.strerror or e}")
+
+
+def check_output_folder(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    needed_bytes: int,
+    keep: Collection[str] = (),
+    kept: str = "",
+) -> Path:
+    """``path`` as a Path, once it is sure a folder can be written there: new, an empty folder
+    or, with ``overwrite``, a folder of other files; call it before the work.
+
+    Refuses an empty name, a name the OS cannot use, a file (or device) in the way, a folder
+    holding any of the files named in ``keep`` (``kept`` says what they are) even with
+    ``overwrite``, and a disk with less than ``needed_bytes`` free. Missing parents are fine.
+    """
+    if os.fspath(path) == "":
+        raise SigmaInputError("OUT_DIR is empty; give the name of a new folder")
+    out, shown = Path(path), repr(os.fspath(path))
+    existing = _stat(out, f"OUT_DIR {shown}")
+    if existing is not None:
+        _check_replaceable(out, existing, overwrite=overwrite, keep=keep, kept=kept)
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SigmaInputError(f"OUT_DIR {shown}: {str(parent)!r} is a file, not a folder")
+    _check_free(parent, needed_bytes)
+    return out
+
+
+def _check_replaceable(
+    out: Path, existing: os.stat_result, *, overwrite: bool, keep: Collection[str], kept: str
+) -> None:
+    """Refuse what :func:`check_output_folder` refuses of something already at ``out``."""
+    shown = repr(str(out))
+    if not stat.S_ISDIR(existing.st_mode):
+        raise SigmaInputError(f"OUT_DIR {shown} exists and is not a folder; choose a new folder")
+    try:
+        names = {p.name for p in out.iterdir()}
+    except OSError as e:
+        raise SigmaInputError(f"OUT_DIR {shown}: cannot be read ({e.strerror or e})") from None
+    held = sorted(names & set(keep))
+    if held:
+        raise SigmaInputError(
+            f"OUT_DIR {shown} holds {kept} ({', '.join(held)}), which is never replaced, "
+            "even with --overwrite; choose a new folder"
+        )
+    if names and not overwrite:
+        raise SigmaInputError(
+            f"OUT_DIR {shown} already exists and is not empty; pass --overwrite to replace "
+            "it, or choose a new folder"
+        )
+
+
+@contextmanager
+def staged_folder(path: Path) -> Iterator[Path]:
+    """A private folder beside ``path`` to write into, moved to ``path`` when the block ends
+    (a folder already there, checked by :func:`check_output_folder`, is replaced only then).
+    An error removes it and leaves ``path`` as it was; an OSError becomes a SigmaInputError,
+    or a SigmaResourceError when the disk is full."""
+    staging = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:100]}.writing-", dir=path.parent))
+        yield staging
+        _move_folder(staging, path)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_folder(staging: Path, path: Path) -> None:
+    """Rename ``staging`` to ``path``; a folder there is moved aside first and back on failure."""
+    if not os.path.lexists(path):
+        os.rename(staging, path)
+        return
+    old = path.with_name(f".{path.name[:100]}.old-{secrets.token_hex(6)}")
+    os.rename(path, old)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -15,7 +15,7 @@ from sigma_core.lazy import lazy_package
 from sigma_core.report.plan_report import attributes_table, escape_text, plan_report, render_report
 
 if TYPE_CHECKING:  # the names that load on first use (sigma_core.lazy)
-    from sigma_core.report.mask_picture import mask_png as mask_png
+    from sigma_core.report.mask_picture import mask_image as mask_image, mask_png as mask_png
 
 if not TYPE_CHECKING:  # type checkers see the imports above; a misspelt name is an error
     _lazy, __getattr__, __dir__ = lazy_package(__name__)

@@ -80,7 +80,16 @@ class _Run:
 
 
 def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path:
-    """Draw B as a PNG at most ``max_px`` pixels per side, so users see what the guard blocks.
+    """:func:`mask_image` saved as a PNG at ``path`` (its folders created)."""
+    img = mask_image(plan, max_px=max_px)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
+def mask_image(plan: Plan, *, max_px: int = 1024) -> Image.Image:
+    """Draw B at most ``max_px`` pixels per side, so users see what the guard blocks.
 
     Rows are queries, columns keys; strips along both axes give each token's type and group.
     Long plans are drawn on a non-uniform axis that compresses image blocks first, so attribute
@@ -153,10 +162,7 @@ def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path
             for a, b in zip(*np.nonzero(_hatch(np.ones(8, dtype=bool), 8)), strict=True):
                 draw.point((left + x + 1 + int(b), top + y + 3 + int(a)), fill=_INK)
         draw.text((left + x + 14, top + y), text, fill=_INK, font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    return img
 
 
 def mask_cells(plan: Plan, rep: np.ndarray) -> np.ndarray:

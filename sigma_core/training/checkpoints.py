@@ -11,7 +11,8 @@ A checkpoint folder holds only data formats, never pickle:
 It is written to ``<name>.tmp`` and renamed when complete, so a crash never leaves a half
 checkpoint that resume would pick. Export writes ``ema.safetensors`` under the official BAGEL
 key names (LoRA merged into the weights), which ``SigmaPipeline.from_pretrained(base,
-sigma_weights=...)`` loads unchanged, and a model card.
+sigma_weights=...)`` loads unchanged, and a model card, into a new folder the same way: it never
+writes over a base checkpoint, nor a previous export unless asked.
 """
 
 from __future__ import annotations
@@ -39,11 +40,20 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from sigma_core.errors import CheckpointError
-from sigma_core.runtime.loader import TRAINING_META_FILE, WEIGHTS_FILE
+from sigma_core.inputs.outfile import check_output_folder, staged_folder
+from sigma_core.runtime.loader import AE_FILE, LLM_CONFIG_FILE, TRAINING_META_FILE, WEIGHTS_FILE
 from sigma_core.training.data import DataPosition
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 CARD_FILE = "README.md"
+# What each `train` setting trained, for the model card.
+TRAINED = {
+    "gen": "the generation branch (gen expert, connectors, W_tau)",
+    "full": "every weight but the fixed position table",
+    "lora": "LoRA rank {rank} on the gen expert, merged",
+}
+# Files that mark a base (BAGEL) checkpoint folder: an export never writes over one.
+BASE_FILES = ("config.json", LLM_CONFIG_FILE, "vit_config.json", AE_FILE)
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -242,16 +252,30 @@ def export(
     *,
     use_ema: bool = True,
     base: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """SIGMA weights from a training checkpoint: ``ema.safetensors`` with the trained tensors
     under BAGEL's key names (LoRA merged into its base weights, read from ``base``), and a
-    model card that records data, steps, mask, W_tau and what was trained."""
+    model card that records data, steps, mask, W_tau and what was trained.
+
+    ``out_dir`` must be new or empty, or with ``overwrite`` a folder of other files, never one
+    holding a base checkpoint; everything is checked (free space included) before the work, and
+    written into a private folder that is moved in place when complete."""
     state = _read_json(checkpoint / "state.json")
     cfg = state["config"]
-    tensors = load_file(str(checkpoint / ("ema.safetensors" if use_ema else "trained.safetensors")))
+    if cfg.get("train") not in TRAINED:
+        raise CheckpointError(
+            f"{checkpoint}: train={cfg.get('train')!r} in its config is not one of "
+            f"{', '.join(TRAINED)}; it is not a checkpoint export can read"
+        )
+    source = checkpoint / ("ema.safetensors" if use_ema else "trained.safetensors")
+    needed = (source.stat().st_size if source.is_file() else 0) + 2**20
+    check_output_folder(
+        out_dir, overwrite=overwrite, needed_bytes=needed, keep=BASE_FILES, kept="a base checkpoint"
+    )
+    tensors = load_file(str(source))
     if cfg["train"] == "lora":
         tensors = _merge_lora(tensors, _base_weights(base or cfg["base"]), cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": "sigma-studio-training",
         "base": cfg["base"],
@@ -267,20 +291,18 @@ def export(
         "skipped_total": state["skipped_total"],
         "config": cfg,
     }
-    save_file(_contiguous(tensors), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    _write_json(out_dir / TRAINING_META_FILE, meta)
-    (out_dir / CARD_FILE).write_text(model_card(meta, sorted(tensors)), encoding="utf-8")
+    card = model_card(meta, sorted(tensors))
+    with staged_folder(out_dir) as staging:
+        save_file(_contiguous(tensors), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        _write_json(staging / TRAINING_META_FILE, meta)
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
     return out_dir
 
 
 def model_card(meta: dict[str, Any], keys: list[str]) -> str:
     cfg = meta["config"]
     data = "\n".join(f"  - {d}" for d in meta["data"])
-    trained = {
-        "gen": "the generation branch (gen expert, connectors, W_tau)",
-        "full": "every weight but the fixed position table",
-        "lora": f"LoRA rank {cfg['lora_rank']} on the gen expert, merged",
-    }[meta["train"]]
+    trained = TRAINED[meta["train"]].format(rank=cfg["lora_rank"])
     mask = "on (the paper's B = (C AND M) OR S)" if meta["mask"] else "off (the released code)"
     return f"""---
 base_model: {meta["base"]}
