@@ -238,12 +238,14 @@ def _progress_printer(total: int, live: bool) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; the effective config goes to stdout first, so a log records it."""
+    from sigma_core.inputs import check_run_folder
     from sigma_core.training.config import load_config, parse_override
 
     overrides = dict(parse_override(text) for text in args.set)
     cfg = load_config(args.config, overrides)
     if args.max_steps is not None and not 1 <= args.max_steps <= cfg.steps:
         raise SigmaInputError(f"--max-steps: {args.max_steps} must be from 1 to {cfg.steps}")
+    check_run_folder(cfg.output_dir, "output_dir")  # before the model loads, as generate does
     from sigma_core.training.trainer import Trainer
 
     trainer = Trainer(cfg, resume=args.resume)

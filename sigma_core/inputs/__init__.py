@@ -10,7 +10,7 @@ from sigma_core.inputs.attributes import (
 )
 from sigma_core.inputs.composition import PROJECT_ASSETS, Composition, Reference
 from sigma_core.inputs.images import ImageLimits, embeddable_bytes, load_image, vae_resize
-from sigma_core.inputs.outfile import check_output_path
+from sigma_core.inputs.outfile import check_output_path, check_run_folder
 from sigma_core.inputs.preset import (
     PRESET_FORMAT,
     PRESET_VERSION,
@@ -48,6 +48,7 @@ __all__ = [
     "Reference",
     "Settings",
     "check_output_path",
+    "check_run_folder",
     "dumps_preset",
     "embeddable_bytes",
     "find_attribute_tokens",

@@ -234,7 +234,7 @@ def resolve_image_path(rel: str, roots: Sequence[Path], *, field_name: str = "im
         root_real = root.resolve()
         try:
             real = (root_real / pure).resolve()
-            found = real.is_relative_to(root_real) and real.is_file()
+            found = real.is_relative_to(root_real) and real.exists()
         except OSError as e:  # a name too long for the file system, a loop of links ...
             raise PresetError(f"{field_name}: {rel!r} cannot be opened ({e.strerror})") from None
         if not real.is_relative_to(root_real):
@@ -242,6 +242,8 @@ def resolve_image_path(rel: str, roots: Sequence[Path], *, field_name: str = "im
                 f"{field_name}: {rel!r} is a link that leads outside {root_real}; "
                 "copy the image into the folder instead"
             )
+        if found and not real.is_file():  # stat only: a FIFO is never opened
+            raise PresetError(f"{field_name}: {rel!r} is not a regular file")
         if found:
             return real
         looked.append(str(root_real))

@@ -195,6 +195,27 @@ def check_output_folder(
     return out
 
 
+def check_run_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path, once it is sure a run can write into it: an existing, writable
+    folder (its contents are the caller's business: a run resumes from them), or a new one
+    whose nearest existing parent is a writable folder. Call it before the work."""
+    out, shown = Path(path), repr(os.fspath(path))
+    existing = _stat(out, f"{what} {shown}")
+    if existing is not None and not stat.S_ISDIR(existing.st_mode):
+        raise SigmaInputError(f"{what} {shown} exists and is not a folder; choose a folder")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SigmaInputError(f"{what} {shown}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SigmaInputError(
+            f"{what} {shown}: {str(parent)!r} is not writable (permission denied or a "
+            "read-only file system)"
+        )
+    return out
+
+
 def _check_replaceable(
     out: Path, existing: os.stat_result, *, overwrite: bool, keep: Collection[str], kept: str
 ) -> None:

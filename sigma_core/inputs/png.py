@@ -54,6 +54,8 @@ def find_png_text(path: Path, key: str, *, max_bytes: int = MAX_COMPOSITION_BYTE
     that has one does hold a composition, only too large to read.
     """
     try:
+        if path.exists() and not path.is_file():  # stat only: a FIFO is never opened
+            raise PresetError(f"{path}: not a regular file")
         f = path.open("rb")
     except OSError as e:
         raise PresetError(f"{path}: cannot open ({e.strerror})") from None

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ WEIGHT_DTYPES = ("fp32", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 MAX_STEPS = 10_000_000
 MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 10_000  # values once aliases are expanded: a "billion laughs" stops here
+MAX_CONFIG_DEPTH = 32  # nesting of lists and mappings
+MAX_SHOWN = 80  # characters of a value quoted in a message
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,9 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         """Every out-of-range setting, each naming its field."""
-        out = [f"{name}: {getattr(self, name)!r} {what}" for name, what in _failed_checks(self)]
+        out = [
+            f"{name}: {shown(getattr(self, name))} {what}" for name, what in _failed_checks(self)
+        ]
         if not out and self.min_image_size > self.max_image_size:
             out.append("min_image_size: must not exceed max_image_size")
         if self.sample_every and not self.sample_preset:
@@ -130,26 +137,112 @@ def config_from_dict(raw: Any, where: str = "training config") -> TrainConfig:
     """A checked config from a mapping; unknown keys are refused by name."""
     if not isinstance(raw, dict):
         raise SigmaInputError(f"{where}: expected a mapping of settings")
-    unknown = sorted(str(k) for k in raw if k not in FIELDS)
+    unknown = sorted(shown(str(k))[1:-1] for k in raw if k not in FIELDS)
     if unknown:
         raise SigmaInputError(f"{where}: unknown setting(s) {', '.join(unknown[:5])}")
     for key in ("base", "data"):
         if key not in raw:
             raise SigmaInputError(f"{where}: '{key}' is required")
-    return TrainConfig(**raw).check()
+    return TrainConfig(**{k: _as_float(v) if k in FLOATS else v for k, v in raw.items()}).check()
+
+
+def _as_float(value: Any) -> Any:
+    """A number YAML read as a string (``1e-5``: YAML 1.1 wants ``1.0e-5``) as a float."""
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to MAX_SHOWN characters, for a message."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a huge integer"
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting and more than MAX_CONFIG_NODES values once
+    aliases are expanded, while composing (before any Python object is built)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        if self._depth > MAX_CONFIG_DEPTH:
+            raise SigmaInputError(f"nested more than {MAX_CONFIG_DEPTH} levels deep")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in self._sizes:
+            children = node.value if isinstance(node.value, list) else []
+            items = [x for c in children for x in (c if isinstance(c, tuple) else (c,))]
+            size = 1 + sum(self._sizes.get(id(c), 1) for c in items)
+            if size > MAX_CONFIG_NODES:
+                raise SigmaInputError(
+                    f"more than {MAX_CONFIG_NODES:,} values, each alias counted as what it repeats"
+                )
+            self._sizes[id(node)] = size
+        return node
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML data (no Python objects), bounded in depth and expanded size; SigmaInputError
+    with the reason (no position, no long excerpt) otherwise."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise SigmaInputError(f"not valid YAML ({shown_error(e)})") from None
+    finally:
+        loader.dispose()
+
+
+def shown_error(e: Exception) -> str:
+    """The first line of an error, cut to MAX_SHOWN characters."""
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    return first if len(first) <= MAX_SHOWN else first[: MAX_SHOWN - 3] + "..."
+
+
+def _read_head(path: Path) -> bytes:
+    """The first MAX_CONFIG_BYTES + 1 bytes: one more shows a file that grew since stat."""
+    with open(path, "rb") as f:
+        return f.read(MAX_CONFIG_BYTES + 1)
+
+
+def _read_config(path: Path) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES, checked before it is opened
+    (a FIFO or device is never opened: it could block for ever)."""
+    try:
+        st = os.stat(path)
+        regular = stat.S_ISREG(st.st_mode)
+        data = b"" if not regular or st.st_size > MAX_CONFIG_BYTES else _read_head(path)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else shown_error(e)
+        raise SigmaInputError(f"{path}: cannot read the config ({reason})") from None
+    if not regular:
+        raise SigmaInputError(f"{path}: not a regular file; give a YAML config file")
+    if st.st_size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:
+        raise SigmaInputError(f"{path}: a config file is at most 1 MB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SigmaInputError(f"{path}: not UTF-8 text; a config is a YAML file") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config (safe_load: data only), apply ``overrides`` and check it."""
+    """Read a YAML config (data only, bounded), apply ``overrides`` and check it."""
     path = Path(path)
+    text = _read_config(path)
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SigmaInputError(f"{path}: a config file is at most 1 MB")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SigmaInputError(f"{path}: cannot read the config ({e.strerror or e})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SigmaInputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raw = parse_yaml(text)
+    except SigmaInputError as e:
+        raise SigmaInputError(f"{path}: {e}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise SigmaInputError(f"{path}: expected a mapping of settings")
@@ -160,11 +253,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` from the command line, the value read as YAML (numbers, lists, bools)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise SigmaInputError(f"--set {text!r}: expected key=value")
+        raise SigmaInputError(f"--set {shown(text)}: expected key=value")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise SigmaInputError(f"--set {text!r}: the value is not valid YAML") from None
+        return key.strip(), parse_yaml(value)
+    except SigmaInputError as e:
+        raise SigmaInputError(f"--set {shown(text)}: the value is {e}") from None
 
 
 # ----------------------------------------------------------------------------- bounds
@@ -211,13 +304,21 @@ FLOATS = {
 
 
 def _number_in(v: Any, lo: float, hi: float, closed: bool) -> bool:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+    # an int compares with a float exactly, however large: no float(v), no OverflowError
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    if isinstance(v, float) and not math.isfinite(v):
         return False
     return (lo <= v if closed else lo < v) and v <= hi
 
 
 def _named(v: Any) -> bool:
     return isinstance(v, str) and bool(v)
+
+
+def _names(v: Any, allowed: tuple[str, ...] | None) -> bool:
+    """A tuple (a YAML list or one string) of names, each in ``allowed`` when given."""
+    return isinstance(v, tuple) and all(_named(x) and (allowed is None or x in allowed) for x in v)
 
 
 def _is_side(v: Any) -> bool:
@@ -227,11 +328,12 @@ def _is_side(v: Any) -> bool:
 def _named_checks(cfg: TrainConfig) -> list[tuple[str, str]]:
     checks = (
         ("base", _named(cfg.base), "must name a checkpoint"),
-        ("data", bool(cfg.data) and all(map(_named, cfg.data)),
+        ("data", _names(cfg.data, None) and bool(cfg.data),
          "must list at least one parquet file, folder or JSONL manifest"),
         ("output_dir", _named(cfg.output_dir), "must name a folder"),
-        ("trackers", all(t in TRACKERS for t in cfg.trackers),
-         f"may only hold {', '.join(TRACKERS)}"),
+        ("sample_preset", cfg.sample_preset is None or _named(cfg.sample_preset),
+         "must name a preset file"),
+        ("trackers", _names(cfg.trackers, TRACKERS), f"may only hold {', '.join(TRACKERS)}"),
     )  # fmt: skip
     return [(name, why) for name, ok, why in checks if not ok]
 
