@@ -204,31 +204,7 @@ class Composition:
 def resolve_image_path(rel: str, roots: Sequence[Path], *, field_name: str = "image") -> Path:
     """Resolve a preset-relative path inside one of ``roots``; refuse absolute paths, '..',
     and symlinks that lead outside, before anything is read."""
-    if not rel or not isinstance(rel, str):
-        raise PresetError(f"{field_name}: expected a relative path or a data URI")
-    if len(rel) > MAX_PATH_CHARS:
-        raise PresetError(
-            f"{field_name}: the path is {len(rel):,} characters long, over the limit of "
-            f"{MAX_PATH_CHARS:,}"
-        )
-    if any(ord(c) < 32 or c == "\x7f" for c in rel):
-        raise PresetError(
-            f"{field_name}: {rel!r} contains a control character (a NUL byte, a newline ...); "
-            "no image file is named like that"
-        )
-    if "\\" in rel:
-        raise PresetError(f"{field_name}: {rel!r} uses backslashes; write paths with '/'")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or rel.startswith("~") or (len(rel) > 1 and rel[1] == ":"):
-        raise PresetError(
-            f"{field_name}: {rel!r} is an absolute path; presets may only name images by a path "
-            "relative to the preset's folder or assets/, or embed them"
-        )
-    if ".." in pure.parts:
-        raise PresetError(
-            f"{field_name}: {rel!r} goes up with '..'; images must stay inside the preset's "
-            "folder or assets/"
-        )
+    pure = _relative_path(rel, field_name)
     looked = []
     for root in roots:
         root_real = root.resolve()
@@ -250,6 +226,42 @@ def resolve_image_path(rel: str, roots: Sequence[Path], *, field_name: str = "im
     raise PresetError(
         f"{field_name}: {rel!r} was not found in {' or '.join(looked) or 'any folder'}"
     )
+
+
+def _relative_path(rel: Any, field_name: str) -> PurePosixPath:
+    """``rel`` checked as text before any file system call: a relative '/'-path that stays
+    inside its folder, of bounded length, without control characters."""
+    if not rel or not isinstance(rel, str):
+        raise PresetError(f"{field_name}: expected a relative path or a data URI")
+    if len(rel) > MAX_PATH_CHARS:
+        raise PresetError(
+            f"{field_name}: the path is {len(rel):,} characters long, over the limit of "
+            f"{MAX_PATH_CHARS:,}"
+        )
+    if any(ord(c) < 32 or c == "\x7f" for c in rel):
+        raise PresetError(
+            f"{field_name}: {rel!r} contains a control character (a NUL byte, a newline ...); "
+            "no image file is named like that"
+        )
+    if "\\" in rel:
+        raise PresetError(f"{field_name}: {rel!r} uses backslashes; write paths with '/'")
+    return _inside(rel, field_name)
+
+
+def _inside(rel: str, field_name: str) -> PurePosixPath:
+    """``rel`` as a path that stays inside its folder: not absolute, never up with '..'."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or rel.startswith("~") or (len(rel) > 1 and rel[1] == ":"):
+        raise PresetError(
+            f"{field_name}: {rel!r} is an absolute path; presets may only name images by a path "
+            "relative to the preset's folder or assets/, or embed them"
+        )
+    if ".." in pure.parts:
+        raise PresetError(
+            f"{field_name}: {rel!r} goes up with '..'; images must stay inside the preset's "
+            "folder or assets/"
+        )
+    return pure
 
 
 def _normalize_attributes(attrs: Any) -> tuple[str, ...]:
