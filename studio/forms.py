@@ -116,6 +116,11 @@ def image_source(image: str | None) -> str | Path | None:
     return image if image.startswith("data:") else Path(image)
 
 
+def format_crop(box: tuple[int, int, int, int] | None) -> str:
+    """A crop box as the crop field shows it (what :func:`parse_crop` reads back)."""
+    return ", ".join(map(str, box)) if box else ""
+
+
 def parse_crop(text: str, slot: int) -> tuple[int, int, int, int] | None:
     """ "left, top, right, bottom" in pixels, or empty for no crop; the box is checked by the
     core against the image."""
@@ -201,7 +206,7 @@ def to_draft(composition: Composition, files: Path, *, max_slots: int) -> Draft:
             image=_materialize(composition, r, files),
             attributes=r.attributes,
             entity=r.entity,
-            crop=", ".join(map(str, r.crop)) if r.crop else "",
+            crop=format_crop(r.crop),
         )
         for r in refs
     )

@@ -83,7 +83,6 @@ class SlotControls:
     down: gr.Button
     remove: gr.Button
     insert: gr.Button
-    details: gr.Accordion
     cropper: gr.HTML  # the image with a box to drag: the crop with the mouse
     face_button: gr.Button
     face_seen: gr.State  # the image the automatic face crop last ran on (it runs once each)
@@ -134,8 +133,7 @@ def _slot_controls(k: int, visible: bool, insert: gr.Button) -> SlotControls:
             max_length=frontend.MAX_ENTITY_CHARS,
             elem_id=f"slot-{k}-entity",
         )
-        details = gr.Accordion("Crop", open=False, elem_id=f"slot-{k}-details")
-        with details:
+        with gr.Accordion("Crop", open=False, elem_id=f"slot-{k}-details"):
             cropper = gr.HTML(
                 None, html_template=CROPPER_TEMPLATE, js_on_load=CROPPER_JS,
                 elem_id=f"slot-{k}-cropper",
@@ -161,7 +159,7 @@ def _slot_controls(k: int, visible: bool, insert: gr.Button) -> SlotControls:
         face_seen = gr.State(None)
     return SlotControls(
         box, image, attributes, entity, crop, thumb, info, messages, upload_note, last_good, up,
-        down, remove, insert, details, cropper, face_button, face_seen, background_button,
+        down, remove, insert, cropper, face_button, face_seen, background_button,
     )  # fmt: skip
 
 

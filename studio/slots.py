@@ -15,7 +15,7 @@ from PIL import Image
 
 from sigma_core import SigmaError, SigmaInputError, frontend
 from studio.compose import reference_image
-from studio.forms import Draft, SlotForm, image_source, parse_crop, slot_reference
+from studio.forms import Draft, SlotForm, format_crop, image_source, parse_crop, slot_reference
 
 CROPPER_SIDE = 480  # the longest side of the picture a slot's cropper shows
 
@@ -196,7 +196,7 @@ def crop_text(box: Any, form: SlotForm, slot: int) -> str:
     w, h = reference_image(image_source(form.image), None, slot).size
     left, top, right, bottom = box
     clamped = (max(0, left), max(0, top), min(w, right), min(h, bottom))
-    return ", ".join(map(str, clamped))
+    return format_crop(clamped)
 
 
 def face_crop(form: SlotForm, slot: int) -> tuple[str, str]:
@@ -210,7 +210,7 @@ def face_crop(form: SlotForm, slot: int) -> tuple[str, str]:
         raise SigmaInputError(why)
     box = frontend.face_crop(image_source(form.image), name=f"references[slot {slot}].image")
     note = frontend.face_crop_note(slot, box)
-    return ("" if box is None else ", ".join(map(str, box))), note
+    return format_crop(box), note
 
 
 def wants_face_crop(form: SlotForm, seen: str | None) -> bool:
