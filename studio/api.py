@@ -48,7 +48,10 @@ def api_generate(
     path = result_file(entry, files)
     if path is None:  # saved a moment ago; only a cleaner racing us could remove it
         raise RunFailed("the result was removed before it could be sent")
-    meta = {k: entry[k] for k in ("seed", "size", "settings", "timings", "preview", "warnings")}
+    meta = {
+        k: entry[k]
+        for k in ("seed", "size", "settings", "timings", "references", "preview", "warnings")
+    }
     yield str(path), {**meta, "name": comp.name, "prompt": comp.prompt, "file": entry["file"]}
 
 

@@ -47,8 +47,9 @@ RESULTS = "results"
 @dataclass(frozen=True)
 class Progress:
     """Where a run is, in image ``image`` (1-based) of ``images``: a phase starting ("plan",
-    "encode" with ``step`` references of ``steps`` done, "prefill", "decode"), or denoising
-    step ``step`` of ``steps`` done, ``elapsed_s`` seconds into the denoising loop."""
+    "encode" with ``step`` references of ``steps`` done, ``reused`` of them from the latent
+    cache, "prefill", "decode"), or denoising step ``step`` of ``steps`` done, ``elapsed_s``
+    seconds into the denoising loop."""
 
     image: int
     images: int
@@ -57,6 +58,7 @@ class Progress:
     elapsed_s: float = 0.0
     preview: Image.Image | None = None
     phase: str = "denoise"
+    reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def stream(
                     raise
                 out, stopped = e.partial, e  # the images done before it are the user's
             for result in out.split():
-                events.put(save_result(result, files))
+                events.put(save_result(result, files, reused=report.reused))
             if stopped is not None:
                 events.put(stopped)
         except Exception as e:  # every failure is reported to the consumer, bugs included
@@ -179,6 +181,7 @@ class _Reporter:
     def __init__(self, events: queue.Queue[Any], images: int) -> None:
         self.events, self.image, self.images = events, 1, images
         self.denoise_start = time.monotonic()
+        self.reused = 0  # references whose latents came from the engine's cache
 
     def phase(self, name: str, done: int, total: int) -> None:
         if name == "image":  # image done + 1 of several: its denoising follows
@@ -186,7 +189,11 @@ class _Reporter:
             return
         if name == "denoise":
             self.denoise_start = time.monotonic()
-        self.events.put(Progress(self.image, self.images, done, total, phase=name))
+        if name == "reuse":  # a reference done, from the cache: still the encode phase
+            self.reused += 1
+            name = "encode"
+        progress = Progress(self.image, self.images, done, total, phase=name, reused=self.reused)
+        self.events.put(progress)
 
     def step(self, step: int, steps: int, preview: Image.Image | None) -> None:
         elapsed = time.monotonic() - self.denoise_start
@@ -232,8 +239,9 @@ def describe_failure(
     )
 
 
-def save_result(out: SigmaOutput, files: Path) -> dict[str, Any]:
-    """Save the PNG (composition embedded) and describe it for the history."""
+def save_result(out: SigmaOutput, files: Path, *, reused: int = 0) -> dict[str, Any]:
+    """Save the PNG (composition embedded) and describe it for the history; ``reused``
+    references of the run came from the latent cache, not the VAE."""
     folder = files / RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -246,6 +254,7 @@ def save_result(out: SigmaOutput, files: Path) -> dict[str, Any]:
         "size": list(image.size),
         "settings": out.settings.to_dict(),
         "timings": {k: round(v, 3) for k, v in out.timings.items()},
+        "references": {"placed": out.plan.num_references, "reused": reused},
         "preview": out.preview,
         "name": out.composition.name,
         "prompt": out.composition.prompt,

@@ -225,9 +225,10 @@ def progress(p: Progress) -> str:
     that rate (the rate of this image's denoising steps alone)."""
     image = f"image {p.image}/{p.images} · " if p.images > 1 else ""
     if p.phase == "encode":
+        reused = f" ({p.reused} reused from an earlier run)" if p.reused else ""
         if p.step < p.steps:
-            return f"{image}Encoding reference {p.step + 1} of {p.steps}…"
-        return f"{image}{p.steps} reference{'s' * (p.steps != 1)} encoded"
+            return f"{image}Encoding reference {p.step + 1} of {p.steps}…{reused}"
+        return f"{image}{p.steps} reference{'s' * (p.steps != 1)} ready{reused}"
     if p.phase == "decode" and p.steps > 1:  # a run's images are decoded together
         return f"Decoding the {p.steps} images…"
     if p.phase != "denoise":
@@ -256,10 +257,23 @@ def result_info(entry: dict[str, Any]) -> str:
         f"{'on' if s.get('attribute_projection') else 'off'}"
         + (f" · layout {s['layout']}" if s.get("layout") else ""),  # results before layouts: none
         "timings: "
-        + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in t.items() if _is_num(v)),
+        + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in t.items() if _is_num(v))
+        + _reuse(entry.get("references")),
     ]
     lines += [f"warning: {w}" for w in entry.get("warnings") or []]
     return "\n\n".join(html.escape(line, quote=False) for line in lines)
+
+
+def _reuse(refs: Any) -> str:
+    """How many of the run's references the engine encoded, and how many it took from its
+    latent cache (a run that changed only the prompt, seed or settings encodes none)."""
+    if not isinstance(refs, dict) or not all(_is_num(refs.get(k)) for k in ("placed", "reused")):
+        return ""  # results made before the studio counted them
+    encoded, reused = refs["placed"] - refs["reused"], refs["reused"]
+    told = [f"{encoded} encoded"] * (encoded > 0) + [f"{reused} reused from an earlier run"] * (
+        reused > 0
+    )
+    return f" · references: {', '.join(told)}" if told else ""
 
 
 def _is_num(v: Any) -> bool:

@@ -62,7 +62,11 @@ def test_time_left_is_the_remaining_steps_at_the_step_rate():
     assert views.progress(two) == "image 1/2 · step 10/49 · 0.50 s/step · about 44 s left"
     encode = runs.Progress(2, 2, 0, 3, phase="encode")
     assert views.progress(encode) == "image 2/2 · Encoding reference 1 of 3…"
-    assert views.progress(replace(encode, step=3)) == "image 2/2 · 3 references encoded"
+    assert views.progress(replace(encode, step=3)) == "image 2/2 · 3 references ready"
+    cached = replace(encode, step=2, reused=2)
+    assert views.progress(cached) == (
+        "image 2/2 · Encoding reference 3 of 3… (2 reused from an earlier run)"
+    )
 
 
 def test_the_pipeline_reports_its_phases_in_order(pipe, images):
@@ -70,6 +74,7 @@ def test_the_pipeline_reports_its_phases_in_order(pipe, images):
 
     comp = to_composition(replace(two_slots(images), settings=FAST.replace(num_timesteps=4)))
     heard: list[tuple[str, int, int]] = []
+    pipe.encode_references.clear()  # a shared engine: other tests' runs cached these images
     out = pipe(comp, callback_on_phase=lambda *a: heard.append(a))
     assert heard == [
         ("plan", 0, 1), ("encode", 0, 2), ("encode", 1, 2), ("encode", 2, 2),
@@ -80,3 +85,4 @@ def test_the_pipeline_reports_its_phases_in_order(pipe, images):
     heard.clear()
     pipe(comp, output_type="latent", callback_on_phase=lambda *a: heard.append(a))
     assert [h[0] for h in heard][-1] == "denoise"  # nothing decoded
+    assert heard[1:4] == [("encode", 0, 2), ("reuse", 1, 2), ("reuse", 2, 2)]  # cached now

@@ -115,6 +115,7 @@ def test_images_per_run_encode_and_prefill_once(
     )
     assert outcome.error is None and calls == ["encode", "encode", "prefill"]
     assert [e["seed"] for e in outcome.entries] == [9, 8, 7]  # newest first
+    assert all(e["references"] == {"placed": 2, "reused": 0} for e in outcome.entries)
     for entry in outcome.entries:
         stored = sigma_core.read_png_composition(runs.result_file(entry, tmp_path))
         assert stored.settings.seed == entry["seed"]
@@ -127,6 +128,9 @@ def test_images_per_run_encode_and_prefill_once(
         runs.generate(engine, Sessions(), "a", again, files=tmp_path, time_limit_s=60)
     )
     assert outcome.entries[0]["seed"] == 10 and calls == ["prefill"]
+    # the result and the progress say so: both references came from the cache
+    assert outcome.entries[0]["references"] == {"placed": 2, "reused": 2}
+    assert "references: 2 reused from an earlier run" in views.result_info(outcome.entries[0])
     stats = own_cache.encode_references.stats()
     assert (stats.hits, stats.misses, stats.entries) == (2, 2, 2)
 

@@ -151,7 +151,8 @@ class SigmaPipeline:
         run before its next step, the first included, with :class:`GenerationCancelled`.
         ``batch_cfg`` runs a step's CFG branches as one batched forward instead of one by one
         (the default, faster on CPU by benchmarks/bench_engine.py). ``callback_on_phase`` gets
-        (phase, done, total) as each phase starts, and each reference as it is encoded.
+        (phase, done, total) as each phase starts, and each reference as it is encoded ("reuse"
+        when its latent was cached).
 
         ``num_images_per_prompt`` images (consecutive seeds from the settings' seed), or one per
         generator of a list, share the encode and the prefill: only the Euler loop repeats, on

@@ -138,7 +138,8 @@ class ReferenceEncoder:
         on_reference: Callable[[str, int, int], Any] | None = None,
     ) -> dict[int, torch.Tensor]:
         """Latent tokens [h*w, 64] (fp32) per slot placed in ``plan``; ``on_reference`` gets
-        ("encode", k, n) after each of the n references is encoded (k of n done)."""
+        ("encode", k, n) after each of the n references is encoded (k of n done), or ("reuse",
+        k, n) when its latent came from the cache instead."""
         out: dict[int, torch.Tensor] = {}
         for seg in plan.segments:
             if seg.kind != "image" or seg.block_slot in out:
@@ -146,15 +147,17 @@ class ReferenceEncoder:
             img = vae_resize(images[seg.block_slot])
             if img.size != seg.size:
                 raise RuntimeError(f"slot {seg.slot}: resized to {img.size}, planned {seg.size}")
-            out[seg.block_slot] = self._encode(img)
+            out[seg.block_slot], reused = self._encode(img)
             if on_reference is not None:
-                on_reference("encode", len(out), plan.num_references)
+                on_reference("reuse" if reused else "encode", len(out), plan.num_references)
         return out
 
-    def _encode(self, img: Image.Image) -> torch.Tensor:
+    def _encode(self, img: Image.Image) -> tuple[torch.Tensor, bool]:
+        """The latent of ``img``, and whether the cache held it."""
         key = f"{hashlib.sha256(img.tobytes()).hexdigest()}-{img.mode}-{img.size}"
         latent = self.cache.get(key)
-        if latent is None:
-            latent = patchify(self.vae.encode(to_pixels(img)).float())
-            self.cache.put(key, latent)
-        return latent
+        if latent is not None:
+            return latent, True
+        latent = patchify(self.vae.encode(to_pixels(img)).float())
+        self.cache.put(key, latent)
+        return latent, False

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageChops, ImageOps
 from playwright.sync_api import Page, expect
 
@@ -25,6 +27,7 @@ from tests.browser.helpers import (
     set_run,
     start_run,
     toast,
+    type_prompt,
     wait_first_step,
     wait_run,
     watch,
@@ -103,6 +106,42 @@ def choose_engine(page: Page, precision: str, offload: str = "none") -> None:
     expect(page.locator("#engine-status")).to_contain_text(
         re.compile(rf"(now|already) runs {precision} with offload {offload}"), timeout=60_000
     )
+
+
+def encode_seconds(page: Page) -> float:
+    """The last result's encode time, from its info ("timings: plan 0.01 s, encode 0.35 s")."""
+    text = page.locator("#result-info").inner_text()
+    return float(re.search(r"encode (\d+\.\d+) s", text).group(1))
+
+
+def test_a_new_seed_or_prompt_word_reuses_the_encoded_references(
+    page: Page, tmp_path: Path
+) -> None:
+    """Issue 19 section 4 in the page: a second run with a new seed, and a third with a new
+    prompt word, take the reference's latent from the engine's cache: the result says so
+    ("1 reused from an earlier run") and its encode time drops. The reference is new to the shared
+    server (random pixels), so the first run must encode it."""
+    picture = tmp_path / "noise.png"
+    noise = np.random.default_rng().integers(0, 256, (384, 384, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(picture)
+    compose_one(page, picture, "A portrait of [1]")
+    set_run(page, steps=2)
+    info = page.locator("#result-info")
+    generate(page)
+    expect(info).to_contain_text(re.compile(r"references: 1 encoded(?!,)"))
+    first = encode_seconds(page)
+    page.locator("#seed textarea").fill("43")
+    page.locator("#seed textarea").press("Tab")
+    generate(page)
+    expect(info).to_contain_text("Seed 43")
+    expect(info).to_contain_text("references: 1 reused from an earlier run")
+    reused = encode_seconds(page)
+    type_prompt(page, "A smiling portrait of [1]")
+    generate(page)
+    expect(info).to_contain_text("A smiling portrait of")
+    expect(info).to_contain_text("references: 1 reused from an earlier run")
+    assert max(reused, encode_seconds(page)) < first / 2, (first, reused)
+    save_screenshot(page, "reused_references")
 
 
 def test_switching_the_engine_to_int8_reloads_it_and_runs(page: Page, pictures) -> None:
