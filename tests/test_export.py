@@ -33,7 +33,10 @@ def _training_checkpoint(folder: Path, train: str = "gen") -> Path:
     folder.mkdir(parents=True)
     save_file({KEY: torch.ones(4, 4)}, str(folder / "ema.safetensors"))
     save_file({KEY: torch.full((4, 4), 2.0)}, str(folder / "trained.safetensors"))
-    state = {"step": 3, "config": cfg, "skipped": {}, "skipped_total": 0}
+    scheduler = {"base_lrs": [2e-5], "_last_lr": [2e-5], "last_epoch": 3, "_step_count": 4,
+                 "lr_lambdas": [{}]}  # fmt: skip
+    state = {"step": 3, "config": cfg, "skipped": {}, "skipped_total": 0,
+             "scheduler": scheduler, "trainable": [KEY]}  # fmt: skip
     (folder / "state.json").write_text(json.dumps(state))
     return folder
 
@@ -109,7 +112,7 @@ def test_an_unknown_train_setting_leaves_nothing(capsys, tmp_path):
     ckpt = _training_checkpoint(tmp_path / "bogus", train="bogus")
     before = _hashes(tmp_path)
     code, err = _export(capsys, ckpt, tmp_path / "w")
-    _refused(code, err, "train='bogus'")
+    _refused(code, err, "state.json: config: train: 'bogus' must be one of gen, full, lora")
     assert _hashes(tmp_path) == before
 
 

@@ -287,23 +287,30 @@ def test_pipeline_runs_each_layout_and_records_what_ran(pipe, tiny_checkpoint):
 
 
 def test_a_broken_training_record_is_a_clear_checkpoint_error(tmp_path):
+    import json
+
     from sigma_core import CheckpointError
     from sigma_core.runtime.loader import trained_layout
 
     assert trained_layout(tmp_path) is None  # SIGMA's weights: no record
     record = tmp_path / "sigma_training.json"
+    good = {"format": "sigma-studio-training", "base": "b", "sigma_weights": None, "data": ["d"],
+            "steps": 3, "train": "gen", "mask": True, "attribute_projection": True,
+            "layout": "training", "weights": "ema", "skipped_rows": {}, "skipped_total": 0,
+            "config": {}}  # fmt: skip
     for text, needle in (
-        ('{"layout": "training"}', None),
-        ('{"layout": "sideways"}', "layout 'sideways' is not one of"),
-        ("[1, 2]", "not a readable training record"),
-        ("{not json", "not a readable training record"),
-        (" " * (1 << 20) + "{}", "over 1 MB"),
+        (json.dumps(good), None),
+        (json.dumps({**good, "layout": "sideways"}), "layout: 'sideways' is not one of"),
+        ('{"layout": "training"}', "format: missing"),
+        ("[1, 2]", "expected an object, got a list"),
+        ("{not json", "malformed JSON"),
+        (" " * (16 << 20) + "{}", "a checkpoint file is at most 16 MB"),
     ):
         record.write_text(text)
         if needle is None:
             assert trained_layout(tmp_path) == "training"
         else:
-            with pytest.raises(CheckpointError, match=needle):
+            with pytest.raises(CheckpointError, match=f"sigma_training.json: {needle}"):
                 trained_layout(tmp_path)
 
 

@@ -17,9 +17,14 @@ from torch import nn
 from sigma_core.errors import CheckpointError
 from sigma_core.training import checkpoints
 from sigma_core.training.checkpoints import ParamEMA, Progress, TrainState
+from sigma_core.training.config import TrainConfig
 from sigma_core.training.data import DataPosition
 
 TRAINING = Path(__file__).resolve().parents[1] / "sigma_core" / "training"
+CONFIG = TrainConfig(base="base", data=("data",), steps=10).to_dict()
+# what the trainer's LR scheduler (one parameter group) records after 3 steps
+SCHEDULER = {"base_lrs": [0.01], "_last_lr": [0.005], "last_epoch": 3, "_step_count": 4,
+             "lr_lambdas": [{}]}  # fmt: skip
 
 
 def parts(seed: int, names: tuple[str, ...] = ("1.weight", "1.bias")) -> TrainState:
@@ -56,10 +61,10 @@ def test_save_then_load_restores_everything_exactly(tmp_path: Path) -> None:
     progress = Progress(
         step=3,
         position=DataPosition(1, 7),
-        scheduler={"last_epoch": 3, "_step_count": 4},
+        scheduler=SCHEDULER,
         skipped={"bad preset": {"count": 1, "first": "x.jsonl line 2: no"}},
         skipped_total=1,
-        config={"train": "gen"},
+        config=CONFIG,
     )
     folder = tmp_path / "checkpoints" / "step-0000003"
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
@@ -89,7 +94,7 @@ def test_save_then_load_restores_everything_exactly(tmp_path: Path) -> None:
 
 def test_load_refuses_other_trained_parameters(tmp_path: Path) -> None:
     a = parts(0)
-    progress = Progress(0, DataPosition(), {}, {}, 0, {"train": "gen"})
+    progress = Progress(0, DataPosition(), SCHEDULER, {}, 0, CONFIG)
     checkpoints.save(a, progress, tmp_path / "c")
     with pytest.raises(CheckpointError, match="train='gen'"):
         checkpoints.load(parts(0, names=("1.weight",)), tmp_path / "c")

@@ -44,8 +44,19 @@ def shown(v: Any, width: int = 60) -> str:
     printed (their repr is slow and, past 4,300 digits, an error)."""
     if is_int(v) and abs(v).bit_length() > 100:
         return f"an integer of about {int(abs(v).bit_length() * 0.30103)} digits"
-    text = repr(v)
+    return cut(repr(v), width)
+
+
+def cut(text: str, width: int = 60) -> str:
+    """``text``, shortened to ``width`` characters with "..." when longer."""
     return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def field_name(key: Any) -> str:
+    """A key as a field path shows it: cut, and escaped when it holds a character that does not
+    print (a newline in a key must not start a line of the message)."""
+    text = str(key)
+    return cut(text if text.isprintable() else repr(text)[1:-1])
 
 
 def is_pair(v: Any, types: type | tuple[type, ...]) -> bool:
@@ -77,6 +88,6 @@ def check_keys(
     for key in raw:
         if key not in allowed:
             problems.add(
-                f"{prefix}{key}",
+                f"{prefix}{field_name(key)}",
                 f"unknown field{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})",
             )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sigma_core.errors import ImageInputError, PresetError
+from sigma_core.errors import ImageInputError, PresetError, SigmaError
 from sigma_core.inputs.attributes import UnknownAttributeError, normalize_attribute
 from sigma_core.inputs.composition import PROJECT_ASSETS, Composition, Reference
 from sigma_core.inputs.fields import Problems, check_keys, is_int, kind_of
@@ -200,26 +200,33 @@ def preset_from_dict(
     return comp
 
 
-def parse_json(text: str, where: str) -> Any:
+def parse_json(
+    text: str,
+    where: str,
+    *,
+    error: type[SigmaError] = PresetError,
+    needs: str = "a preset needs 4",
+) -> Any:
     """JSON from a stranger, parsed only when it is safe to: nesting is measured first (deep
     nesting overflows Python's stack inside ``json.loads``), and numbers are strict (no NaN or
-    Infinity, no integer too long for Python to convert). ``where`` prefixes the messages."""
+    Infinity, no integer too long for Python to convert). ``where`` prefixes the messages;
+    ``error`` is what a refusal raises, ``needs`` says how deep a valid file nests."""
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
-        raise PresetError(
+        raise error(
             f"{where}: objects and lists are nested {depth} levels deep, over the limit of "
-            f"{MAX_JSON_DEPTH} levels (a preset needs 4)"
+            f"{MAX_JSON_DEPTH} levels ({needs})"
         )
     try:
         return json.loads(
             text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_whole_int
         )
     except json.JSONDecodeError as e:
-        raise PresetError(
+        raise error(
             f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
         ) from None
     except PresetError as e:
-        raise PresetError(f"{where}: {e}") from None
+        raise error(f"{where}: {e}") from None
 
 
 # Bytes that are not a quote or a bracket, which nesting does not depend on.

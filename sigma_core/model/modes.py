@@ -1,6 +1,7 @@
-"""The names of the precision and offload modes, importable without torch (the CLI's parser and
-the studio's controls list them before anything heavy loads). What each mode does is in
-:mod:`sigma_core.model.precision` and :mod:`sigma_core.runtime.placement`."""
+"""The names of the precision, offload and training modes, importable without torch (the CLI's
+parser and the studio's controls list them before anything heavy loads). What each mode does is
+in :mod:`sigma_core.model.precision`, :mod:`sigma_core.runtime.placement` and
+:mod:`sigma_core.training.trainer`."""
 
 from __future__ import annotations
 
@@ -26,3 +27,5 @@ FLAG_HELP = {
     "time, for ~8 GB cards, slow)",
     "device-map": "auto: spread the decoder layers over every visible GPU",
 }
+# What a training run trains (its `train` setting), also read back from exported weights' record.
+TRAINABLE = ("gen", "full", "lora")

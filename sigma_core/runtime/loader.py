@@ -12,7 +12,6 @@ frozen (no gradients) and the modules are in eval mode.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,10 +22,11 @@ import torch
 from safetensors import safe_open
 
 from sigma_core.errors import CheckpointError, SigmaInputError
+from sigma_core.inputs.records import Anything, Bool, Int, Map, Maybe, Obj, Seq, Str, read_record
 from sigma_core.inputs.settings import LAYOUTS, check_layout_name
 from sigma_core.model.bagel import ATTRIBUTE_EMBED_KEY, BagelGenerator
 from sigma_core.model.config import LLMConfig
-from sigma_core.model.modes import VAE_DTYPES
+from sigma_core.model.modes import TRAINABLE, VAE_DTYPES
 from sigma_core.model.mot import RotaryEmbedding
 from sigma_core.model.precision import (
     DTYPES,
@@ -57,11 +57,34 @@ BAGEL_SIZE = "about 29.3 GB (ema.safetensors 29.2 GB, ae.safetensors 0.3 GB, con
 WEIGHTS_FILE, AE_FILE, LLM_CONFIG_FILE = "ema.safetensors", "ae.safetensors", "llm_config.json"
 PREVIEW_MARKER = "sigma_preview.json"  # written by make-tiny: the folder holds random weights
 TRAINING_META_FILE = "sigma_training.json"  # written by export with weights trained here
+TRAINING_FORMAT = "sigma-studio-training"
 BASE_PATTERNS = ["*.json", "*.txt", WEIGHTS_FILE, AE_FILE]
 SIGMA_PATTERNS = ["*.json", WEIGHTS_FILE]
 # Checkpoint tensors that generation does not use.
 SKIPPED_PREFIXES = ("vit_model.", "connector.", "vit_pos_embed.", "language_model.lm_head.")
 LAYER_PREFIX = "language_model.model.layers."
+
+# The schemas of the files SIGMA Studio writes beside weights (sigma_core.inputs.records).
+PREVIEW_RECORD = Obj({"preview": Bool(), "seed": Int(), "note": Str()}, optional=("seed", "note"))
+# Rows a training run skipped, by reason: how many, and the first.
+SKIPPED_ROWS = Map(Obj({"count": Int(1), "first": Str()}))
+TRAINING_RECORD = Obj(
+    {
+        "format": Str((TRAINING_FORMAT,)),
+        "base": Str(),
+        "sigma_weights": Maybe(Str()),
+        "data": Seq(Str()),
+        "steps": Int(),
+        "train": Str(TRAINABLE),
+        "mask": Bool(),
+        "attribute_projection": Bool(),
+        "layout": Str(tuple(LAYOUTS)),
+        "weights": Str(("ema", "raw")),
+        "skipped_rows": SKIPPED_ROWS,
+        "skipped_total": Int(),
+        "config": Map(Anything()),  # the run's config, for people: nothing here reads it
+    }
+)
 
 
 @dataclass
@@ -167,12 +190,7 @@ def _download_hint(repo: str) -> str:
 def is_preview_checkpoint(folder: Path) -> bool:
     """Random-weight checkpoints say so in a marker file; nothing is guessed from names."""
     marker = folder / PREVIEW_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return bool(json.loads(marker.read_text()).get("preview"))
-    except (OSError, json.JSONDecodeError):
-        return False
+    return marker.is_file() and read_record(marker, PREVIEW_RECORD)["preview"]
 
 
 def load_generator(
@@ -278,17 +296,7 @@ def trained_layout(folder: Path | None) -> str | None:
     path = None if folder is None else folder / TRAINING_META_FILE
     if path is None or not path.is_file():
         return None
-    try:
-        if path.stat().st_size > 1 << 20:  # export writes a few kB
-            raise ValueError("over 1 MB")
-        layout = json.loads(path.read_text(encoding="utf-8")).get("layout")
-    except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a readable training record ({e})") from None
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise CheckpointError(
-            f"{path}: layout {str(layout)[:40]!r} is not one of {', '.join(LAYOUTS)}"
-        )
-    return layout
+    return read_record(path, TRAINING_RECORD)["layout"]
 
 
 @dataclass(frozen=True)
@@ -310,6 +318,8 @@ def load_checkpoint(
     over its ema.safetensors, as ``opts`` says (sequential offload loads into CPU RAM)."""
     base = resolve_checkpoint(path_or_repo_id, patterns=BASE_PATTERNS)
     sigma = resolve_checkpoint(sigma_weights, patterns=SIGMA_PATTERNS) if sigma_weights else None
+    # the records are checked before any weight is read
+    preview, layout = is_preview_checkpoint(base), trained_layout(sigma)
     tokenizer = load_tokenizer(base)
     load_on = torch.device("cpu") if opts.offload == "sequential" else opts.device
     with out_of_memory("loading the weights", opts.device):
@@ -319,6 +329,4 @@ def load_checkpoint(
         )  # fmt: skip
         vae_dtype = DTYPES[opts.vae_dtype]
         vae = FluxVAE.from_file(base / AE_FILE, dtype=vae_dtype, device=model.device)
-    return Checkpoint(
-        model, vae, tokenizer, report, is_preview_checkpoint(base), trained_layout(sigma)
-    )
+    return Checkpoint(model, vae, tokenizer, report, preview, layout)

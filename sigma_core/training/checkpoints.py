@@ -9,10 +9,12 @@ A checkpoint folder holds only data formats, never pickle:
   ``rank-R.safetensors``: each process's data position and RNG states.
 
 It is written to ``<name>.tmp`` and renamed when complete, so a crash never leaves a half
-checkpoint that resume would pick. Export writes ``ema.safetensors`` under the official BAGEL
-key names (LoRA merged into the weights), which ``SigmaPipeline.from_pretrained(base,
-sigma_weights=...)`` loads unchanged, and a model card, into a new folder the same way: it never
-writes over a base checkpoint, nor a previous export unless asked.
+checkpoint that resume would pick; resume and export check what they read against each file's
+schema first (:mod:`sigma_core.training.readback`). Export writes ``ema.safetensors`` under the
+official BAGEL key names (LoRA merged into the weights), which
+``SigmaPipeline.from_pretrained(base, sigma_weights=...)`` loads unchanged, and a model card,
+into a new folder the same way: it never writes over a base checkpoint, nor a previous export
+unless asked.
 """
 
 from __future__ import annotations
@@ -41,8 +43,25 @@ from torch.distributed.checkpoint.state_dict import (
 
 from sigma_core.errors import CheckpointError
 from sigma_core.inputs.outfile import check_output_folder, staged_folder
-from sigma_core.runtime.loader import AE_FILE, LLM_CONFIG_FILE, TRAINING_META_FILE, WEIGHTS_FILE
+from sigma_core.runtime.loader import (
+    AE_FILE,
+    LLM_CONFIG_FILE,
+    TRAINING_FORMAT,
+    TRAINING_META_FILE,
+    WEIGHTS_FILE,
+)
 from sigma_core.training.data import DataPosition
+from sigma_core.training.readback import (
+    EMA_FILE,
+    OPTIMIZER_FILE,
+    OPTIMIZER_TENSORS,
+    RANK_FILES,
+    STATE_FILE,
+    TRAINED_FILE,
+    check_names,
+    read_checkpoint,
+    read_state,
+)
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 CARD_FILE = "README.md"
@@ -156,15 +175,16 @@ def save(state: TrainState, progress: Progress, folder: Path) -> None:
     optim = get_optimizer_state_dict(state.model, state.optimizer, options=FULL)
     ema = state.ema.full()
     position = {"epoch": progress.position.epoch, "cursor": progress.position.cursor}
-    _write_json(tmp / f"rank-{state.rank}.json", {"position": position, **_host_rng()})
-    save_file(_torch_rng(), str(tmp / f"rank-{state.rank}.safetensors"))
+    host, rng = (tmp / name.format(rank=state.rank) for name in RANK_FILES)
+    _write_json(host, {"position": position, **_host_rng()})
+    save_file(_torch_rng(), str(rng))
     if state.main:
-        save_file(_contiguous(weights), str(tmp / "trained.safetensors"))
-        save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+        save_file(_contiguous(weights), str(tmp / TRAINED_FILE))
+        save_file(_contiguous(ema), str(tmp / EMA_FILE))
         tensors, groups = _flatten_optimizer(optim)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        _write_json(tmp / "optimizer.json", {"param_groups": groups})
-        _write_json(tmp / "state.json", _state_json(progress, state.names))
+        save_file(tensors, str(tmp / OPTIMIZER_TENSORS))
+        _write_json(tmp / OPTIMIZER_FILE, {"param_groups": groups})
+        _write_json(tmp / STATE_FILE, _state_json(progress, state.names))
     state.barrier()
     if state.main:
         shutil.rmtree(folder, ignore_errors=True)
@@ -184,32 +204,25 @@ def _state_json(progress: Progress, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def load(state: TrainState, folder: Path) -> Progress:
-    """Restore weights, optimizer, EMA and this process's RNG; returns the run's progress."""
-    shared = _read_json(folder / "state.json")
-    if sorted(shared["trainable"]) != sorted(state.names):
-        raise CheckpointError(
-            f"{folder}: trained with train={shared['config'].get('train')!r}; its parameters "
-            "do not match this run's (resume with the same 'train' and model)"
-        )
+    """Restore weights, optimizer, EMA and this process's RNG; returns the run's progress. Every
+    file is checked first (readback), so a damaged checkpoint changes nothing."""
+    params = _named(state.model)
+    shapes = {name: tuple(params[name].shape) for name in state.names}
+    live_rng = {key: tuple(value.shape) for key, value in _torch_rng().items()}
+    files = read_checkpoint(folder, state.rank, shapes, live_rng)
     opts = StateDictOptions(full_state_dict=True, strict=False)
-    trained = load_file(str(folder / "trained.safetensors"))
+    trained = load_file(str(folder / TRAINED_FILE))
     # torch types the state dict as an (invariant) dict of its value union; tensors are values
     set_model_state_dict(state.model, trained, options=opts)  # type: ignore[arg-type]
-    optim = _unflatten_optimizer(
-        load_file(str(folder / "optimizer.safetensors")),
-        _read_json(folder / "optimizer.json")["param_groups"],
-    )
+    optim = _unflatten_optimizer(load_file(str(folder / OPTIMIZER_TENSORS)), files.groups)
     set_optimizer_state_dict(state.model, state.optimizer, optim, options=opts)
-    state.ema.load(load_file(str(folder / "ema.safetensors")))
-    per_rank = folder / f"rank-{state.rank}.json"
-    if not per_rank.is_file():
-        raise CheckpointError(f"{folder}: has no state for process {state.rank} (fewer processes?)")
-    mine = _read_json(per_rank)
-    _set_host_rng(mine)
-    _set_torch_rng(load_file(str(folder / f"rank-{state.rank}.safetensors")))
+    state.ema.load(load_file(str(folder / EMA_FILE)))
+    _set_host_rng(files.rank)
+    _set_torch_rng(files.torch_rng)
+    shared = files.state
     return Progress(
         step=shared["step"],
-        position=DataPosition(**mine["position"]),
+        position=DataPosition(**files.rank["position"]),
         scheduler=shared["scheduler"],
         skipped=shared["skipped"],
         skipped_total=shared["skipped_total"],
@@ -218,16 +231,19 @@ def load(state: TrainState, folder: Path) -> Progress:
 
 
 def find(out: Path, resume: str) -> Path:
-    """The checkpoint to resume: "latest" in ``out``/checkpoints, or a folder."""
+    """The checkpoint to resume: "latest" in ``out``/checkpoints, or a folder; its state.json
+    is checked now, before the model loads."""
     if resume != "latest":
         folder = Path(resume)
-        if not (folder / "state.json").is_file():
-            raise CheckpointError(f"{resume}: not a training checkpoint (no state.json)")
-        return folder
-    found = completed(out)
-    if not found:
-        raise CheckpointError(f"{out}/checkpoints: no checkpoint to resume from")
-    return found[-1]
+        if not (folder / STATE_FILE).is_file():
+            raise CheckpointError(f"{resume}: not a training checkpoint (no {STATE_FILE})")
+    else:
+        found = completed(out)
+        if not found:
+            raise CheckpointError(f"{out}/checkpoints: no checkpoint to resume from")
+        folder = found[-1]
+    read_state(folder)
+    return folder
 
 
 def completed(out: Path) -> list[Path]:
@@ -235,7 +251,7 @@ def completed(out: Path) -> list[Path]:
     root = out / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").is_file())
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).is_file())
 
 
 def prune(out: Path, keep: int) -> None:
@@ -261,15 +277,11 @@ def export(
     ``out_dir`` must be new or empty, or with ``overwrite`` a folder of other files, never one
     holding a base checkpoint; everything is checked (free space included) before the work, and
     written into a private folder that is moved in place when complete."""
-    state = _read_json(checkpoint / "state.json")
+    state = read_state(checkpoint)
     cfg = state["config"]
-    if cfg.get("train") not in TRAINED:
-        raise CheckpointError(
-            f"{checkpoint}: train={cfg.get('train')!r} in its config is not one of "
-            f"{', '.join(TRAINED)}; it is not a checkpoint export can read"
-        )
-    source = checkpoint / ("ema.safetensors" if use_ema else "trained.safetensors")
-    needed = (source.stat().st_size if source.is_file() else 0) + 2**20
+    source = checkpoint / (EMA_FILE if use_ema else TRAINED_FILE)
+    check_names(source, state["trainable"])
+    needed = source.stat().st_size + 2**20
     check_output_folder(
         out_dir, overwrite=overwrite, needed_bytes=needed, keep=BASE_FILES, kept="a base checkpoint"
     )
@@ -277,15 +289,15 @@ def export(
     if cfg["train"] == "lora":
         tensors = _merge_lora(tensors, _base_weights(base or cfg["base"]), cfg)
     meta = {
-        "format": "sigma-studio-training",
+        "format": TRAINING_FORMAT,
         "base": cfg["base"],
-        "sigma_weights": cfg.get("sigma_weights"),
+        "sigma_weights": cfg["sigma_weights"],
         "data": cfg["data"],
         "steps": state["step"],
         "train": cfg["train"],
         "mask": cfg["mask"],
         "attribute_projection": cfg["attribute_projection"],
-        "layout": cfg.get("layout", "inference"),
+        "layout": cfg["layout"],
         "weights": "ema" if use_ema else "raw",
         "skipped_rows": state["skipped"],
         "skipped_total": state["skipped_total"],
@@ -409,16 +421,9 @@ def _torch_rng() -> dict[str, torch.Tensor]:
 
 def _set_torch_rng(saved: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(saved["cpu"])
-    if "cuda" in saved and torch.cuda.is_available():
+    if "cuda" in saved:  # read back only where this machine has CUDA too
         torch.cuda.set_rng_state(saved["cuda"])
 
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from None

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,11 @@ import yaml
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import MAX_SIDE, MIN_SIDE, TOKEN_STRIDE
 from sigma_core.inputs.fields import is_int
+from sigma_core.inputs.records import read_bounded
 from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.limits import MAX_PLAN_TOKENS
+from sigma_core.model.modes import TRAINABLE
 
-TRAINABLE = ("gen", "full", "lora")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 WEIGHT_DTYPES = ("fp32", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
@@ -112,10 +111,11 @@ class TrainConfig:
             out.append("sample_preset: sample_every needs a preset to sample")
         return out
 
-    def check(self) -> TrainConfig:
+    def check(self, where: str = "training config") -> TrainConfig:
+        """This config, or a SigmaInputError listing its problems after ``where``."""
         problems = self.problems()
         if problems:
-            raise SigmaInputError("training config: " + "; ".join(problems))
+            raise SigmaInputError(f"{where}: " + "; ".join(problems))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +143,8 @@ def config_from_dict(raw: Any, where: str = "training config") -> TrainConfig:
     for key in ("base", "data"):
         if key not in raw:
             raise SigmaInputError(f"{where}: '{key}' is required")
-    return TrainConfig(**{k: _as_float(v) if k in FLOATS else v for k, v in raw.items()}).check()
+    cfg = TrainConfig(**{k: _as_float(v) if k in FLOATS else v for k, v in raw.items()})
+    return cfg.check(where)
 
 
 def _as_float(value: Any) -> Any:
@@ -209,26 +210,9 @@ def shown_error(e: Exception) -> str:
     return first if len(first) <= MAX_SHOWN else first[: MAX_SHOWN - 3] + "..."
 
 
-def _read_head(path: Path) -> bytes:
-    """The first MAX_CONFIG_BYTES + 1 bytes: one more shows a file that grew since stat."""
-    with open(path, "rb") as f:
-        return f.read(MAX_CONFIG_BYTES + 1)
-
-
 def _read_config(path: Path) -> str:
-    """The text of a regular file of at most MAX_CONFIG_BYTES, checked before it is opened
-    (a FIFO or device is never opened: it could block for ever)."""
-    try:
-        st = os.stat(path)
-        regular = stat.S_ISREG(st.st_mode)
-        data = b"" if not regular or st.st_size > MAX_CONFIG_BYTES else _read_head(path)
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else shown_error(e)
-        raise SigmaInputError(f"{path}: cannot read the config ({reason})") from None
-    if not regular:
-        raise SigmaInputError(f"{path}: not a regular file; give a YAML config file")
-    if st.st_size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:
-        raise SigmaInputError(f"{path}: a config file is at most 1 MB")
+    """The text of a regular file of at most MAX_CONFIG_BYTES (a FIFO is never opened)."""
+    data = read_bounded(path, MAX_CONFIG_BYTES, what="config file", error=SigmaInputError)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
