@@ -22,7 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
+from sigma_core import Composition, Reference
 from sigma_core.errors import SigmaInputError
+from sigma_core.inputs.preset import preset_to_dict
 from sigma_core.inputs.prompt import placed_slots
 from sigma_core.training.data import DataPosition, TrainDataset
 from sigma_core.training.rows import (
@@ -294,6 +296,69 @@ def test_bad_manifest_lines_are_skipped_and_counted(manifest: Path, tmp_path: Pa
     assert ds.skipped.as_dict()[BAD_PRESET]["first"].startswith("bad.jsonl line 2:")
 
 
+# ----------------------------------------------------------------------------- the target placed
+
+
+def _colours(n: int) -> list[Image.Image]:
+    return [Image.new("RGB", (SIZE, SIZE), (40 * k, 200 - 40 * k, 90)) for k in range(n)]
+
+
+def test_a_row_that_places_the_target_is_trained(tmp_path: Path) -> None:
+    """SIGMA's parse_row (SepPhotoTokenIterableDataset) reads a placeholder of the last image
+    as the target, generated where it is placed: such a row is a sample, its target's slot
+    recorded; a placeholder past the target still has no image."""
+    images = _colours(3)  # references 1 and 2, the target
+    placed = "<subject> the disc <image_1> turns into <image_3> on <background> the sea <image_2>"
+    rows = [
+        {"instruction_list": [[placed]], "image_list": [png_bytes(im) for im in images]},
+        {
+            "instruction_list": [[placed + " <image_4>"]],
+            "image_list": [png_bytes(im) for im in images],
+        },
+    ]
+    ds = TrainDataset([write_rows(tmp_path / "placed.parquet", rows)])
+    sample = ds.sample(0)
+    assert sample is not None and ds.skipped.total == 0
+    assert sample.target_slot == 3 and [r.slot for r in sample.composition.references] == [1, 2]
+    assert sample.composition.referenced_slots() == [1, 3, 2]
+    assert same_image(sample.target, images[2])
+    assert all(same_image(sample.images[k], images[k - 1]) for k in (1, 2))
+    assert ds.sample(1) is None
+    assert ds.skipped.as_dict() == {
+        MISSING_PLACEHOLDER: {
+            "count": 1,
+            "first": "placed.parquet row 1: places slot 4; images: 1, 2, 3",
+        }
+    }
+    assert [s.source for _, s in take(ds, 2)] == ["placed.parquet row 0"] * 2
+
+
+def test_a_manifest_line_that_places_the_target_is_trained(tmp_path: Path) -> None:
+    """A manifest line's target takes the slot after its highest reference slot (a gap in the
+    slots stays a gap): placed there, it is generated there, as in a parquet row."""
+    images = _colours(3)
+    for name, im in zip(("a.png", "b.png", "t.png"), images, strict=True):
+        (tmp_path / name).write_bytes(png_bytes(im))
+    refs = (Reference(1, "a.png"), Reference(3, "b.png"))
+
+    def line(prompt: str) -> str:
+        return json.dumps(preset_to_dict(Composition(prompt, refs)) | {"target": "t.png"})
+
+    lines = [
+        line("<subject> the disc <image_1> becomes <image_4> by <background> the sea <image_3>"),
+        line("<subject> the disc <image_1> and <image_2>"),  # slot 2: a gap, no image
+        line("<subject> the disc <image_1> and <image_5>"),  # past the target
+    ]
+    (tmp_path / "placed.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ds = TrainDataset([tmp_path / "placed.jsonl"])
+    sample = ds.sample(0)
+    assert sample is not None and sample.target_slot == 4
+    assert sample.composition.referenced_slots() == [1, 4, 3]
+    assert same_image(sample.target, images[2])
+    assert ds.sample(1) is None and ds.sample(2) is None
+    assert ds.skipped.count(MISSING_PLACEHOLDER) == 2 and ds.skipped.total == 2
+
+
 def test_hugging_face_image_cells_and_loose_instructions_are_read() -> None:
     """Shards re-saved by the datasets library hold images as {"bytes", "path"} and may hold
     the instruction one level less deep."""
@@ -472,7 +537,8 @@ def test_random_rows_only_skip_or_yield(instruction, images) -> None:
     assert skipped.total == 0
     refs = sample.composition.references
     assert [r.slot for r in refs] == list(range(1, len(images)))
-    assert set(sample.composition.referenced_slots()) <= {r.slot for r in refs}
+    assert sample.target_slot == len(images)  # the prompt may place the target too
+    assert set(sample.composition.referenced_slots()) <= {r.slot for r in refs} | {len(images)}
     assert all(r.image.mode == "RGB" for r in refs) and sample.target.mode == "RGB"
 
 

@@ -3,6 +3,7 @@ and velocities, mask on and off, and SIGMA's mask cuts the gradient paths it sho
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -11,9 +12,18 @@ from PIL import Image
 
 from sigma_core import Composition, Reference, Settings
 from sigma_core.planning import build_plan
+from sigma_core.planning.mask import dense_mask
 from sigma_core.runtime.contexts import prefill_contexts
 from sigma_core.training.flow import noised
-from sigma_core.training.packing import TrainingExample, drop_conditions, pack
+from sigma_core.training.packing import (
+    ExampleMaker,
+    ImageBounds,
+    TrainingExample,
+    drop_conditions,
+    pack,
+)
+from sigma_core.training.rows import BAD_PROMPT, SkipCounter, sample_from_row
+from sigma_core.training.synthetic import png_bytes
 
 ENDS_WITH_TEXT = "Put [1] on a beach next to [2] at sunset"
 ENDS_WITH_IMAGE = "Put [1] on a beach next to [2]"
@@ -205,3 +215,127 @@ def test_training_layout_drops_vae_and_vit_blocks_apart_with_rope_holes(wtau_pip
         for s in drop_conditions(plan, rng, text=0.0, image=0.3, vit=0.6).segments:
             counts[s.kind] = counts.get(s.kind, 0) + 1
     assert 0.6 < counts["image"] / 800 < 0.8 and 0.3 < counts["phantom"] / 800 < 0.5
+
+
+# ----------------------------------------------------------------------------- the target placed
+
+# SIGMA rows may place their last image, the target: "<image_3>" after two references
+PLACES_TARGET = (
+    "<subject> the ball <image_1> turns into <image_3> beside <id> the man <image_2> now"
+)
+PLACED_KINDS = ["text", "image", "phantom", "text", "noise", "text", "image", "phantom", "text"]
+
+
+def _placed_example(pipe, *, layout: str, mask: bool = True, seed: int = 0) -> TrainingExample:
+    refs = [Reference(1, Image.new("RGB", (64, 48))), Reference(2, Image.new("RGB", (48, 64)))]
+    comp = Composition(PLACES_TARGET, refs, Settings(size=(64, 80), mask=mask, layout=layout))
+    plan = build_plan(
+        comp, pipe.tokenizer, {1: (64, 48), 2: (48, 64)}, resize=lambda w, h: (w, h), target_slot=3
+    )
+    g = torch.Generator().manual_seed(seed)
+    latents = {s.slot: torch.randn(s.length - 2, 64, generator=g) for s in plan.segments
+               if s.kind == "image"}  # fmt: skip
+    return TrainingExample(plan, latents, torch.randn(plan.noise.length - 2, 64, generator=g), "t")
+
+
+def _sigma_packer(plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rope positions and attention mask of the plan's splits by the rules of SIGMA's
+    PackedDataset.pack_sequence and BAGEL's prepare_attention_mask_per_sample: text counts rope
+    up token by token, causal; a clean block takes one position and advances it; the loss
+    block takes the position without advancing it; a block sees itself and what precedes it;
+    nothing outside the loss block sees it."""
+    rope, positions = 0, []
+    mask = torch.zeros(plan.length, plan.length, dtype=torch.bool)
+    for seg in plan.segments:
+        a, b = seg.start, seg.end
+        positions += range(rope, rope + seg.length) if seg.kind == "text" else [rope] * seg.length
+        rope += seg.length if seg.kind == "text" else int(seg.kind != "noise")
+        mask[a:b, :a] = True
+        mask[a:b, a:b] = torch.ones(b - a, b - a).tril() if seg.kind == "text" else True
+    for seg in plan.segments:
+        if seg.kind == "noise":
+            mask[:, seg.start : seg.end] = False
+            mask[seg.start : seg.end, seg.start : seg.end] = True
+    return torch.tensor(positions), mask
+
+
+def test_placed_target_is_laid_out_as_sigmas_packer(wtau_pipe):
+    """SepPhotoTokenIterableDataset.parse_row adds the target (loss, no VAE or ViT block)
+    where the instruction places it, and not again at the end."""
+    plan = _placed_example(wtau_pipe, layout="training", mask=False).plan
+    kinds = [s.kind for s in plan.segments]
+    assert kinds == PLACED_KINDS
+    assert [s.slot for s in plan.segments if s.kind == "image"] == [1, 2]
+    assert [s.group for s in plan.segments if s.kind == "image"] == [0, 1]
+    noise = plan.noise
+    assert noise is plan.segments[4] and noise.grid == (5, 4)  # the target's own size
+    assert plan.segments[5].position == noise.position == plan.segments[3].last_position + 1
+    positions, mask = _sigma_packer(plan)
+    assert torch.equal(plan.position_ids, positions)
+    assert torch.equal(dense_mask(plan), mask)
+    # the inference layout: the same placement, rope +1 per reference
+    inference = _placed_example(wtau_pipe, layout="inference", mask=False).plan
+    assert [s.kind for s in inference.segments] == [k for k in kinds if k != "phantom"]
+    assert torch.equal(inference.position_ids, _sigma_packer(inference)[0])
+    assert inference.noise.position == plan.noise.position - 1
+
+
+@pytest.mark.parametrize("layout", ["inference", "training"])
+def test_placed_target_sees_what_precedes_and_nothing_sees_it(wtau_pipe, layout):
+    """The target's velocity is that of the sequence cut after it, and every other token's
+    hidden state that of the same sequence with the target moved last (it takes no rope)."""
+    ex = _placed_example(wtau_pipe, layout=layout, seed=1)
+    plan, at = ex.plan, ex.plan.segments.index(ex.plan.noise)
+    cut = dataclasses.replace(plan, segments=plan.segments[: at + 1])
+    relaid, start = [], 0
+    for s in [*plan.segments[:at], *plan.segments[at + 1 :], plan.noise]:
+        relaid.append(dataclasses.replace(s, start=start))
+        start += s.length
+    last = dataclasses.replace(plan, segments=relaid)
+    t, eps = torch.tensor([0.6]), [torch.randn_like(ex.target)]
+    kw = dict(max_latent_size=wtau_pipe.model.max_latent_size, attributes=True)
+    seqs = [
+        pack([dataclasses.replace(ex, plan=p)], t, eps, **kw).sequence for p in (plan, cut, last)
+    ]
+    with torch.no_grad():
+        v_plan, v_cut, v_last = (wtau_pipe.model.packed_velocity(s) for s in seqs)
+        h_plan, h_last = (wtau_pipe.model.packed_hidden(seqs[i]) for i in (0, 2))
+    torch.testing.assert_close(v_plan, v_cut, rtol=1e-5, atol=1e-5)
+    assert (v_plan - v_last).abs().max() > 1e-4  # what follows the target is not seen
+    others = torch.cat([torch.arange(s.start, s.end) for s in plan.segments if s.kind != "noise"])
+    torch.testing.assert_close(h_plan[others], h_last[: others.numel()], rtol=1e-5, atol=1e-5)
+
+
+def test_a_row_that_places_the_target_trains(wtau_pipe):
+    """From a parquet row to a packed batch: the row is a sample, its target is the loss block
+    where the row places it. Placed twice, only the first carries it (SIGMA adds one at each);
+    an attribute token whose next image is the target is refused, as at inference."""
+    images = [Image.new("RGB", size, colour) for size, colour in
+              (((64, 48), "red"), ((48, 64), "blue"), ((64, 80), "green"))]  # fmt: skip
+    skipped = SkipCounter()
+    bounds = ImageBounds(96, 64)
+    maker = ExampleMaker(wtau_pipe.tokenizer, wtau_pipe.vae, bounds=bounds, max_tokens=4096,
+                         mask=True, layout="training", skipped=skipped)  # fmt: skip
+
+    def example(instruction: str) -> TrainingExample | None:
+        row = {"instruction_list": [[instruction]], "image_list": [png_bytes(im) for im in images]}
+        sample = sample_from_row(row, "row", skipped)
+        assert sample is not None and sample.target_slot == 3
+        return maker(sample, random.Random(0), torch.Generator().manual_seed(0))
+
+    ex = example(PLACES_TARGET)
+    assert ex is not None and skipped.total == 0
+    assert [s.kind for s in ex.plan.segments] == PLACED_KINDS
+    batch = pack([ex], torch.tensor([0.5]), [torch.randn_like(ex.target)],
+                 max_latent_size=wtau_pipe.model.max_latent_size, attributes=True)  # fmt: skip
+    noise = ex.plan.noise
+    latent_at = batch.sequence.latent_index[batch.sequence.loss_index]
+    assert torch.equal(latent_at, torch.arange(noise.start + 1, noise.end - 1))
+    assert batch.loss_tokens == ex.target.shape[0] == noise.length - 2
+    twice = example(PLACES_TARGET + " and <image_3> again")
+    assert twice is not None
+    assert [s.kind for s in twice.plan.segments] == [*PLACED_KINDS, "text"]
+    assert [s.text for s in twice.plan.segments[-2:]] == ["now and", "again"]
+    assert torch.equal(twice.plan.position_ids, _sigma_packer(twice.plan)[0])
+    assert example("<subject> the ball <image_1> in <style> the painted <image_3>") is None
+    assert skipped.count(BAD_PROMPT) == 1 and skipped.total == 1

@@ -157,11 +157,14 @@ def preset_from_dict(
     base_dir: Path | None = None,
     asset_dirs: Sequence[Path] | None = None,
     check_images: bool = True,
+    target_slot: int | None = None,
 ) -> Composition:
     """Validate and build; every problem is reported with its field path.
 
     With ``check_images`` every image is opened and decoded now (limits apply before
     decoding), so a bad file is reported at load time, not halfway through a generation.
+    ``target_slot``: a slot the prompt may place with no reference in it (a training manifest
+    line's target, see :mod:`sigma_core.training.rows`).
     """
     data = _migrate(data)
     problems = Problems()
@@ -188,7 +191,8 @@ def preset_from_dict(
         asset_dirs=tuple(asset_dirs) if asset_dirs is not None else (PROJECT_ASSETS,),
     )
     known = {r.slot for r in comp.references}
-    missing = sorted(set(comp.referenced_slots()) - known)
+    placeable = known if target_slot is None else known | {target_slot}
+    missing = sorted(set(comp.referenced_slots()) - placeable)
     if missing:
         raise PresetError(
             f"prompt: places slot {missing[0]}, but references has no slot {missing[0]} "

@@ -14,8 +14,9 @@
 ``B[q, k] = True`` means query q may attend to key k. C is causal (k <= q), S is full attention
 inside each image or noise block (its vision markers included), and M is False only where an
 attribute (SPECIAL) token would see an IMAGE token of another group; with ``plan.mask`` off, M is
-all True (plain BAGEL). Because the noise block is last, it sees everything and nothing earlier
-sees it.
+all True (plain BAGEL). No token outside the noise block sees it (BAGEL's "noise" split); as
+the block is last at inference, that only matters to a training plan that places the target
+mid-prompt (``target_slot`` of :func:`sigma_core.planning.sequence.build_plan`).
 """
 
 from __future__ import annotations
@@ -67,22 +68,26 @@ class MaskTokens:
     token_type: torch.Tensor  # int8 [L]: TokenType
     group: torch.Tensor  # int32 [L]: the reference occurrence, -1 outside any group
     sample: torch.Tensor  # int32 [L]: which plan
+    noise: torch.Tensor  # bool [L]: in a noise block (its markers included)
 
     @classmethod
     def of(cls, plans: Sequence[Plan]) -> MaskTokens:
-        blocks, types, groups, samples = [], [], [], []
+        blocks, types, groups, samples, noise = [], [], [], [], []
         block_base = group_base = 0
         for i, plan in enumerate(plans):
             ids = [j if s.kind != "text" else -1 for j, s in enumerate(plan.segments)]
             lengths = torch.tensor([s.length for s in plan.segments], dtype=torch.long)
             b = torch.tensor(ids, dtype=torch.int32).repeat_interleave(lengths)
             blocks.append(torch.where(b >= 0, b + block_base, b))
+            kinds = torch.tensor([s.kind == "noise" for s in plan.segments], dtype=torch.bool)
+            noise.append(kinds.repeat_interleave(lengths))
             groups.append(torch.where(plan.group >= 0, plan.group + group_base, plan.group))
             types.append(plan.token_type)
             samples.append(torch.full((plan.length,), i, dtype=torch.int32))
             block_base += len(plan.segments)
             group_base += plan.num_groups
-        return cls(torch.cat(blocks), torch.cat(types), torch.cat(groups), torch.cat(samples))
+        parts = (blocks, types, groups, samples, noise)
+        return cls(*(torch.cat(p) for p in parts))
 
     @property
     def length(self) -> int:
@@ -96,8 +101,9 @@ def formula_terms(
     tokens: MaskTokens, q: torch.Tensor, k: torch.Tensor, *, guard: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """C, M and S at query tokens q and key tokens k (broadcast index tensors); M is all True
-    unless ``guard``. C is causal within a sample; nothing is seen across samples."""
-    causal = (k <= q) & (tokens.sample[q] == tokens.sample[k])
+    unless ``guard``. C is causal within a sample, less the keys of noise blocks (S alone lets a
+    noise block see itself); nothing is seen across samples."""
+    causal = (k <= q) & (tokens.sample[q] == tokens.sample[k]) & ~tokens.noise[k]
     blocks = tokens.blocks
     same_block = (blocks[q] == blocks[k]) & (blocks[q] >= 0)
     if guard:

@@ -1,7 +1,8 @@
 """From a composition to the interleaved token plan the model reads.
 
 SIGMA's input is H = [T_1; I_1; T_2; I_2; ...]: text segments and reference image blocks in the
-order the prompt places them, then the generated (noise) image block. The plan records, for
+order the prompt places them, then the generated (noise) image block. A training row whose prompt
+places the target itself has the noise block there instead (``target_slot``). The plan records, for
 every token, its type, group, BAGEL position id and expert, which is all the mask and the engine
 need. Splitting and packing follow SIGMA's training code exactly (``change_format``), so token ids
 match the official implementation.
@@ -16,6 +17,7 @@ torch; the tensors do.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -160,8 +162,8 @@ class Plan:
 
     @property
     def noise(self) -> Segment:
-        """The generated block, always last."""
-        return self.segments[-1]
+        """The generated block: last, except in a training plan that places the target."""
+        return next(s for s in reversed(self.segments) if s.kind == "noise")
 
     @property
     def token_ids(self) -> torch.Tensor:
@@ -275,6 +277,7 @@ def build_plan(
     max_positions: int = MAX_POSITIONS,
     resize: Callable[[int, int], tuple[int, int]] = vae_size,
     weights_layout: str | None = None,
+    target_slot: int | None = None,
 ) -> Plan:
     """Build the interleaved plan.
 
@@ -283,6 +286,11 @@ def build_plan(
     the trainer's own bounds; phantom ViT blocks follow SIGMA's ViT resize of the same sizes.
     The layout is the settings' (``weights_layout`` is what "auto" resolves to: the layout the
     weights were trained in, when known).
+
+    ``target_slot`` (training) is the slot number of the target image (SIGMA: the last of a
+    row's images). Where the prompt first places it, the noise block goes, as SIGMA's packer
+    does; it takes no rope position (see :func:`_placed_target`). Later placements of it are
+    dropped (SIGMA adds a noise block at each one).
 
     A plan longer than ``MAX_PLAN_TOKENS`` tokens, or whose rope positions reach
     ``max_positions`` (the model's ``max_position_embeddings``), is refused with a
@@ -296,15 +304,19 @@ def build_plan(
     pieces = split_prompt(raw)
     if not pieces:
         raise PromptError("prompt: is empty; describe the image and place references with [1]")
-    next_group = _next_groups(pieces)
+    next_group = _next_groups(pieces, target_slot)
     text_ids, group_attrs = _bind_attributes(pieces, next_group, tokenizer, ids)
 
     layout = resolve_layout(composition.settings.layout, weights_layout)
     b = _Builder(ids, layout)
     last_size: tuple[int, int] | None = None
+    target_at: tuple[int, int] | None = None  # (segment index, rope position) of the target
     for i, piece in enumerate(pieces):
         if piece.kind == "text":
             b.text(text_ids[i], piece.text, next_group[i])
+            continue
+        if piece.slot == target_slot:
+            target_at = target_at or (len(b.segments), b.pos)
             continue
         ref = composition.placed_reference(piece.slot, f"<image_{piece.slot}>")
         if piece.slot not in image_sizes:
@@ -318,7 +330,8 @@ def build_plan(
 
     out_size = _output_size(composition.settings, last_size, warnings)
     b.image_block("noise", out_size)
-    check_bounds(b.segments, max_positions=max_positions)
+    segments = b.segments if target_at is None else _placed_target(b.segments, *target_at)
+    check_bounds(segments, max_positions=max_positions)
     used = {p.slot for p in pieces if p.kind == "image"}
     warnings += [
         f"slot {ref.slot} has an image but the prompt never uses it; add [{ref.slot}] "
@@ -327,7 +340,7 @@ def build_plan(
         if ref.image is not None and ref.slot not in used
     ]
     return Plan(
-        b.segments,
+        segments,
         output_size=out_size,
         mask=composition.settings.mask,
         layout=layout.name,
@@ -354,13 +367,28 @@ def check_bounds(segments: list[Segment], *, max_positions: int = MAX_POSITIONS)
         )
 
 
-def _next_groups(pieces: list[Piece]) -> list[int]:
-    """For each piece, the group of the next image piece (group g is the g-th image), or -1."""
-    n_images = sum(p.kind == "image" for p in pieces)
+def _placed_target(segments: list[Segment], at: int, position: int) -> list[Segment]:
+    """The segments with the noise block (built last) moved to index ``at``, at rope
+    ``position``. SIGMA's packer (PackedDataset.pack_sequence) gives a loss-carrying block the
+    current rope position without advancing it, and BAGEL's mask lets only the block itself
+    see it; so what follows keeps its rope position and only moves along by the block."""
+    *rest, noise = segments
+    start = rest[at - 1].end if at else 0
+    moved = dataclasses.replace(noise, start=start, position=position)
+    after = [dataclasses.replace(s, start=s.start + noise.length) for s in rest[at:]]
+    return [*rest[:at], moved, *after]
+
+
+def _next_groups(pieces: list[Piece], target_slot: int | None) -> list[int]:
+    """For each piece, the group of the next image piece (group g is the g-th reference
+    placement), or -1: none follows, or the next is the target, which is no reference."""
+    n_images = sum(p.kind == "image" and p.slot != target_slot for p in pieces)
     out = [-1] * len(pieces)
     upcoming, seen = -1, 0
     for i in reversed(range(len(pieces))):
-        if pieces[i].kind == "image":
+        if pieces[i].kind == "image" and pieces[i].slot == target_slot:
+            upcoming = -1
+        elif pieces[i].kind == "image":
             seen += 1
             upcoming = n_images - seen
         out[i] = upcoming
@@ -404,8 +432,9 @@ def _bind_attributes(
             )
         if found and next_group[i] < 0:
             raise PromptError(
-                f"prompt: {', '.join(found)} in {piece.text!r} is not followed by an image; put "
-                "the attribute right before its image: '<style> the painting <image_2>' or [2]"
+                f"prompt: {', '.join(found)} in {piece.text!r} is not followed by a reference "
+                "image; put the attribute right before its image: '<style> the painting "
+                "<image_2>' or [2]"
             )
         for a in found:
             if a not in group_attrs[next_group[i]]:

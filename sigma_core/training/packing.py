@@ -3,7 +3,8 @@ dropped as BAGEL's trainer drops them, then several samples laid end to end in o
 
 A sample becomes a :class:`Plan` through :func:`build_plan`, the function inference uses, so
 the tokenizer path, positions, groups, experts and mask cannot disagree between the two. The
-target is the plan's noise block, at the target's own size.
+target is the plan's noise block, at the target's own size: last, or where the prompt places
+the target (as SIGMA's packer does; see :mod:`sigma_core.training.rows`).
 
 The plan is laid out in the run's layout (:mod:`sigma_core.planning.layout`): in "training",
 each reference's VAE block is followed by the phantom ViT block, as SIGMA's packer emits it.
@@ -149,6 +150,7 @@ class ExampleMaker:
                 self.tokenizer,
                 {slot: img.size for slot, img in images.items()},
                 resize=lambda w, h: chosen[(w, h)],
+                target_slot=sample.target_slot,
             )
         except SigmaInputError as e:
             self.skipped.skip(BAD_PROMPT, sample.source, str(e))

@@ -10,6 +10,12 @@ Two formats are read:
 - A JSONL manifest: one preset object per line (the schema :func:`preset_from_dict` reads; image
   paths relative to the manifest's folder, or data URIs) plus a ``"target"`` key.
 
+The target is the image after the references: slot n + 1 of a row, the slot after the highest
+reference slot of a manifest line. A prompt may place it (``<image_3>`` after two references):
+SIGMA's SepPhotoTokenIterableDataset.parse_row then puts the generated block there instead of
+last, and :func:`sigma_core.planning.build_plan` does the same with the sample's
+``target_slot``.
+
 Images go through the project's safe loader and its limits. Nothing is read with pickle. Where
 the rows come from, and in which order, is :mod:`sigma_core.training.data`.
 """
@@ -26,6 +32,7 @@ from PIL import Image
 
 from sigma_core.errors import ImageInputError, PresetError, SigmaInputError
 from sigma_core.inputs.composition import Composition, Reference, resolve_image_path
+from sigma_core.inputs.fields import is_int
 from sigma_core.inputs.images import (
     DEFAULT_LIMITS,
     ImageLimits,
@@ -61,11 +68,13 @@ _DETAIL_CHARS = 500
 @dataclass(frozen=True)
 class TrainSample:
     """One decoded row: the composition (references in slots 1..n, each ``image`` an RGB PIL
-    image, no crop left to apply), the RGB target, and where it came from for skip reports."""
+    image, no crop left to apply), the RGB target, where it came from for skip reports, and
+    the target's slot (its prompt may place it)."""
 
     composition: Composition
     target: Image.Image
     source: str
+    target_slot: int  # the slot a placeholder of the target carries, placed or not
 
     @property
     def images(self) -> dict[int, Image.Image]:
@@ -163,7 +172,8 @@ def _check_target(img: Image.Image, name: str) -> None:
 def _checked_prompt(
     comp: Composition, available: set[int], source: str, skipped: SkipCounter
 ) -> bool:
-    """Every placeholder has an image, and the project's parser takes the prompt."""
+    """Every placeholder has an image (``available``: the target's slot included), and the
+    project's parser takes the prompt."""
     missing = sorted({k for k in comp.referenced_slots() if k not in available})
     if missing:
         have = ", ".join(map(str, sorted(available))) or "none"
@@ -225,7 +235,7 @@ def sample_from_row(
     except ValueError as e:  # SigmaInputError, or int() on a placeholder of 4,300+ digits
         skipped.skip(BAD_PROMPT, source, str(e))
         return None
-    if not _checked_prompt(comp, set(range(1, n + 1)), source, skipped):
+    if not _checked_prompt(comp, set(range(1, n + 2)), source, skipped):
         return None
     try:
         target = load_image(encoded[-1], limits=limits, name="target")
@@ -234,7 +244,7 @@ def sample_from_row(
         skipped.skip(UNDECODABLE, source, str(e))
         return None
     decoded = _decoded(comp, limits, source, skipped)
-    return None if decoded is None else TrainSample(decoded, target, source)
+    return None if decoded is None else TrainSample(decoded, target, source, n + 1)
 
 
 def _row_images(images: Any, source: str, skipped: SkipCounter) -> list[bytes] | None:
@@ -271,14 +281,17 @@ def sample_from_preset_line(
     if parsed is None:
         return None
     data, target_field = parsed
+    target_slot = _target_slot(data.get("references"))
     try:
-        comp = preset_from_dict(data, base_dir=folder, asset_dirs=(), check_images=False)
+        comp = preset_from_dict(
+            data, base_dir=folder, asset_dirs=(), check_images=False, target_slot=target_slot
+        )
     except ValueError as e:  # PresetError, or a placeholder too long to read as a number
-        slot = _unfilled_slot(data)
+        slot = _unfilled_slot(data, target_slot)
         reason = MISSING_PLACEHOLDER if slot is not None else BAD_PRESET
         skipped.skip(reason, source, str(e))
         return None
-    available = {r.slot for r in comp.references if r.image is not None}
+    available = {r.slot for r in comp.references if r.image is not None} | {target_slot}
     if not _checked_prompt(comp, available, source, skipped):
         return None
     try:
@@ -290,7 +303,7 @@ def sample_from_preset_line(
         skipped.skip(BAD_PRESET, source, str(e))
         return None
     decoded = _decoded(comp, limits, source, skipped)
-    return None if decoded is None else TrainSample(decoded, target, source)
+    return None if decoded is None else TrainSample(decoded, target, source, target_slot)
 
 
 def _manifest_line(
@@ -327,13 +340,21 @@ def _manifest_target(field: str, folder: Path, limits: ImageLimits) -> Image.Ima
     return target
 
 
-def _unfilled_slot(data: Mapping[str, Any]) -> int | None:
-    """A slot the preset's prompt places that no reference with an image fills, if any; read
-    from the raw dict, since the preset reader refuses such a preset before building it."""
+def _target_slot(refs: Any) -> int:
+    """The slot of a manifest line's target: the one after its highest reference slot (read
+    from the raw references, entries of any shape), as a row's target follows its references."""
+    slots = [r.get("slot") for r in refs if isinstance(r, dict)] if isinstance(refs, list) else []
+    return max((s for s in slots if is_int(s)), default=0) + 1
+
+
+def _unfilled_slot(data: Mapping[str, Any], target_slot: int) -> int | None:
+    """A slot the preset's prompt places that neither a reference with an image nor the target
+    fills, if any; read from the raw dict, since the preset reader refuses such a preset before
+    building it."""
     prompt, refs = data.get("prompt"), data.get("references", [])
     if not isinstance(prompt, str) or not isinstance(refs, list) or len(prompt) > 100_000:
         return None
-    filled = _filled_slots(refs)
+    filled = _filled_slots(refs) | {target_slot}
     try:
         return next((k for k in placed_slots(prompt) if k not in filled), None)
     except ValueError:
