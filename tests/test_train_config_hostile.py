@@ -159,3 +159,17 @@ def test_output_dir_that_cannot_be_written_is_refused_first(tmp_path, capsys, mo
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
     err = _train(capsys, config, f"output_dir={locked / 'run'}")
     assert "not writable" in err
+
+
+def test_the_shipped_configs_are_the_paper_and_the_released_script():
+    """configs/train_sigma.yaml is the paper's recipe (the generation branch, mask and W_tau);
+    configs/train_sigma_released.yaml is SIGMA's script/finetune.sh (its flags, by value)."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paper = load_config(root / "train_sigma.yaml")
+    assert (paper.train, paper.mask, paper.attribute_projection) == ("gen", True, True)
+    released = load_config(root / "train_sigma_released.yaml")
+    assert (released.train, released.mask, released.attribute_projection) == ("full", False, False)
+    assert released.layout == "training" and released.warmup_steps == 0
+    assert (released.steps, released.save_every, released.max_tokens) == (30_000, 5_000, 30_000)
+    assert (released.lr, released.min_lr, released.ema, released.eps) == (2e-5, 1e-7, 0.9999, 1e-15)
+    assert (released.text_dropout, released.image_dropout, released.vit_dropout) == (0.1, 0.3, 0.3)
