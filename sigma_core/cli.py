@@ -1,7 +1,8 @@
 """Command line: argument parsing and dispatch only (what each command does:
 :mod:`sigma_core.commands`).
 
-``python -m sigma_core validate|inspect|generate|make-tokenizer|make-tiny|train|export|attributes``.
+``python -m sigma_core validate|inspect|generate|make-tokenizer|make-tiny|train|export|evaluate|
+attributes``.
 Exit codes: 0 success, 2 bad input or weights, out of memory, a cancelled run (any
 :class:`SigmaError`, and usage errors), 1 a bug, 130 interrupted. The options that set sampling
 settings (``--steps``, ``--seed``, ``--size``, ``--layout``) are made from the settings' spec
@@ -62,6 +63,13 @@ def _generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace OUT.png if it exists (default: refuse)"
     )
+    _engine_options(p)
+    for name in ("num_timesteps", "seed", "size", "layout"):
+        _setting_option(p, name)
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """The weights and how they run: shared by generate and evaluate generate."""
     p.add_argument(
         "--checkpoint", metavar="DIR_OR_REPO", help="BAGEL folder or hub id (default: preview)"
     )
@@ -86,8 +94,48 @@ def _generate_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the denoising pass (first run slower; faster on a GPU after)",
     )
-    for name in ("num_timesteps", "seed", "size", "layout"):
-        _setting_option(p, name)
+
+
+def _evaluate_options(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """``evaluate generate|score|report``: the paper's metrics over a benchmark (see
+    docs/evaluation.md); each subcommand runs ``main`` of its sigma_core.evaluation module."""
+    sub = p.add_subparsers(dest="evaluate", required=True, metavar="STEP")
+    g = sub.add_parser("generate", parents=[common], help="make a benchmark's images into RUN")
+    g.add_argument("benchmark", metavar="BENCH", help="a benchmark folder or its JSONL manifest")
+    g.add_argument("--out", required=True, metavar="RUN", help="the run folder (resumed if there)")
+    g.add_argument("--seeds", type=int, default=1, help="images per item and arm (default 1)")
+    g.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=A,B",
+        help="an ablation over the same items, seeds and noise (repeatable): mask=on,off, "
+        "attribute_projection=on,off, layout=inference,training, precision=bf16,int8,nf4, "
+        "tokens=on,off (off: the prompt with its attribute tokens stripped)",
+    )
+    g.add_argument("--limit", type=int, help="only the first N items")
+    _engine_options(g)
+    for name in ("num_timesteps", "size"):
+        _setting_option(g, name)
+    s = sub.add_parser("score", parents=[common], help="score RUN's images (scores.jsonl)")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument(
+        "--metrics",
+        default="all",
+        help="comma-separated: clip_t, clip_i, dino, dreamsim, clip_es, aes (default all)",
+    )
+    s.add_argument(
+        "--clip-model", metavar="ID_OR_DIR", help="default openai/clip-vit-large-patch14"
+    )
+    s.add_argument("--dino-model", metavar="ID_OR_DIR", help="default facebook/dino-vits16")
+    s.add_argument("--dreamsim-model", metavar="ID_OR_DIR", help="DreamSim's checkpoint")
+    s.add_argument("--aes-model", metavar="ID_OR_DIR", help="the aesthetic head's weights")
+    s.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present, else cpu)")
+    r = sub.add_parser("report", parents=[common], help="report.md, results.json, plots")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="one run, or several to compare")
+    r.add_argument("--out", metavar="DIR", help="where to write (default: RUN/report)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a non-empty OUT_DIR (a previous export; never a base checkpoint)",
     )
+
+    p = _add(sub, "evaluate", "generate, score and report a benchmark (the paper's metrics)")
+    _evaluate_options(p, common)
 
     _add(sub, "attributes", "list SIGMA's attribute tokens", common)
     return parser

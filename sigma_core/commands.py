@@ -276,6 +276,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate generate|score|report``: the step's module does the work."""
+    import importlib
+
+    module = {"generate": "runs", "score": "scoring", "report": "report"}[args.evaluate]
+    return int(importlib.import_module(f"sigma_core.evaluation.{module}").main(args))
+
+
 def cmd_attributes(args: argparse.Namespace) -> int:
     """List SIGMA's tokens, their ids in a SIGMA checkpoint and the names accepted for them."""
     from sigma_core.report import attributes_table
