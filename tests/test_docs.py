@@ -150,7 +150,10 @@ def _capture_parse_args(self: argparse.ArgumentParser, *args: object, **kwargs: 
 
 
 def _options(parser: argparse.ArgumentParser) -> frozenset[str]:
-    return frozenset(o for action in parser._actions for o in action.option_strings)
+    """Its option strings, and those of its steps (``evaluate generate|score|report``)."""
+    own = frozenset(o for action in parser._actions for o in action.option_strings)
+    steps = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return own.union(*(_options(p) for a in steps for p in a.choices.values()))
 
 
 @functools.cache
