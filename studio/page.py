@@ -279,9 +279,32 @@ class Page:
             count, draft.name, draft.prompt, *slot_values, *setting_values, *shown, *shown, *notes
         ]  # fmt: skip
 
+    def form_changes(self, old: Draft, new: Draft) -> list[Any]:
+        """:meth:`form_of` ``new``, with a skip for each control ``old`` already holds: a
+        change to the form (add, remove, move a slot) sends only what it changed, so an answer
+        still in flight for another control (a slot's face crop, a typed entity) is not
+        overwritten by the value the page held when this change started. A slot's upload note
+        is cleared only where the slot's content changed (it was about what was there)."""
+        n = len(self.slots)
+        before, after = self.form_of(old), self.form_of(new)
+        changed = [
+            a if _differs(a, b) else gr.skip() for a, b in zip(after[:-n], before[:-n], strict=True)
+        ]
+        padded = [(*s, *[SlotForm()] * (n - len(s))) for s in (old.slots, new.slots)]
+        notes = ["" if a != b else gr.skip() for a, b in zip(*padded, strict=True)]
+        return changed + notes
+
     def keep_form(self) -> list[Any]:
         """The form left as it is: a skip for each of :attr:`form_outputs`."""
         return [gr.skip()] * len(self.form_outputs)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Whether two control values differ (an image as its FileData dict or path)."""
+    try:
+        return bool(a != b)
+    except (TypeError, ValueError):  # values without a plain equality: send the new one
+        return True
 
 
 def with_cover(entries: list[presets.PresetEntry]) -> list[presets.PresetEntry]:

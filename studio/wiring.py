@@ -139,16 +139,25 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     """Each slot's own events (upload, crop, face crop, attributes), and the changes of the
     form: add, remove, move, drag in the strip."""
 
+    def settle(data: dict[Any, Any]) -> list[Any]:
+        """The view again from the page as it is now: after two answers crossed (a slot's face
+        crop and an added slot), the last to settle shows both."""
+        return render.view_of(studio, page, page.draft_of(data))
+
+    settled = {"fn": settle, "inputs": page.draft_inputs, "outputs": page.view_outputs, **RAW}
+    settled |= _quiet(show_progress="hidden")
+
     def form_handler(change: Callable[[Draft], Draft]) -> Callable[[dict[Any, Any]], list[Any]]:
         @warns(keep=lambda: page.keep_form() + [gr.skip()] * len(page.view_outputs))
         def handler(data: dict[Any, Any]) -> list[Any]:
-            draft = change(page.draft_of(data))
-            return page.form_of(draft) + render.view_of(studio, page, draft)
+            old = page.draft_of(data)
+            draft = change(old)
+            return page.form_changes(old, draft) + render.view_of(studio, page, draft)
 
         return handler
 
     for k, sc in enumerate(page.slots, start=1):
-        _wire_slot(studio, page, k, sc)
+        _wire_slot(studio, page, k, sc, settled)
         for button, change in (
             (sc.up, lambda d, k=k: slots.move_slot(d, k, -1)),
             (sc.down, lambda d, k=k: slots.move_slot(d, k, +1)),
@@ -157,7 +166,7 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
             button.click(
                 form_handler(change), inputs=page.draft_inputs,
                 outputs=page.form_outputs + page.view_outputs, **RAW, **_quiet(),
-            )  # fmt: skip
+            ).then(**settled)  # fmt: skip
 
         def insert(text: str | None, at: float | None, k: int = k) -> str:
             return slots.insert_reference(text or "", k, None if at is None else int(at))[0]
@@ -174,7 +183,7 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     page.add_button.click(
         form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs, **RAW,
         outputs=page.form_outputs + page.view_outputs, **_quiet(),
-    )  # fmt: skip
+    ).then(**settled)  # fmt: skip
 
     def drop(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
         order = getattr(event, "_data", None) or {}
@@ -183,12 +192,15 @@ def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     page.slot_strip.input(
         drop, inputs=page.draft_inputs, outputs=page.form_outputs + page.view_outputs, **RAW,
         **_quiet(),
-    )  # fmt: skip
+    ).then(**settled)  # fmt: skip
 
 
-def _wire_slot(studio: Studio, page: Page, k: int, sc: SlotControls) -> None:
+def _wire_slot(
+    studio: Studio, page: Page, k: int, sc: SlotControls, settled: dict[str, Any]
+) -> None:
     """Slot k's upload, cleared image, attributes, crop (typed, dragged, or to the face): each
-    answered with the slot's view, the strip and the checks, in one response."""
+    answered with the slot's view, the strip and the checks, in one response; the slower
+    ones (an upload, the face crop, background removal) then ``settled`` (see _wire_slots)."""
     outputs = [sc.image, sc.crop, sc.upload_note, sc.face_seen, sc.thumb, sc.info, sc.cropper]
     outputs += [sc.last_good, page.slot_strip, *page.check_outputs]
     inputs = {*page.draft_inputs, sc.last_good, sc.face_seen}
@@ -231,8 +243,10 @@ def _wire_slot(studio: Studio, page: Page, k: int, sc: SlotControls) -> None:
         (sc.attributes.input, "attributes"), (sc.crop.input, "typed"), (sc.crop.blur, "typed"),
         (sc.face_button.click, "face"), (sc.background_button.click, "background"),
     ):  # fmt: skip
-        event(keep(functools.partial(_call, answer, what)), inputs=inputs, outputs=outputs,
-              **RAW, **quiet)  # fmt: skip
+        answered = event(keep(functools.partial(_call, answer, what)), inputs=inputs,
+                         outputs=outputs, **RAW, **quiet)  # fmt: skip
+        if what in ("upload", "attributes", "face", "background"):
+            answered.then(**settled)
 
     def dragged(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
         return answer(data, "drag", (getattr(event, "_data", None) or {}).get("box"))

@@ -263,6 +263,36 @@ def test_the_layout_dropdown_offers_the_cores_layouts_and_travels_with_the_form(
     assert page.draft_of(dict(zip(page.form_outputs, values, strict=True))) == draft
 
 
+def test_a_form_change_sends_only_what_it_changed(studio):
+    """Adding a slot leaves every control of the slots before it to the page (a face crop
+    answered meanwhile is not overwritten by the click's stale value); a move sends the slots
+    it swapped, their upload notes cleared."""
+    from studio import slots
+    from studio.forms import SlotForm
+
+    with gr.Blocks():
+        page = build_page(studio, [])
+    one = SlotForm(image="data:a", attributes=("<id>",), entity="woman", crop="1, 2, 30, 40")
+    two = SlotForm(image="data:b", attributes=("<style>",))
+    draft = Draft(prompt="[1] in the style of [2]", slots=(one, two))
+    outputs = page.form_outputs
+
+    def sent(values: list) -> dict:
+        return {
+            c: v for c, v in zip(outputs, values, strict=True) if not isinstance(v, type(gr.skip()))
+        }
+
+    added = sent(page.form_changes(draft, slots.add_slot(draft, 4)))
+    first = page.slots[0]
+    assert first.crop not in added and first.image not in added and first.entity not in added
+    assert added[outputs[0]] == 3  # the slot count
+    assert not any(s.upload_note in added for s in page.slots)  # "cropped to the face" stays
+    moved = sent(page.form_changes(draft, slots.move_slot(draft, 1, +1)))
+    assert moved[page.slots[0].upload_note] == moved[page.slots[1].upload_note] == ""
+    assert moved[first.image] == "data:b" and moved[page.slots[1].crop] == "1, 2, 30, 40"
+    assert page.prompt not in moved or moved[page.prompt] != draft.prompt
+
+
 def test_a_handlers_sigma_error_becomes_an_escaped_toast_and_the_outputs_stay():
     kept = ["kept"]
 

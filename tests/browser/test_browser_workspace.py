@@ -137,6 +137,23 @@ def test_an_id_reference_is_cropped_to_its_face_and_the_crop_can_be_dragged(page
     expect(crop).to_have_value("")
 
 
+def test_a_slot_added_while_the_face_crop_runs_keeps_the_crop(page: Page) -> None:
+    """Pick <id>, then add a slot at once: the add's answer (it started before the face crop
+    came back) leaves slot 1's crop alone."""
+    upload_ok(page, 1, FOUR[0])
+    box = page.locator("#slot-1-attributes")
+    box.locator("input").click()
+    box.locator("li[role=option]", has_text="<id>:").click()
+    page.keyboard.press("Escape")
+    page.locator("#add-slot").click()  # no wait: both answers are in flight
+    expect(page.locator("#slot-2")).to_be_visible()
+    expect(page.locator("#slot-1-upload-note")).to_contain_text("cropped to the face")
+    page.wait_for_timeout(1500)  # every answer in by now
+    expect(page.locator("#slot-1-info")).to_contain_text(re.compile(r"cropped to \d+×\d+"))
+    page.locator("#slot-1-details").click()
+    expect(page.locator("#slot-1-crop textarea")).to_have_value(re.compile(r"^\d+, \d+, \d+, \d+$"))
+
+
 def test_background_removal_says_what_to_install_here(page: Page) -> None:
     """No U²-Net model on this machine (as in CI): the button answers with what to install,
     and the slot keeps its image."""
