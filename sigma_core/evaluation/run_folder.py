@@ -74,7 +74,9 @@ class Item:
             if ref.image is not None:
                 key = str(ref.slot)
                 image = self.composition.load_image(ref)
-                out[self.roles.get(key, "wanted")].append(RefView(key, image, self.regions[key]))
+                out[self.roles.get(key, "wanted")].append(
+                    RefView(key, image, self.regions.get(key))
+                )
         return out
 
 

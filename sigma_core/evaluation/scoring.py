@@ -70,13 +70,18 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     return tuple(m for m in METRICS if m in names)
 
 
-def model_sources(args: argparse.Namespace) -> dict[str, str]:
-    """The model (hub id or folder) of each kind: the options given, else the defaults."""
+def model_sources(
+    clip: str | None = None,
+    dino: str | None = None,
+    dreamsim: str | None = None,
+    aes: str | None = None,
+) -> dict[str, str]:
+    """The model (hub id or folder) of each kind: those given, else the defaults."""
     return {
-        "clip": args.clip_model or DEFAULT_CLIP,
-        "dino": args.dino_model or DEFAULT_DINO,
-        "dreamsim": args.dreamsim_model or str(default_dreamsim_dir()),
-        "aes": args.aes_model or DEFAULT_AES,
+        "clip": clip or DEFAULT_CLIP,
+        "dino": dino or DEFAULT_DINO,
+        "dreamsim": dreamsim or str(default_dreamsim_dir()),
+        "aes": aes or DEFAULT_AES,
     }
 
 
@@ -191,7 +196,8 @@ def main(args: argparse.Namespace) -> int:
     generated = read_generated(run, items)
     state = PartialState()
     device = resolve_device(args.device) if args.device else state.device
-    scorers = load_scorers(metrics, model_sources(args), device, batch_size)
+    sources = model_sources(args.clip_model, args.dino_model, args.dreamsim_model, args.aes_model)
+    scorers = load_scorers(metrics, sources, device, batch_size)
     done = score_files.scored(run, scorers.models) if scorers.models else set()
     todo = [g for g in generated if g.key not in done] if scorers.models else []
     with state.split_between_processes(todo) as mine:
