@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from sigma_core import Composition, Reference, cli
-from sigma_core.evaluation import aesthetic, dreamsim, scoring
+from sigma_core.evaluation import aesthetic, dreamsim, run_folder, score_files, scoring
 from sigma_core.evaluation.clip_scores import ClipEmbedder, clip_t, plain_text, prompt_text
 from sigma_core.evaluation.dino import DinoEmbedder
 from sigma_core.evaluation.embedders import RefView, pair_scores
@@ -211,6 +211,9 @@ def test_the_aesthetic_head_reads_the_published_layout(
     torch.save(renamed, tmp_path / "other.pth")
     with pytest.raises(aesthetic.ModelUnavailable, match="not the predictor's weights"):
         aesthetic.load_aesthetic(str(tmp_path / "other.pth"), 768)
+    (tmp_path / "html.pth").write_text("<!DOCTYPE html><html>a GitHub page, not weights")
+    with pytest.raises(aesthetic.ModelUnavailable, match="not the predictor's weights"):
+        aesthetic.load_aesthetic(str(tmp_path / "html.pth"), 768)
     with pytest.raises(aesthetic.ModelUnavailable, match="hf download"):
         aesthetic.load_aesthetic("no-such-org/no-aes", 768)
 
@@ -421,3 +424,19 @@ def test_bad_options_exit_2(
     assert _score(run, models, *extra) == 2
     assert message in capsys.readouterr().err
     assert not (run / "scores.jsonl").exists()
+
+
+def test_part_files_merge_in_generated_order(run: Path) -> None:
+    """Under accelerate each process appends to its own part file; the main process moves the
+    lines into scores.jsonl in generated.jsonl's order, after what is there."""
+    items = run_folder.read_items(run)
+    order = run_folder.read_generated(run, items)
+    lines = [{"item": g.item, "arm": g.arm, "seed": g.seed, "models": {"dino": "d"}} for g in order]
+    _write_jsonl(run / "scores.jsonl", lines[:1])
+    _write_jsonl(score_files.part_file(run, 1), [lines[3], lines[1]])
+    score_files.part_file(run, 0).write_text(json.dumps(lines[2]) + "\n" + '{"item": "pa')
+    assert score_files.scored(run, {"dino": "d"}) == {g.key for g in order}
+    assert score_files.scored(run, {"dino": "other"}) == set()
+    assert score_files.merge_parts(run, order) == 3
+    assert _lines(run / "scores.jsonl") == lines
+    assert not list(run.glob("scores.part*"))

@@ -7,6 +7,7 @@ weights_only=True), never unpickled as objects.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,6 @@ def load_aesthetic(given: str, clip_dim: int) -> AestheticHead:
             state = torch.load(file, map_location="cpu", weights_only=True)
         head = AestheticHead()
         head.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError) as e:  # pickle errors are RuntimeErrors here
+    except (OSError, RuntimeError, ValueError, TypeError, pickle.UnpicklingError) as e:
         raise ModelUnavailable(f"AES: {file} is not the predictor's weights ({e})") from None
     return head.eval()

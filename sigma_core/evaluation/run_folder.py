@@ -82,12 +82,14 @@ class Item:
 
 @dataclass(frozen=True)
 class Generated:
-    """One finished image of the run: ``file`` is relative to the run folder."""
+    """One finished image of the run: ``file`` as generated.jsonl gives it (relative to the run
+    folder), ``path`` the file it names, checked to lie inside the folder."""
 
     item: str
     arm: str
     seed: int
     file: str
+    path: Path
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -183,19 +185,20 @@ def _region(region: Any) -> Region | None:
 
 def read_generated(run: Path, items: dict[str, Item]) -> list[Generated]:
     """generated.jsonl's images in order, each once (the last line of an image wins), each of
-    an item in the benchmark. A torn last line (generation stopped mid-write) is passed over."""
+    an item in the benchmark, each file inside the run folder (no '..', no absolute path, no
+    link out of it). A torn last line (generation stopped mid-write) is passed over."""
     found: dict[tuple[str, str, int], Generated] = {}
-    path = run / "generated.jsonl"
-    for line in read_jsonl(path, GENERATED_LINE, torn_tail=True):
+    where = run / "generated.jsonl"
+    for line in read_jsonl(where, GENERATED_LINE, torn_tail=True):
         if line["item"] not in items:
-            raise SigmaInputError(f"{path}: item {line['item']!r} is not in benchmark.jsonl")
-        image = Generated(line["item"], line["arm"], line["seed"], line["file"])
+            raise SigmaInputError(f"{where}: item {line['item']!r} is not in benchmark.jsonl")
+        name = f"{where}: {line['item']}, {line['arm']}, seed {line['seed']}: file"
+        path = resolve_image_path(line["file"], [run], field_name=name)
+        image = Generated(line["item"], line["arm"], line["seed"], line["file"], path)
         found[image.key] = image
     return list(found.values())
 
 
-def load_generated(run: Path, image: Generated) -> Image.Image:
-    """The image file, which must lie inside the run folder (no '..', no link out of it)."""
+def load_generated(image: Generated) -> Image.Image:
     name = f"generated.jsonl: {image.item}, {image.arm}, seed {image.seed}: file"
-    path = resolve_image_path(image.file, [run], field_name=name)
-    return load_image(path, name=name)
+    return load_image(image.path, name=name)

@@ -160,8 +160,9 @@ def pair_metrics(
     return out
 
 
-def score_images(scorers: Scorers, run: Path, items: dict[str, Item], images: list[Generated],
-                 out_path: Path) -> None:  # fmt: skip
+def score_images(
+    scorers: Scorers, items: dict[str, Item], images: list[Generated], out_path: Path
+) -> None:
     """Scores ``images``, an item at a time, appending a line per image to ``out_path``."""
     by_item: dict[str, list[Generated]] = {}
     for image in images:
@@ -169,7 +170,7 @@ def score_images(scorers: Scorers, run: Path, items: dict[str, Item], images: li
     with score_files.open_for_append(out_path) as out:
         for item_id, group in by_item.items():
             item = items[item_id]
-            rows = score_item(scorers, item, [load_generated(run, g) for g in group])
+            rows = score_item(scorers, item, [load_generated(g) for g in group])
             score_files.append_lines(
                 out,
                 ({"item": g.item, "arm": g.arm, "seed": g.seed, "family": item.family, **row,
@@ -205,7 +206,7 @@ def main(args: argparse.Namespace) -> int:
         out = (
             run / score_files.SCORES if single else score_files.part_file(run, state.process_index)
         )
-        score_images(scorers, run, items, list(mine), out)
+        score_images(scorers, items, list(mine), out)
     state.wait_for_everyone()
     if state.is_main_process:
         score_files.merge_parts(run, generated)
