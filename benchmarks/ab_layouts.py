@@ -35,15 +35,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from benchmarks.ab_scores import (
-    METRICS,
-    SCORE_MODELS,
-    Scorers,
-    load_scorers,
-    prompt_text,
-    score_images,
-)
 from sigma_core.errors import PresetError, SigmaError, SigmaInputError
+from sigma_core.evaluation.clip_scores import prompt_text
+from sigma_core.evaluation.run_folder import Item
+from sigma_core.evaluation.scoring import LABELS, Scorers, load_scorers, model_sources, score_item
 from sigma_core.geometry import latent_shape
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.png import find_png_text
@@ -59,6 +54,8 @@ MAX_RUNS = 500  # compositions x seeds x layouts in one experiment
 BASELINE = "inference"  # the layout the others are compared with (when it is run)
 DIFF_GAIN = 4  # the difference figure shows |a - b| x 4, so small changes stay visible
 GAP, PAD = 4, 3  # pixels between grid columns; around a column's label
+METRICS = ("clip_t", "clip_i", "dino")  # the scores XVerseBench reports with these models
+SCORE_BATCH = 16
 
 
 # ----------------------------------------------------------------------------- the inputs
@@ -327,19 +324,15 @@ def labelled_columns(columns: Sequence[tuple[Image.Image, Sequence[str]]]) -> Im
 def score_runs(scorers: Scorers, exp: Experiment, runs: list[Run]) -> None:
     """Scores every run, one composition and seed at a time, from the images written."""
     for src in exp.sources:
-        comp = src.composition
-        loaded = comp.load_images()
-        references = [loaded[slot] for slot in dict.fromkeys(comp.referenced_slots())]
+        item = Item(src.key, "combine", src.composition, roles={}, regions={})  # all wanted
         for seed in exp.seeds:
             group = [r for r in runs if r.key == src.key and r.seed == seed]
             images = []
             for run in group:
                 with Image.open(exp.out / run.image) as im:
                     images.append(im.convert("RGB"))
-            for run, s in zip(
-                group, score_images(scorers, images, src.text, references), strict=True
-            ):
-                run.scores = s
+            for run, row in zip(group, score_item(scorers, item, images), strict=True):
+                run.scores = {m: row[m] for m in METRICS if row[m] is not None}
 
 
 # ----------------------------------------------------------------------------- the report
@@ -383,7 +376,7 @@ def summary_markdown(results: dict[str, Any], runs: Sequence[Run]) -> str:
     base, steps = results["baseline"], results["steps"] or "each preset's"
     metrics = [m for m in METRICS if any(m in r.scores for r in runs)]
     head = ["layout", "runs", "tokens", "phantom blocks", "prefill s", "denoise s"]
-    head += [f"MAD vs {base}", *(METRICS[m] for m in metrics)]
+    head += [f"MAD vs {base}", *(LABELS[m] for m in metrics)]
     keys = ["layout", "runs", "tokens", "phantom_blocks", "prefill_s", "denoise_s"]
     keys += ["mad_vs_baseline", *metrics]
     layout_rows = [[row.get(k, "") for k in keys] for row in results["by_layout"]]
@@ -395,13 +388,14 @@ def summary_markdown(results: dict[str, Any], runs: Sequence[Run]) -> str:
         f"{len(results['layouts'])}; steps: {steps}.",
         "",
         f"MAD: mean absolute pixel difference (0-255) from the {base} layout's image of the same "
-        f"composition and seed (diffs/ shows it x{DIFF_GAIN}). Scores are cosine similarities: "
-        "CLIP-T image-prompt, CLIP-I and DINO image-reference (mean over references).",
+        f"composition and seed (diffs/ shows it x{DIFF_GAIN}). Scores are 100 x cosine "
+        "similarities: CLIP-T image-prompt, CLIP-I and DINO image-reference (mean over "
+        "references), as docs/evaluation.md defines them.",
         "Reference encodes are cached across layouts: compare prefill and denoise times.",
     ]
     lines += [f"{note}." for note in results["scores"]["skipped"]]
     lines += ["", "## By layout", "", *_table(head, layout_rows), "", "## Runs", ""]
-    head = ["composition", "seed", "layout", "tokens", "MAD", *(METRICS[m] for m in metrics)]
+    head = ["composition", "seed", "layout", "tokens", "MAD", *(LABELS[m] for m in metrics)]
     run_rows = [
         [
             r.composition, r.seed, r.layout, r.tokens, r.mad_vs_baseline,
@@ -518,13 +512,13 @@ def main(argv: list[str] | None = None) -> int:
         del pipe  # free the engine's memory for the evaluation models
         about["scores"] = {"models": {}, "skipped": ["scores off (--score off)"]}
         if args.score == "auto":
-            scorers = load_scorers(exp.device)
-            for note in scorers.skipped:
+            scorers = load_scorers(METRICS, model_sources(), exp.device, SCORE_BATCH)
+            notes = [f"{LABELS[m]} skipped: {why}" for m, why in scorers.skipped.items()]
+            for note in notes:
                 print(note, file=sys.stderr)
-            if scorers.any:
+            if scorers.models:
                 score_runs(scorers, exp, runs)
-            loaded = {k: v for k, v in SCORE_MODELS.items() if getattr(scorers, k) is not None}
-            about["scores"] = {"models": loaded, "skipped": scorers.skipped}
+            about["scores"] = {"models": scorers.models, "skipped": notes}
     except SigmaError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from benchmarks import ab_layouts
 from sigma_core import Composition, Reference, save_preset
+from sigma_core.evaluation.scoring import Scorers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -75,7 +75,8 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
     argv = ["--presets", str(preset), "--seeds", "7", "--steps", "3"]
     argv += ["--size", f"{SIZE}x{SIZE}", "--device", "cpu", "--out", str(out)]
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
-        mp.setattr(ab_layouts, "load_scorers", lambda device: ab_layouts.Scorers(clip, dino))
+        mp.setattr(ab_layouts, "load_scorers", lambda metrics, sources, device, batch: Scorers(
+            {"clip": clip, "dino": dino}, {m: "stand-in" for m in metrics}, {}))  # fmt: skip
         code = ab_layouts.main(argv)
     results = json.loads((out / "results.json").read_text()) if code == 0 else {}
     return {"code": code, "out": out, "stderr": err.getvalue(), "results": results,
@@ -125,27 +126,6 @@ def test_scores_go_through_the_scorer(experiment: dict) -> None:
     assert all("clip_t" in row for row in by_layout)
     summary = (experiment["out"] / "summary.md").read_text()
     assert "CLIP-T" in summary and "DINO" in summary and "MAD vs inference" in summary
-
-
-def test_score_images_arithmetic() -> None:
-    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
-    scores = ab_layouts.score_images(ab_layouts.Scorers(FakeClip()), [red, blue], "x", [red])
-    assert scores[0]["clip_i"] == pytest.approx(1.0)
-    assert scores[1]["clip_i"] < 0.1
-    assert scores[0]["clip_t"] > scores[1]["clip_t"]
-    assert "dino" not in scores[0]
-    assert ab_layouts.score_images(ab_layouts.Scorers(), [red], "x", [red]) == [{}]
-
-
-def test_missing_evaluation_models_are_skipped() -> None:
-    scorers = ab_layouts.load_scorers(
-        torch.device("cpu"), {"clip": "no-such-org/no-clip", "dino": "no-such-org/no-dino"}
-    )
-    assert not scorers.any
-    assert scorers.skipped == [
-        "scores skipped: no-such-org/no-clip not in the local cache",
-        "scores skipped: no-such-org/no-dino not in the local cache",
-    ]
 
 
 @pytest.mark.parametrize(

@@ -219,8 +219,14 @@ def read_record(path: Path, schema: Obj) -> dict[str, Any]:
     parsed = parse_json(
         text, str(path), error=CheckpointError, needs="SIGMA Studio's files nest at most 4"
     )
-    try:
-        schema.check(parsed, "")
-    except _Refusal as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    check_record(parsed, schema, str(path), error=CheckpointError)
     return parsed
+
+
+def check_record(value: Any, schema: Spec, where: str, *, error: type[SigmaError]) -> None:
+    """``value`` checked against ``schema``; ``error`` names ``where`` (a file, a file's line)
+    and the first field that does not fit."""
+    try:
+        schema.check(value, "")
+    except _Refusal as e:
+        raise error(f"{where}: {e}") from None

@@ -1,0 +1,442 @@
+"""sigma_core.evaluation's metrics and `evaluate score`: tiny random CLIP and DINO models built
+here from small configs (never downloaded), loaded through the real loading path; a fixture run
+folder scored end to end through the CLI, resumed, and refused when hostile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sigma_core import Composition, Reference, cli
+from sigma_core.evaluation import aesthetic, dreamsim, run_folder, score_files, scoring
+from sigma_core.evaluation.clip_scores import ClipEmbedder, clip_t, plain_text, prompt_text
+from sigma_core.evaluation.dino import DinoEmbedder
+from sigma_core.evaluation.embedders import RefView, pair_scores
+from sigma_core.inputs.preset import preset_to_dict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+CPU = torch.device("cpu")
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "image_size": 32, "patch_size": 8}  # fmt: skip
+
+
+def _clip_folder(folder: Path) -> Path:
+    """A random CLIP with a character-level tokenizer; projection 768, as ViT-L/14's (AES)."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    chars = [chr(i) for i in range(33, 127)]
+    vocab = {t: i for i, t in enumerate([*chars, *(c + "</w>" for c in chars)])}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
+    text = {k: v for k, v in TINY.items() if k not in ("image_size", "patch_size")}
+    text |= {"vocab_size": len(vocab), "max_position_embeddings": 64,
+             "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+             "pad_token_id": tok.pad_token_id}  # fmt: skip
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=TINY, projection_dim=768)).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def _dino_folder(folder: Path, v2: bool = False) -> Path:
+    """A random DINO: a ViTModel as facebook/dino-vits16 is (or a DINOv2)."""
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(1)
+    model = Dinov2Model(Dinov2Config(**TINY)) if v2 else ViTModel(ViTConfig(**TINY), False)
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval_models")
+    clip, dino = root / "clip", root / "dino"
+    clip.mkdir(), dino.mkdir()
+    torch.manual_seed(2)
+    aes = root / "aes.pth"
+    torch.save(aesthetic.AestheticHead().state_dict(), aes)  # the published file's layout
+    return {"clip": _clip_folder(clip), "dino": _dino_folder(dino), "aes": aes}
+
+
+@pytest.fixture(scope="module")
+def clip(models: dict[str, Path]) -> ClipEmbedder:
+    return ClipEmbedder.load(str(models["clip"]), CPU, 8)
+
+
+@pytest.fixture(scope="module")
+def dino(models: dict[str, Path]) -> DinoEmbedder:
+    return DinoEmbedder.load(str(models["dino"]), CPU, 8)
+
+
+def _drawing(color: str, shape: str, size: int = 64) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    box = (size // 6, size // 6, size - size // 6, size - size // 5)
+    {"ellipse": draw.ellipse, "box": draw.rectangle, "cone": draw.polygon}[shape](
+        [box[:2], box[2:], (box[0], box[3])] if shape == "cone" else box, fill=color
+    )
+    return image
+
+
+def _noise(seed: int, size: int = 128) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+# ----------------------------------------------------------------------------- the metrics
+
+
+def test_identical_images_score_the_maximum(clip: ClipEmbedder, dino: DinoEmbedder) -> None:
+    ball, box = _drawing("red", "ellipse"), _drawing("blue", "box")
+    scene = _noise(0)
+    scene.paste(ball, (0, 0))  # the region [0, 0, 0.5, 0.5] of 128 x 128
+    refs = [RefView("1", ball, (0.0, 0.0, 0.5, 0.5)), RefView("2", box)]
+    for model in (clip, dino):
+        found = pair_scores(model, [scene, box], refs)
+        assert found["1"][0] == pytest.approx(100.0, abs=1e-6)  # its region is the reference
+        assert found["2"][1] == pytest.approx(100.0, abs=1e-6)  # the whole image is
+        assert max(found["1"][1], found["2"][0]) < 100.0 - 1e-3
+        assert np.all(np.concatenate(list(found.values())) <= 100.0 + 1e-9)
+
+
+def test_a_permutation_of_references_permutes_the_scores(clip: ClipEmbedder) -> None:
+    images = [_noise(1), _drawing("red", "ellipse"), _drawing("green", "cone")]
+    refs = [RefView("1", _drawing("red", "ellipse")), RefView("2", _drawing("blue", "box")),
+            RefView("3", _drawing("green", "cone"), (0.1, 0.1, 0.9, 0.9))]  # fmt: skip
+    found = pair_scores(clip, images, refs)
+    again = pair_scores(clip, images, refs[::-1])
+    relabelled = pair_scores(clip, images, [RefView("9", refs[0].image), *refs[1:]])
+    for key in found:
+        np.testing.assert_allclose(again[key], found[key], atol=1e-9)
+    np.testing.assert_allclose(relabelled["9"], found["1"], atol=1e-9)
+
+
+def test_scores_are_deterministic_and_do_not_depend_on_the_batch_size(
+    models: dict[str, Path], clip: ClipEmbedder, dino: DinoEmbedder
+) -> None:
+    images = [_noise(i, 48 + 8 * i) for i in range(5)] + [_drawing("red", "ellipse")]
+    refs = [RefView("1", _drawing("red", "ellipse"), (0.25, 0.0, 1.0, 0.75)),
+            RefView("2", _noise(9, 64))]  # fmt: skip
+    one = ClipEmbedder.load(str(models["clip"]), CPU, 1)
+    dino_one = DinoEmbedder.load(str(models["dino"]), CPU, 1)
+    for a, b in ((clip, one), (dino, dino_one)):
+        found = pair_scores(a, images, refs)
+        for key, again in pair_scores(a, images, refs).items():
+            assert np.array_equal(again, found[key])
+        for key, batched in pair_scores(b, images, refs).items():
+            np.testing.assert_allclose(batched, found[key], atol=1e-5)
+    text = "a red ball, on a long and winding road"
+    np.testing.assert_allclose(clip_t(one, images, text), clip_t(clip, images, text), atol=1e-5)
+    texts = ["a", text, "a blue box"]
+    np.testing.assert_allclose(one.embed_texts(texts), clip.embed_texts(texts), atol=1e-7)
+
+
+def test_a_dinov2_stands_in_for_dino(tmp_path: Path) -> None:
+    model = DinoEmbedder.load(str(_dino_folder(tmp_path, v2=True)), CPU, 2)
+    image = _drawing("red", "ellipse")
+    assert pair_scores(model, [image], [RefView("1", image)])["1"][0] == pytest.approx(100.0)
+
+
+def test_clip_t_reads_the_prompt_without_tokens_or_placeholders() -> None:
+    comp = Composition(
+        "A photo of [1] on top of [2].",
+        [Reference(1, "ball.png", ("<subject>",), "a red ball"),
+         Reference(2, "box.png", ("<background>",), "a blue box")],
+    )  # fmt: skip
+    assert prompt_text(comp) == "A photo of a red ball on top of a blue box."
+    raw = "Isolate <select> the cup in <image_1> , and place it before <background> <image_2>"
+    assert plain_text(raw) == "Isolate the cup in, and place it before"
+
+
+def test_a_missing_model_names_the_download_and_the_others_still_run(
+    models: dict[str, Path],
+) -> None:
+    sources = {"clip": "no-such-org/no-clip", "dino": str(models["dino"]),
+               "dreamsim": "/no/such/folder", "aes": str(models["aes"])}  # fmt: skip
+    scorers = scoring.load_scorers(scoring.METRICS, sources, CPU, 4)
+    assert scorers.models == {"dino": str(models["dino"])}
+    assert set(scorers.skipped) == {"clip_t", "clip_i", "clip_es", "aes", "dreamsim"}
+    assert "`hf download no-such-org/no-clip`" in scorers.skipped["clip_t"]
+    assert "huggingface-cli download no-such-org/no-clip" in scorers.skipped["aes"]
+    assert "pip install dreamsim" in scorers.skipped["dreamsim"]
+
+
+def test_the_aesthetic_head_reads_the_published_layout(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    head = aesthetic.load_aesthetic(str(models["aes"]), 768)
+    state = torch.load(models["aes"], weights_only=True)
+    assert sorted(state) == sorted(
+        f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")
+    )
+    assert state["layers.0.weight"].shape == (1024, 768)
+    assert state["layers.7.weight"].shape == (1, 16)
+    rows = np.random.default_rng(0).normal(size=(5, 768))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    ratings = head.score(rows)
+    assert ratings.shape == (5,)
+    np.testing.assert_allclose(head.score(rows[:1]), ratings[:1], atol=1e-6)
+    save_file(state, tmp_path / "model.safetensors")  # a folder holding model.safetensors
+    np.testing.assert_array_equal(aesthetic.load_aesthetic(str(tmp_path), 768).score(rows), ratings)
+    with pytest.raises(aesthetic.ModelUnavailable, match="768 values"):
+        aesthetic.load_aesthetic(str(models["aes"]), 512)
+    renamed = {k.replace("layers.", "mlp."): v for k, v in state.items()}
+    torch.save(renamed, tmp_path / "other.pth")
+    with pytest.raises(aesthetic.ModelUnavailable, match="not the predictor's weights"):
+        aesthetic.load_aesthetic(str(tmp_path / "other.pth"), 768)
+    (tmp_path / "html.pth").write_text("<!DOCTYPE html><html>a GitHub page, not weights")
+    with pytest.raises(aesthetic.ModelUnavailable, match="not the predictor's weights"):
+        aesthetic.load_aesthetic(str(tmp_path / "html.pth"), 768)
+    with pytest.raises(aesthetic.ModelUnavailable, match="hf download"):
+        aesthetic.load_aesthetic("no-such-org/no-aes", 768)
+
+
+def test_dreamsim_needs_its_package_and_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(dreamsim.ModelUnavailable, match=r"dino_vitb16_pretrain\.pth is missing"):
+        dreamsim.DreamSimEmbedder.load(str(tmp_path), CPU, 2)
+    for name in dreamsim.DREAMSIM_FILES:
+        (tmp_path / name).mkdir()
+    monkeypatch.setitem(sys.modules, "dreamsim", None)  # not installed
+    with pytest.raises(dreamsim.ModelUnavailable, match="package is not installed"):
+        dreamsim.DreamSimEmbedder.load(str(tmp_path), CPU, 2)
+
+    class StandIn:  # the package's API: embed() of preprocessed [B, 3, 224, 224] in 0..1
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3)) - 0.5
+
+    def preprocess(image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.asarray(image.resize((224, 224)), np.float32) / 255)
+        return pixels.permute(2, 0, 1)[None]
+
+    calls: list[dict[str, Any]] = []
+    package = types.ModuleType("dreamsim")
+    package.dreamsim = lambda **kw: calls.append(kw) or (StandIn(), preprocess)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "dreamsim", package)
+    model = dreamsim.DreamSimEmbedder.load(str(tmp_path), CPU, 2)
+    assert calls == [{"pretrained": True, "device": "cpu", "cache_dir": str(tmp_path)}]
+    ball, box = _drawing("red", "ellipse"), _drawing("blue", "box")
+    found = pair_scores(model, [ball, box, ball], [RefView("1", ball)])["1"]
+    assert found[0] == pytest.approx(100.0) and found[2] == pytest.approx(100.0)
+    assert found[1] < 100.0
+
+
+# ----------------------------------------------------------------------------- evaluate score
+
+
+def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A run folder: two items (one with a region, one with a distractor), two arms, seed 0."""
+    run = tmp_path / "run"
+    (run / "refs").mkdir(parents=True)
+    ball, box, cone = _drawing("red", "ellipse"), _drawing("blue", "box"), _drawing("green", "cone")
+    for name, image in (("ball", ball), ("box", box), ("cone", cone)):
+        image.save(run / "refs" / f"{name}.png")
+    pair = Composition(
+        "A photo of [1] on top of [2]",
+        [Reference(1, "refs/ball.png", ("<subject>",), "a red ball"),
+         Reference(2, "refs/box.png", ("<background>",), "a blue box")],
+    )  # fmt: skip
+    pick = Composition(
+        "Put [1] on a beach",
+        [Reference(1, "refs/ball.png", ("<subject>",), "a red ball"),
+         Reference(2, "refs/cone.png", ("<subject>",), "a green cone")],
+    )  # fmt: skip
+    _write_jsonl(run / "benchmark.jsonl", [
+        {"id": "pair", "family": "combine", "preset": preset_to_dict(pair),
+         "references": {"1": {"role": "wanted", "region": [0, 0, 0.5, 0.5]},
+                        "2": {"role": "wanted"}}},
+        {"id": "pick", "family": "select", "preset": preset_to_dict(pick),
+         "references": {"1": {"role": "wanted"}, "2": {"role": "distractor"}}, "target": None},
+    ])  # fmt: skip
+    scene = _noise(3)
+    scene.paste(ball, (0, 0))
+    pictures = {("pair", "mask=on"): scene, ("pair", "mask=off"): _noise(4),
+                ("pick", "mask=on"): ball, ("pick", "mask=off"): cone}  # fmt: skip
+    lines = []
+    for (item, arm), image in pictures.items():
+        file = f"images/{arm}/{item}/0.png"
+        (run / file).parent.mkdir(parents=True, exist_ok=True)
+        image.save(run / file)
+        lines.append({"item": item, "arm": arm, "seed": 0, "file": file, "seconds": 1.5,
+                      "prompt": "p"})  # fmt: skip
+    _write_jsonl(run / "generated.jsonl", lines)
+    (run / "run.json").write_text(json.dumps({
+        "version": 1, "benchmark": "bench.jsonl",
+        "arms": [{"name": "mask=on", "vary": {"mask": "on"}},
+                 {"name": "mask=off", "vary": {"mask": "off"}}],
+        "seeds": [0], "items": ["pair", "pick"]}))  # fmt: skip
+    return run
+
+
+def _score(run: Path, models: dict[str, Path], *extra: str) -> int:
+    argv = ["evaluate", "score", str(run), "--clip-model", str(models["clip"]),
+            "--dino-model", str(models["dino"]), "--aes-model", str(models["aes"]),
+            "--dreamsim-model", str(run.parent / "no-dreamsim"), "--device", "cpu",
+            *extra]  # fmt: skip
+    return cli.main(argv)
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_evaluate_score_end_to_end_and_resumed(
+    run: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _score(run, models, "--batch-size", "3") == 0
+    out, err = capsys.readouterr()
+    assert "scored 4 images (0 already scored)" in out
+    assert "dreamsim skipped: DreamSim: its weights are not in" in err
+    lines = _lines(run / "scores.jsonl")
+    got = {(s["item"], s["arm"]): s for s in lines}
+    assert [(s["item"], s["arm"], s["seed"]) for s in lines] == [
+        ("pair", "mask=on", 0), ("pair", "mask=off", 0),
+        ("pick", "mask=on", 0), ("pick", "mask=off", 0),
+    ]  # fmt: skip
+    assert got["pair", "mask=on"]["per_reference"]["clip_i"]["1"] == pytest.approx(100, abs=1e-6)
+    assert got["pick", "mask=on"]["clip_i"] == pytest.approx(100, abs=1e-6)  # the reference
+    assert got["pick", "mask=on"]["dino"] == pytest.approx(100, abs=1e-6)
+    assert got["pick", "mask=off"]["clip_es"] == pytest.approx(100, abs=1e-6)  # the distractor
+    pair = got["pair", "mask=off"]
+    assert pair["family"] == "combine" and got["pick", "mask=on"]["family"] == "select"
+    assert set(pair["per_reference"]["dino"]) == {"1", "2"}
+    assert pair["clip_i"] == pytest.approx(np.mean(list(pair["per_reference"]["clip_i"].values())))
+    assert pair["clip_es"] is None and pair["per_reference"]["clip_es"] == {}
+    assert pair["dreamsim"] is None and "dreamsim" not in pair["per_reference"]
+    assert all(isinstance(s["clip_t"], float) and isinstance(s["aes"], float) for s in lines)
+    summary = json.loads((run / "scores.json").read_text())
+    assert summary["metrics"] == list(scoring.METRICS)
+    assert summary["models"]["clip_t"] == str(models["clip"])
+    assert summary["models"]["dino"] == str(models["dino"])
+    assert "pip install dreamsim" in summary["skipped"]["dreamsim"]
+
+    before = (run / "scores.jsonl").read_bytes()
+    assert _score(run, models) == 0  # nothing new: not scored again
+    assert "scored 0 images (4 already scored)" in capsys.readouterr().out
+    assert (run / "scores.jsonl").read_bytes() == before
+    # an interrupted scoring: the last line torn mid-write
+    (run / "scores.jsonl").write_bytes(before[: before.rfind(b"\n", 0, -1) + 20])
+    assert _score(run, models, "--batch-size", "1") == 0
+    assert "scored 1 images (3 already scored)" in capsys.readouterr().out
+    again = _lines(run / "scores.jsonl")
+    assert len(again) == 4 and again[3]["aes"] == pytest.approx(lines[3]["aes"], abs=1e-5)
+    assert again[3]["clip_t"] == pytest.approx(lines[3]["clip_t"], abs=1e-5)
+
+
+def test_other_models_score_again(
+    run: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _score(run, models, "--metrics", "dino") == 0
+    assert _lines(run / "scores.jsonl")[0]["clip_t"] is None
+    assert _score(run, models, "--metrics", "clip_t,dino") == 0  # CLIP-T is new: all again
+    assert "scored 4 images (0 already scored)" in capsys.readouterr().out.splitlines()[-1]
+    assert len(_lines(run / "scores.jsonl")) == 8
+
+
+def _set(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _preset(prompt: str) -> dict[str, Any]:
+    return {**preset_to_dict(Composition("p")), "prompt": prompt}
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda run: shutil.rmtree(run), "is not a run folder"),
+        (lambda run: _set(run / "run.json", "{not json"), "run.json: malformed JSON"),
+        (lambda run: _set(run / "run.json", '{"version": 7}'), "version: 7 is not an integer"),
+        (lambda run: (run / "run.json").unlink(), "cannot read the run file"),
+        (lambda run: _set(run / "generated.jsonl", '{"item": "pair"}\n{}\n'),
+         "generated.jsonl:1: arm: missing"),
+        (lambda run: _set(run / "generated.jsonl", '[1]\n'), "expected an object, got a list"),
+        (lambda run: _set(run / "generated.jsonl", json.dumps(
+            {"item": "pair", "arm": "a", "seed": 0, "file": "../../escape.png"}) + "\n"),
+         "'../../escape.png'"),
+        (lambda run: _set(run / "generated.jsonl", json.dumps(
+            {"item": "nope", "arm": "a", "seed": 0, "file": "x.png"}) + "\n"),
+         "item 'nope' is not in benchmark.jsonl"),
+        (lambda run: _set(run / "benchmark.jsonl", json.dumps(
+            {"id": "pair", "family": "combine", "preset": _preset("[1]")}) + "\n"),
+         "item 'pair': preset: prompt: places slot 1"),
+        (lambda run: _set(run / "benchmark.jsonl", json.dumps(
+            {"id": "x", "family": "combine", "preset": _preset("p"),
+             "references": {"1": {"role": "wanted"}}}) + "\n"),
+         "references.1: the preset has no slot 1"),
+    ],
+)  # fmt: skip
+def test_hostile_run_folders_exit_2(
+    run: Path, models: dict[str, Path], spoil: Any, message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    spoil(run)
+    assert _score(run, models) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "internal error" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--metrics", "clip_t,fid"], "--metrics: 'fid' is not a metric"),
+        (["--batch-size", "0"], "--batch-size: 0 is not from 1 to 1024"),
+        (["--batch-size", "5000"], "--batch-size: 5000"),
+    ],
+)
+def test_bad_options_exit_2(
+    run: Path, models: dict[str, Path], extra: list[str], message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    assert _score(run, models, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (run / "scores.jsonl").exists()
+
+
+def test_part_files_merge_in_generated_order(run: Path) -> None:
+    """Under accelerate each process appends to its own part file; the main process moves the
+    lines into scores.jsonl in generated.jsonl's order, after what is there."""
+    items = run_folder.read_items(run)
+    order = run_folder.read_generated(run, items)
+    lines = [{"item": g.item, "arm": g.arm, "seed": g.seed, "models": {"dino": "d"}} for g in order]
+    _write_jsonl(run / "scores.jsonl", lines[:1])
+    _write_jsonl(score_files.part_file(run, 1), [lines[3], lines[1]])
+    score_files.part_file(run, 0).write_text(json.dumps(lines[2]) + "\n" + '{"item": "pa')
+    assert score_files.scored(run, {"dino": "d"}) == {g.key for g in order}
+    assert score_files.scored(run, {"dino": "other"}) == set()
+    assert score_files.merge_parts(run, order) == 3
+    assert _lines(run / "scores.jsonl") == lines
+    assert not list(run.glob("scores.part*"))
