@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import pytest
 from PIL import Image
 
 from sigma_core.cli import main as cli_main
+from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation.contact_sheet import TILE
 from sigma_core.inputs.png import save_png_with_text
 from sigma_core.inputs.preset import PNG_NOTICE_KEY
+from sigma_core.inputs.records import Anything, Map, read_json_lines
 
 ARMS = ("mask=on", "mask=off")
 ITEMS = {"a": "combine", "b": "combine", "c": "select"}
@@ -324,3 +327,20 @@ def test_an_unscored_run_names_the_command_that_scores_it(tmp_path, capsys):
     (run / "scores.jsonl").unlink()
     assert report(run) == 2
     assert "run `python -m sigma_core evaluate score" in capsys.readouterr().err
+
+
+def test_the_json_lines_reader_bounds_each_line_and_never_opens_a_fifo(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": "' + b"x" * 100 + b'"}\n')
+    lines = read_json_lines(path, Map(Anything()), what="list", max_line_bytes=50)
+    assert next(lines) == (1, {"a": 1})
+    with pytest.raises(
+        SigmaInputError, match=r"list\.jsonl, line 3: a line of the list is over 50"
+    ):
+        next(lines)
+    path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
+    with pytest.raises(SigmaInputError, match=r"line 2: not UTF-8 text"):
+        list(read_json_lines(path, Map(Anything()), what="list"))
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(SigmaInputError, match="not a regular file"):
+        list(read_json_lines(tmp_path / "fifo", Map(Anything()), what="list"))
