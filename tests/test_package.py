@@ -70,11 +70,15 @@ def _normalized(requirements: list[str]) -> set[str]:
 # --- requirement files ---------------------------------------------------------------------------
 
 
-def test_requirements_txt_is_pyproject_dependencies_plus_studio_quant_and_train(pyproject):
+def test_requirements_txt_is_pyproject_dependencies_plus_studio_quant_train_and_eval(pyproject):
     project = pyproject["project"]
     extras = project["optional-dependencies"]
     expected = _normalized(
-        project["dependencies"] + extras["studio"] + extras["quant"] + extras["train"]
+        project["dependencies"]
+        + extras["studio"]
+        + extras["quant"]
+        + extras["train"]
+        + extras["eval"]
     )
     assert _requirement_lines("requirements.txt") == expected
 
@@ -86,7 +90,7 @@ def test_requirements_dev_txt_is_the_dev_extra(pyproject):
 
 def test_every_extra_is_in_a_requirement_file_but_fp8(pyproject):
     # fp8 (torchao) only helps on GPUs of compute capability >= 8.9; CPU installs skip it.
-    extras = {"studio", "quant", "train", "fp8", "dev"}
+    extras = {"studio", "quant", "train", "eval", "fp8", "dev"}
     assert set(pyproject["project"]["optional-dependencies"]) == extras
 
 

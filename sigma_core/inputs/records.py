@@ -1,24 +1,26 @@
 """Files SIGMA Studio wrote and reads back (a training checkpoint's JSON, the exported weights'
-``sigma_training.json``, make-tiny's marker), each checked against a declared schema.
+``sigma_training.json``, make-tiny's marker, an evaluation run's JSON and JSON Lines), each
+checked against a declared schema.
 
 A file the tool wrote can still be cut short, edited or swapped, so it is read as a stranger's
 preset is: its size capped before a byte is read (a FIFO is never opened), its nesting measured
 before parsing, numbers strict. Then every value is checked against the file's schema (types,
 ranges, required keys, no key the writer never writes), and the first that breaks it is refused
-as ``<file>: <field path>: <what is wrong>``, a :class:`CheckpointError` (exit 2), instead of a
-traceback halfway through a resume.
+as ``<file>: <field path>: <what is wrong>`` (``<file>, line N: ...`` in JSON Lines), a
+:class:`CheckpointError` or the caller's error (exit 2), instead of a traceback halfway through
+a resume.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from sigma_core.errors import CheckpointError, SigmaError
+from sigma_core.errors import CheckpointError, SigmaError, SigmaInputError
 from sigma_core.inputs.fields import (
     Problems,
     check_keys,
@@ -189,18 +191,30 @@ def read_bounded(path: Path, max_bytes: int, *, what: str, error: type[SigmaErro
     """The bytes of a regular file of at most ``max_bytes`` (whole MB), its kind and size checked
     before it is opened: a FIFO or a device is never opened (it could block for ever). One byte
     more than the limit is read, to see a file that grew since. ``error`` names the file."""
+    size = _regular_file_size(path, what, error)
     try:
-        st = os.stat(path)
-        regular = stat.S_ISREG(st.st_mode)
-        data = b"" if not regular or st.st_size > max_bytes else _head(path, max_bytes + 1)
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else cut(str(e), 80)
-        raise error(f"{path}: cannot read the {what} ({reason})") from None
-    if not regular:
-        raise error(f"{path}: not a regular file; a {what} is one")
-    if st.st_size > max_bytes or len(data) > max_bytes:
+        data = b"" if size > max_bytes else _head(path, max_bytes + 1)
+    except (OSError, ValueError) as e:
+        raise _unreadable(path, what, e, error) from None
+    if size > max_bytes or len(data) > max_bytes:
         raise error(f"{path}: a {what} is at most {max_bytes >> 20} MB")
     return data
+
+
+def _regular_file_size(path: Path, what: str, error: type[SigmaError]) -> int:
+    """The size of ``path``, refused unless it is a regular file (stat only: nothing opened)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise _unreadable(path, what, e, error) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file; a {what} is one")
+    return st.st_size
+
+
+def _unreadable(path: Path, what: str, e: Exception, error: type[SigmaError]) -> SigmaError:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else cut(str(e), 80)
+    return error(f"{path}: cannot read the {what} ({reason})")
 
 
 def _head(path: Path, size: int) -> bytes:
@@ -208,25 +222,59 @@ def _head(path: Path, size: int) -> bytes:
         return f.read(size)
 
 
-def read_record(path: Path, schema: Obj) -> dict[str, Any]:
-    """The JSON object in ``path``, checked against ``schema``; a CheckpointError naming the
-    file and the first field that does not fit otherwise."""
-    data = read_bounded(path, MAX_RECORD_BYTES, what="checkpoint file", error=CheckpointError)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: not UTF-8 text; this file is JSON") from None
-    parsed = parse_json(
-        text, str(path), error=CheckpointError, needs="SIGMA Studio's files nest at most 4"
-    )
-    check_record(parsed, schema, str(path), error=CheckpointError)
+def read_record(
+    path: Path,
+    schema: Obj,
+    *,
+    what: str = "checkpoint file",
+    error: type[SigmaError] = CheckpointError,
+) -> dict[str, Any]:
+    """The JSON object in ``path``, checked against ``schema``; an ``error`` naming the file and
+    the first field that does not fit otherwise."""
+    data = read_bounded(path, MAX_RECORD_BYTES, what=what, error=error)
+    parsed = _parse(data, str(path), error)
+    check_record(parsed, schema, str(path), error=error)
     return parsed
 
 
 def check_record(value: Any, schema: Spec, where: str, *, error: type[SigmaError]) -> None:
-    """``value`` checked against ``schema``; ``error`` names ``where`` (a file, a file's line)
-    and the first field that does not fit."""
+    """Refuse ``value`` unless it fits ``schema``: ``error`` says ``where: field: problem``."""
     try:
         schema.check(value, "")
     except _Refusal as e:
         raise error(f"{where}: {e}") from None
+
+
+def read_json_lines(
+    path: Path,
+    schema: Spec,
+    *,
+    what: str,
+    max_line_bytes: int = MAX_RECORD_BYTES,
+    error: type[SigmaError] = SigmaInputError,
+) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line of a JSON Lines file with its line number, checked against
+    ``schema``. The file is read a line at a time (a line over ``max_line_bytes`` is refused
+    unread), so one with embedded images never sits in memory whole; every refusal names
+    ``<file>, line N``."""
+    _regular_file_size(path, what, error)
+    try:
+        with open(path, "rb") as f:
+            for number, line in enumerate(iter(lambda: f.readline(max_line_bytes + 1), b""), 1):
+                where = f"{path}, line {number}"
+                if len(line) > max_line_bytes:
+                    raise error(f"{where}: a line of the {what} is over {max_line_bytes:,} bytes")
+                if line.strip():
+                    record = _parse(line, where, error)
+                    check_record(record, schema, where, error=error)
+                    yield number, record
+    except OSError as e:
+        raise _unreadable(path, what, e, error) from None
+
+
+def _parse(data: bytes, where: str, error: type[SigmaError]) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{where}: not UTF-8 text; this file is JSON") from None
+    return parse_json(text, where, error=error, needs="SIGMA Studio's files nest at most 4")
