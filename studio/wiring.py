@@ -8,69 +8,30 @@ so the user's work is kept (:func:`warns`).
 
 from __future__ import annotations
 
-import functools
 import html
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
 from sigma_core import SigmaError, SigmaInputError
-from studio import api, autosave, compose, modes, presets, render, runs, slots, views
+from studio import api, autosave, compose, modes, presets, render, runs, views
 from studio.engine import Studio, refusals
 from studio.forms import Draft, to_draft
-from studio.page import CANCEL_JS, CURSOR_JS, RAW, Page, SlotControls, reference_value, with_cover
+from studio.handlers import quiet, warn, warns
+from studio.page import CANCEL_JS, RAW, Page, reference_value, with_cover
+from studio.slot_events import wire_slots
 
 ENGINE_QUEUE = "engine"  # the concurrency id every generation shares: one at a time
-Handler = TypeVar("Handler", bound=Callable[..., Any])
-
-
-def _warn(error: SigmaError) -> None:
-    gr.Warning(html.escape(views.redact(str(error))))  # toasts render HTML: <id> stays visible
-
-
-def warns(keep: Callable[[], Any]) -> Callable[[Handler], Handler]:
-    """A handler whose SigmaError becomes a warning toast and ``keep()``: its outputs as they
-    were (``gr.skip``, ``Page.keep_form`` ...), so the user's work is kept. A generator handler
-    (a run) yields ``keep()`` once instead. The wrapper keeps the handler's signature (gradio
-    finds gr.Request, gr.EventData and gr.Progress there) and its kind (gradio streams a
-    generator)."""
-
-    def decorate(handler: Handler) -> Handler:
-        if inspect.isgeneratorfunction(handler):
-
-            @functools.wraps(handler)
-            def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                try:
-                    yield from handler(*args, **kwargs)
-                except SigmaError as e:
-                    _warn(e)
-                    yield keep()
-
-            return cast(Handler, stream)
-
-        @functools.wraps(handler)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return handler(*args, **kwargs)
-            except SigmaError as e:
-                _warn(e)
-                return keep()
-
-        return cast(Handler, call)
-
-    return decorate
 
 
 def wire(studio: Studio, page: Page, demo: gr.Blocks, entries: list[presets.PresetEntry]) -> None:
     """Every event of ``page`` (built in ``demo`` from the presets ``entries``), and the API."""
     _wire_checks(studio, page, demo)
-    _wire_slots(studio, page, demo)
+    wire_slots(studio, page)
     _wire_engine(studio, page, demo)
     _wire_generation(studio, page)
     _wire_results(studio, page, demo)
@@ -81,11 +42,6 @@ def wire(studio: Studio, page: Page, demo: gr.Blocks, entries: list[presets.Pres
         studio.sessions.forget(request.session_hash)
 
     demo.unload(forget)
-
-
-def _quiet(**kwargs: Any) -> dict[str, Any]:
-    """Event options of the small UI events: never queued behind a run, not in the API."""
-    return {"concurrency_limit": None, "api_visibility": "private", **kwargs}
 
 
 def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
@@ -104,7 +60,7 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     gr.on(
         triggers, refresh, inputs=page.draft_inputs,
         outputs=[page.slot_strip, *page.check_outputs], **RAW,
-        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+        **quiet(trigger_mode="always_last", show_progress="hidden"),
     )  # fmt: skip
 
     def check(data: dict[Any, Any]) -> list[Any]:
@@ -113,7 +69,7 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     # The banner changes with the engine (a switch, a run's memory): the prediction follows.
     page.banner.change(
         check, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW,
-        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+        **quiet(trigger_mode="always_last", show_progress="hidden"),
     )  # fmt: skip
 
     @warns(keep=gr.skip)
@@ -123,7 +79,7 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         return gr.update(value=str(path), visible=True)
 
     page.mask_button.click(
-        show_mask, inputs=page.draft_inputs, outputs=[page.mask_image], **RAW, **_quiet()
+        show_mask, inputs=page.draft_inputs, outputs=[page.mask_image], **RAW, **quiet()
     )
 
     @warns(keep=gr.skip)
@@ -131,131 +87,8 @@ def _wire_checks(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         return compose.auto_compose(page.draft_of(data))
 
     page.auto_button.click(
-        auto, inputs=page.draft_inputs, outputs=[page.prompt], **RAW, **_quiet()
-    ).then(check, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW, **_quiet())
-
-
-def _wire_slots(studio: Studio, page: Page, demo: gr.Blocks) -> None:
-    """Each slot's own events (upload, crop, face crop, attributes), and the changes of the
-    form: add, remove, move, drag in the strip."""
-
-    def settle(data: dict[Any, Any]) -> list[Any]:
-        """The view again from the page as it is now: after two answers crossed (a slot's face
-        crop and an added slot), the last to settle shows both."""
-        return render.view_of(studio, page, page.draft_of(data))
-
-    settled = {"fn": settle, "inputs": page.draft_inputs, "outputs": page.view_outputs, **RAW}
-    settled |= _quiet(show_progress="hidden")
-
-    def form_handler(change: Callable[[Draft], Draft]) -> Callable[[dict[Any, Any]], list[Any]]:
-        @warns(keep=lambda: page.keep_form() + [gr.skip()] * len(page.view_outputs))
-        def handler(data: dict[Any, Any]) -> list[Any]:
-            old = page.draft_of(data)
-            draft = change(old)
-            return page.form_changes(old, draft) + render.view_of(studio, page, draft)
-
-        return handler
-
-    for k, sc in enumerate(page.slots, start=1):
-        _wire_slot(studio, page, k, sc, settled)
-        for button, change in (
-            (sc.up, lambda d, k=k: slots.move_slot(d, k, -1)),
-            (sc.down, lambda d, k=k: slots.move_slot(d, k, +1)),
-            (sc.remove, lambda d, k=k: slots.remove_slot(d, k)),
-        ):
-            button.click(
-                form_handler(change), inputs=page.draft_inputs,
-                outputs=page.form_outputs + page.view_outputs, **RAW, **_quiet(),
-            ).then(**settled)  # fmt: skip
-
-        def insert(text: str | None, at: float | None, k: int = k) -> str:
-            return slots.insert_reference(text or "", k, None if at is None else int(at))[0]
-
-        sc.insert.click(
-            insert, inputs=[page.prompt, page.cursor], outputs=[page.prompt], js=CURSOR_JS,
-            **_quiet(),
-        ).then(
-            lambda data: render.checks(studio, page, page.draft_of(data)), inputs=page.draft_inputs,
-            outputs=page.check_outputs, **RAW, **_quiet(show_progress="hidden"),
-        )  # fmt: skip
-
-    max_slots = studio.options.max_references
-    page.add_button.click(
-        form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs, **RAW,
-        outputs=page.form_outputs + page.view_outputs, **_quiet(),
-    ).then(**settled)  # fmt: skip
-
-    def drop(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
-        order = getattr(event, "_data", None) or {}
-        return form_handler(lambda d: slots.reorder_slots(d, order.get("order")))(data)
-
-    page.slot_strip.input(
-        drop, inputs=page.draft_inputs, outputs=page.form_outputs + page.view_outputs, **RAW,
-        **_quiet(),
-    ).then(**settled)  # fmt: skip
-
-
-def _wire_slot(
-    studio: Studio, page: Page, k: int, sc: SlotControls, settled: dict[str, Any]
-) -> None:
-    """Slot k's upload, cleared image, attributes, crop (typed, dragged, or to the face): each
-    answered with the slot's view, the strip and the checks, in one response; the slower
-    ones (an upload, the face crop, background removal) then ``settled`` (see _wire_slots)."""
-    outputs = [sc.image, sc.crop, sc.upload_note, sc.face_seen, sc.thumb, sc.info, sc.cropper]
-    outputs += [sc.last_good, page.slot_strip, *page.check_outputs]
-    inputs = {*page.draft_inputs, sc.last_good, sc.face_seen}
-
-    def answer(data: dict[Any, Any], what: str, box: Any = None) -> list[Any]:
-        draft = page.draft_of(data)
-        form, seen = draft.slots[k - 1], data[sc.face_seen]
-        image, crop, note = gr.skip(), gr.skip(), gr.skip()
-        if what == "upload":
-            kept, problem = slots.check_upload(k, form.image, data[sc.last_good])
-            note = views.messages([problem], []) if problem else ""
-            if problem:
-                image, form = kept, replace(form, image=kept)
-        elif what == "drag":
-            crop = slots.crop_text(box, form, k)
-            form = replace(form, crop=crop)
-        elif what == "background":
-            image, told = slots.without_background(form, k, studio.files)
-            form, note = replace(form, image=image), views.note(told)
-        auto = what in ("upload", "attributes") and slots.wants_face_crop(form, seen)
-        if what == "face" or auto:
-            try:
-                crop, told = slots.face_crop(form, k)
-                form = replace(form, crop=crop)
-            except SigmaError as e:  # a face crop of its own accord never stops an upload
-                if not auto:
-                    raise
-                told = str(e)
-            seen, note = form.image, views.note(told)
-        draft = replace(draft, slots=(*draft.slots[: k - 1], form, *draft.slots[k:]))
-        return [
-            image, crop, note, seen, *render.slot_view(form, k), views.slot_strip(draft),
-            *render.checks(studio, page, draft),
-        ]  # fmt: skip
-
-    quiet = _quiet(show_progress="hidden")
-    keep = warns(keep=lambda: [gr.skip()] * len(outputs))
-    for event, what in (
-        (sc.image.upload, "upload"), (sc.image.clear, "clear"),
-        (sc.attributes.input, "attributes"), (sc.crop.input, "typed"), (sc.crop.blur, "typed"),
-        (sc.face_button.click, "face"), (sc.background_button.click, "background"),
-    ):  # fmt: skip
-        answered = event(keep(functools.partial(_call, answer, what)), inputs=inputs,
-                         outputs=outputs, **RAW, **quiet)  # fmt: skip
-        if what in ("upload", "attributes", "face", "background"):
-            answered.then(**settled)
-
-    def dragged(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
-        return answer(data, "drag", (getattr(event, "_data", None) or {}).get("box"))
-
-    sc.cropper.input(keep(dragged), inputs=inputs, outputs=outputs, **RAW, **quiet)
-
-
-def _call(answer: Callable[..., list[Any]], what: str, data: dict[Any, Any]) -> list[Any]:
-    return answer(data, what)
+        auto, inputs=page.draft_inputs, outputs=[page.prompt], **RAW, **quiet()
+    ).then(check, inputs=page.draft_inputs, outputs=page.check_outputs, **RAW, **quiet())
 
 
 def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
@@ -266,7 +99,7 @@ def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     def offload_for(precision: str) -> Any:
         return gr.update(choices=modes.offload_choices(refused, precision))
 
-    page.precision.input(offload_for, inputs=[page.precision], outputs=[page.offload], **_quiet())
+    page.precision.input(offload_for, inputs=[page.precision], outputs=[page.offload], **quiet())
 
     def current() -> dict[Any, Any]:
         """The engine's modes now (another session may have switched them)."""
@@ -285,7 +118,7 @@ def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         try:
             done = modes.switch_engine(studio.engine, precision, offload)
         except SigmaError as e:
-            _warn(e)
+            warn(e)
             yield {**current(), page.engine_status: views.messages([str(e)], [])}
             return
         yield {**current(), page.engine_status: html.escape(done)}
@@ -296,7 +129,7 @@ def _wire_engine(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
         show_progress_on=[page.engine_status], api_visibility="private",
     )  # fmt: skip
-    demo.load(current, outputs=engine_outputs[:3], **_quiet())
+    demo.load(current, outputs=engine_outputs[:3], **quiet())
 
 
 _PROGRESS = gr.Progress()  # a marker default: gradio gives each call its own tracker
@@ -343,7 +176,7 @@ def _wire_generation(studio: Studio, page: Page) -> None:
         (page.generate_button, run, {*page.draft_inputs, page.history}),
         (page.ab_button, run_ab, {page.selected, page.history}),
     ):
-        button.click(arm, **_quiet()).then(
+        button.click(arm, **quiet()).then(
             fn, inputs=inputs, outputs=page.result_outputs, concurrency_id=ENGINE_QUEUE,
             concurrency_limit=1, show_progress="minimal", show_progress_on=[page.status],
             api_visibility="private", **RAW,
@@ -351,7 +184,7 @@ def _wire_generation(studio: Studio, page: Page) -> None:
     # Off the queue: a Cancel never waits behind anything, least of all the run it stops.
     # The "Cancelling" text is the browser's own (CANCEL_JS): a reply from the server could
     # arrive after the run's last word and hide it.
-    page.cancel_button.click(cancel, js=CANCEL_JS, queue=False, **_quiet())
+    page.cancel_button.click(cancel, js=CANCEL_JS, queue=False, **quiet())
 
     def reuse(entry: dict[str, Any] | None, stored: Any) -> list[Any]:
         latest = entry or next(iter(runs.valid_history(stored)), None)
@@ -362,7 +195,7 @@ def _wire_generation(studio: Studio, page: Page) -> None:
 
     page.reuse_seed.click(
         reuse, inputs=[page.selected, page.history],
-        outputs=[page.settings.seed_mode, page.settings["seed"]], **_quiet(),
+        outputs=[page.settings.seed_mode, page.settings["seed"]], **quiet(),
     )  # fmt: skip
 
 
@@ -423,7 +256,7 @@ def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
 
     page.gallery.select(
         on_select, inputs=[page.history],
-        outputs=[page.selected, page.result_info, page.download, page.compare_with], **_quiet(),
+        outputs=[page.selected, page.result_info, page.download, page.compare_with], **quiet(),
     )  # fmt: skip
 
     @warns(keep=gr.skip)
@@ -434,7 +267,7 @@ def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
         return gr.update(value=pair, label=runs.compare_label(int(slot)))
 
     page.compare_with.input(
-        compare, inputs=[page.selected, page.compare_with], outputs=[page.slider], **_quiet()
+        compare, inputs=[page.selected, page.compare_with], outputs=[page.slider], **quiet()
     )
 
     def restore(data: dict[Any, Any], _: dict[str, Any]) -> Draft:
@@ -449,7 +282,7 @@ def _wire_results(studio: Studio, page: Page, demo: gr.Blocks) -> None:
     def load_page(stored: Any) -> list[Any]:
         return runs.gallery_items(stored, studio.files)
 
-    demo.load(load_page, inputs=[page.history], outputs=[page.gallery], **_quiet())
+    demo.load(load_page, inputs=[page.history], outputs=[page.gallery], **quiet())
 
 
 def _wire_load(
@@ -470,7 +303,7 @@ def _wire_load(
         return page.form_of(draft) + render.view_of(studio, page, draft) + undo + extra
 
     event(load, inputs={*page.draft_inputs, *inputs}, outputs=[*load_outputs, *extra_outputs],
-          **RAW, **_quiet())  # fmt: skip
+          **RAW, **quiet())  # fmt: skip
 
 
 def _wire_presets(
@@ -512,7 +345,7 @@ def _wire_presets(
 
     page.undo_button.click(
         undo, inputs={page.before_load}, outputs=[*page.form_outputs, *page.view_outputs,
-        page.before_load, page.undo_button], **_quiet(),
+        page.before_load, page.undo_button], **quiet(),
     )  # fmt: skip
 
     def keep_draft(data: dict[Any, Any]) -> dict[str, Any]:
@@ -523,7 +356,7 @@ def _wire_presets(
     triggers += [c.change for c in page.settings.values]
     gr.on(
         triggers, keep_draft, inputs=page.draft_inputs, outputs=[page.saved_draft], **RAW,
-        **_quiet(trigger_mode="always_last", show_progress="hidden"),
+        **quiet(trigger_mode="always_last", show_progress="hidden"),
     )  # fmt: skip
 
     def reopen(stored: Any) -> list[Any]:
@@ -538,7 +371,7 @@ def _wire_presets(
         reopen,
         inputs=[page.saved_draft],
         outputs=page.form_outputs + page.view_outputs,
-        **_quiet(),
+        **quiet(),
     )
 
     @warns(keep=gr.skip)
@@ -547,7 +380,7 @@ def _wire_presets(
                          visible=True)  # fmt: skip
 
     page.save_button.click(
-        save, inputs=page.draft_inputs, outputs=[page.preset_file], **RAW, **_quiet()
+        save, inputs=page.draft_inputs, outputs=[page.preset_file], **RAW, **quiet()
     )
 
 

@@ -23,11 +23,11 @@ from sigma_core.inputs.settings import describe_layout
 from studio.app import build_app
 from studio.engine import load_engine
 from studio.forms import Draft, SettingsForm
+from studio.handlers import warns
 from studio.main import main, serve
 from studio.options import PRESETS_DIR, default_model, engine_lock, parse_options
 from studio.page import build_page
 from studio.settings_panel import ROWS, elem_id
-from studio.wiring import warns
 
 pytest_plugins = ["tests.studio_fixtures"]
 
