@@ -208,10 +208,19 @@ def _head(path: Path, size: int) -> bytes:
         return f.read(size)
 
 
-def read_record(path: Path, schema: Obj) -> dict[str, Any]:
-    """The JSON object in ``path``, checked against ``schema``; a CheckpointError naming the
-    file and the first field that does not fit otherwise."""
-    data = read_bounded(path, MAX_RECORD_BYTES, what="checkpoint file", error=CheckpointError)
+def check_value(value: Any, schema: Spec, where: str, error: type[SigmaError]) -> None:
+    """Raise ``error`` as ``<where>: <field path>: <what is wrong>`` when ``value`` breaks
+    ``schema`` (a line of a JSONL file is checked with it, ``where`` naming the line)."""
+    try:
+        schema.check(value, "")
+    except _Refusal as e:
+        raise error(f"{where}: {e}") from None
+
+
+def read_record(path: Path, schema: Obj, *, what: str = "checkpoint file") -> dict[str, Any]:
+    """The JSON object in ``path`` (a ``what``), checked against ``schema``; a CheckpointError
+    naming the file and the first field that does not fit otherwise."""
+    data = read_bounded(path, MAX_RECORD_BYTES, what=what, error=CheckpointError)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -219,8 +228,5 @@ def read_record(path: Path, schema: Obj) -> dict[str, Any]:
     parsed = parse_json(
         text, str(path), error=CheckpointError, needs="SIGMA Studio's files nest at most 4"
     )
-    try:
-        schema.check(parsed, "")
-    except _Refusal as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    check_value(parsed, schema, str(path), CheckpointError)
     return parsed
