@@ -163,10 +163,10 @@ class Engines:
     """The engine of the arm at hand, loaded once per precision (the work list is ordered so
     that each loads once), the previous one freed first."""
 
-    def __init__(self, choice: EngineChoice, device: Any) -> None:
-        self.choice, self.device = choice, device
-        self.precision: str | None = None
-        self.pipe: Any = None
+    def __init__(self, choice: EngineChoice, device: Any, pipe: Any = None) -> None:
+        """``pipe``: an engine already built for ``choice`` (benchmarks build random weights)."""
+        self.choice, self.device, self.pipe = choice, device, pipe
+        self.precision: str | None = choice.precision if pipe is not None else None
 
     def for_arm(self, arm: Arm) -> Any:
         precision = arm.precision(self.choice.precision)
