@@ -32,7 +32,7 @@ from sigma_core.evaluation.arms import Arm, parse_arms
 from sigma_core.evaluation.benchmark import MANIFEST, Benchmark, copy_text, load_benchmark
 from sigma_core.inputs.outfile import check_run_folder, write_atomic
 from sigma_core.inputs.records import Anything, Int, Map, Obj, Seq, Str, read_record
-from sigma_core.inputs.settings import SETTING_SPECS, settings_from_text
+from sigma_core.inputs.settings import SETTING_SPECS, SPECS, settings_from_text
 from sigma_core.limits import MAX_EVAL_SEEDS
 from sigma_core.model.modes import EngineChoice
 
@@ -108,6 +108,11 @@ def check_spec(args: argparse.Namespace) -> RunSpec:
         for spec in SETTING_SPECS
         if spec.flag and getattr(args, spec.flag, None) is not None
     }
+    for name, text in overrides.items():
+        try:
+            settings_from_text({name: text})
+        except SigmaInputError as e:
+            raise SigmaInputError(f"--{SPECS[name].flag}: {e}") from None
     for item in bench.items:  # each arm's settings are checked as a preset's are
         for arm in arms:
             try:
@@ -215,11 +220,12 @@ def main(args: argparse.Namespace) -> int:
     """Run ``evaluate generate``; returns the exit code (errors raise a SigmaError: exit 2)."""
     spec = check_spec(args)
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from sigma_core.runtime.device import resolve_device
     from sigma_core.runtime.loader import LoadOptions
 
-    state = PartialState()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `launch --cpu` sets it
     world = state.num_processes
     device = resolve_device(args.device or (str(state.device) if world > 1 else None))
     for precision in dict.fromkeys(arm.precision(spec.engine.precision) for arm in spec.arms):
