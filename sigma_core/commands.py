@@ -191,11 +191,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)  # before the pipeline's imports (diffusers: seconds)
 
-    from sigma_core.runtime import SigmaPipeline
+    from sigma_core.runtime.engine import load_engine
 
     if not choice.checkpoint:
         print("no --checkpoint: using the preview engine (random weights)", file=sys.stderr)
-    pipe = SigmaPipeline.from_choice(choice, device)
+    pipe = load_engine(choice, device)
     for warning in pipe.plan(comp).warnings:
         print(f"warning: {warning}", file=sys.stderr)
     live = sys.stderr.isatty()

@@ -168,17 +168,22 @@ def _roles(raw: dict[str, Any], comp: Composition, where: str) -> dict[int, Refe
                 f"{where}: references.{key[:20]}: the preset has no slot {key[:20]!r} "
                 f"(slots: {have})"
             )
-        region = value.get("region")
-        if region is not None:
-            x0, y0, x1, y1 = region
-            if not (x0 < x1 <= 1 and y0 < y1 <= 1):
-                raise SigmaInputError(
-                    f"{where}: references.{key}.region: {region} must be [x0, y0, x1, y1], "
-                    "fractions of the output from 0 to 1 with x0 < x1 and y0 < y1"
-                )
-            region = tuple(float(v) for v in region)
-        roles[int(key)] = ReferenceRole(value["role"], region)
+        roles[int(key)] = ReferenceRole(value["role"], _region(value.get("region"), key, where))
     return roles
+
+
+def _region(
+    region: list[float] | None, key: str, where: str
+) -> tuple[float, float, float, float] | None:
+    if region is None:
+        return None
+    x0, y0, x1, y1 = (float(v) for v in region)
+    if not (x0 < x1 <= 1 and y0 < y1 <= 1):
+        raise SigmaInputError(
+            f"{where}: references.{key}.region: {region} must be [x0, y0, x1, y1], "
+            "fractions of the output from 0 to 1 with x0 < x1 and y0 < y1"
+        )
+    return x0, y0, x1, y1
 
 
 # ----------------------------------------------------------------------------- a copy

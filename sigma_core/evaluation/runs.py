@@ -103,16 +103,7 @@ def check_spec(args: argparse.Namespace) -> RunSpec:
     check_run_folder(args.out, "RUN")
     bench = load_benchmark(args.benchmark)
     bench = replace(bench, items=bench.items[: args.limit])
-    overrides = {
-        spec.name: str(getattr(args, spec.flag))
-        for spec in SETTING_SPECS
-        if spec.flag and getattr(args, spec.flag, None) is not None
-    }
-    for name, text in overrides.items():
-        try:
-            settings_from_text({name: text})
-        except SigmaInputError as e:
-            raise SigmaInputError(f"--{SPECS[name].flag}: {e}") from None
+    overrides = _overrides(args)
     for item in bench.items:  # each arm's settings are checked as a preset's are
         for arm in arms:
             try:
@@ -123,6 +114,21 @@ def check_spec(args: argparse.Namespace) -> RunSpec:
                 ) from None
     given = str(Path(args.benchmark))
     return RunSpec(bench, given, arms, tuple(range(args.seeds)), engine, overrides)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The settings the flags give (``--steps``, ``--size``), as text, each checked alone."""
+    overrides = {
+        spec.name: str(getattr(args, spec.flag))
+        for spec in SETTING_SPECS
+        if spec.flag and getattr(args, spec.flag, None) is not None
+    }
+    for name, text in overrides.items():
+        try:
+            settings_from_text({name: text})
+        except SigmaInputError as e:
+            raise SigmaInputError(f"--{SPECS[name].flag}: {e}") from None
+    return overrides
 
 
 def _settings(comp: Any, overrides: Mapping[str, str]) -> Any:
@@ -176,12 +182,10 @@ class Engines:
     def for_arm(self, arm: Arm) -> Any:
         precision = arm.precision(self.choice.precision)
         if precision != self.precision:
-            from sigma_core.runtime import SigmaPipeline
+            from sigma_core.runtime.engine import load_engine
 
             self.pipe = None
-            self.pipe = SigmaPipeline.from_choice(
-                replace(self.choice, precision=precision), self.device
-            )
+            self.pipe = load_engine(replace(self.choice, precision=precision), self.device)
             self.precision = precision
         return self.pipe
 
@@ -216,9 +220,9 @@ def make_images(
     return made
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``evaluate generate``; returns the exit code (errors raise a SigmaError: exit 2)."""
-    spec = check_spec(args)
+def _processes(spec: RunSpec, args: argparse.Namespace) -> tuple[Any, Any]:
+    """accelerate's process state and this process's device, every arm's engine options checked
+    there before anything loads."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
@@ -226,11 +230,17 @@ def main(args: argparse.Namespace) -> int:
     from sigma_core.runtime.loader import LoadOptions
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `launch --cpu` sets it
-    world = state.num_processes
-    device = resolve_device(args.device or (str(state.device) if world > 1 else None))
+    device = resolve_device(args.device or (str(state.device) if state.num_processes > 1 else None))
     for precision in dict.fromkeys(arm.precision(spec.engine.precision) for arm in spec.arms):
         LoadOptions.check(**replace(spec.engine, precision=precision).load_options(device))
-    run = Path(args.out)
+    return state, device
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``evaluate generate``; returns the exit code (errors raise a SigmaError: exit 2)."""
+    spec = check_spec(args)
+    state, device = _processes(spec, args)
+    world, run = state.num_processes, Path(args.out)
     resumed = check_resume(spec, run)  # every process checks, before any writes
     state.wait_for_everyone()
     if state.is_main_process and not resumed:

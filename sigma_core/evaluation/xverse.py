@@ -86,7 +86,7 @@ def _read_list(path: Path) -> list[Any]:
 
 def _line(raw: dict[str, Any], prefix: str, src: Path, out: Path) -> dict[str, Any] | None:
     """The benchmark line of one XVerseBench item (None when a word is not in its prompt)."""
-    prompt, refs = raw["prompt"], []
+    prompt, refs = raw["prompt"], list[dict[str, Any]]()
     for mod in raw["modulation"]:
         for index, word, _ in mod["use_words"]:
             if not 0 <= index < len(mod["src_inputs"]):

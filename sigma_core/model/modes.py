@@ -40,7 +40,7 @@ TRAINABLE = ("gen", "full", "lora")
 class EngineChoice:
     """The engine flags of ``generate`` and ``evaluate generate`` as given (``precision`` "auto"
     included), so a run can record them and compare them on resume; each is checked when the
-    engine loads (:meth:`sigma_core.runtime.SigmaPipeline.from_choice`)."""
+    engine loads (:func:`sigma_core.runtime.engine.load_engine`)."""
 
     checkpoint: str | None = None
     sigma_weights: str | None = None

@@ -25,7 +25,6 @@ from PIL import Image
 
 from sigma_core.inputs.composition import Composition
 from sigma_core.model.bagel import BagelGenerator
-from sigma_core.model.modes import EngineChoice
 from sigma_core.model.precision import Precision, dtype_name
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.planner import Planner
@@ -122,17 +121,6 @@ class SigmaPipeline:
             options["dtype"] = torch.float32
         options["device"] = options.get("device") or "cpu"
         return cls.from_pretrained(preview_checkpoint(), **options)
-
-    @classmethod
-    def from_choice(cls, choice: EngineChoice, device: torch.device | str | None) -> SigmaPipeline:
-        """The engine the CLI's flags name on ``device``: the checkpoint's, or the preview
-        engine when there is none."""
-        options = choice.load_options(device)
-        if choice.checkpoint:
-            return cls.from_pretrained(
-                choice.checkpoint, sigma_weights=choice.sigma_weights, **options
-            )
-        return cls.preview_engine(**options)
 
     def plan(self, composition: Composition, images: dict[int, Image.Image] | None = None) -> Plan:
         """The sequence this pipeline would run (see :meth:`Planner.plan`)."""
