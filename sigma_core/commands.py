@@ -181,12 +181,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model loads; the plan's warnings are printed before the first step.
     """
     from sigma_core.inputs import check_output_path
+    from sigma_core.model.modes import EngineChoice
 
-    if args.sigma_weights and not args.checkpoint:
-        raise SigmaInputError(
-            "--sigma-weights needs --checkpoint (the BAGEL folder that supplies the configs, the "
-            "VAE and the tokenizer); the preview engine has no real weights to override"
-        )
+    choice = EngineChoice.from_args(args)
     comp = _composition(args)
     out_path = check_output_path(args.out, overwrite=args.overwrite)
 
@@ -194,23 +191,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)  # before the pipeline's imports (diffusers: seconds)
 
-    from sigma_core.runtime import SigmaPipeline
+    from sigma_core.runtime.engine import load_engine
 
-    options = {
-        "precision": None if args.precision == "auto" else args.precision,
-        "vae_dtype": args.vae_dtype,
-        "offload": args.offload,
-        "device_map": args.device_map,
-        "compile": args.compile,
-        "device": device,
-    }
-    if args.checkpoint:
-        pipe = SigmaPipeline.from_pretrained(
-            args.checkpoint, sigma_weights=args.sigma_weights, **options
-        )
-    else:
+    if not choice.checkpoint:
         print("no --checkpoint: using the preview engine (random weights)", file=sys.stderr)
-        pipe = SigmaPipeline.preview_engine(**options)
+    pipe = load_engine(choice, device)
     for warning in pipe.plan(comp).warnings:
         print(f"warning: {warning}", file=sys.stderr)
     live = sys.stderr.isatty()

@@ -34,3 +34,9 @@ MAX_JSON_DEPTH = 32  # nesting of objects and lists in a preset (a valid one nee
 MAX_COMPOSITION_BYTES = 200 * 2**20  # a preset file, or the composition stored in a PNG
 MAX_PATH_CHARS = 1_024  # an image path written in a preset
 MAX_TINY_LAYERS = 64  # decoder layers of a tiny test checkpoint
+
+# Evaluation
+MAX_BENCHMARK_BYTES = 256 * 2**20  # a benchmark's JSONL manifest (images may be embedded)
+MAX_BENCHMARK_ITEMS = 10_000  # items in one benchmark (XVerseBench has 300)
+MAX_ITEM_ID_CHARS = 100  # a benchmark item's id, a folder name of its images
+MAX_EVAL_SEEDS = 100  # evaluate generate --seeds: images per item and arm

@@ -77,6 +77,7 @@ PAGE_COMMANDS: dict[str, tuple[Command, ...]] = {
     "precision.md": (("sigma_core", "generate"), ("app",)),
     "training.md": (("sigma_core", "train"), ("sigma_core", "export")),
     "sequence-layouts.md": (("sigma_core", "generate"), ("sigma_core", "inspect")),
+    "evaluation.md": (("sigma_core", "evaluate"),),
 }  # fmt: skip
 
 COMMAND = re.compile(

@@ -5,6 +5,11 @@ in :mod:`sigma_core.model.precision`, :mod:`sigma_core.runtime.placement` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sigma_core.errors import SigmaInputError
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4", "fp8")
 QUANTIZED = ("int8", "nf4", "fp8")
 VAE_DTYPES = ("fp32", "bf16", "fp16")
@@ -29,3 +34,41 @@ FLAG_HELP = {
 }
 # What a training run trains (its `train` setting), also read back from exported weights' record.
 TRAINABLE = ("gen", "full", "lora")
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine flags of ``generate`` and ``evaluate generate`` as given (``precision`` "auto"
+    included), so a run can record them and compare them on resume; each is checked when the
+    engine loads (:func:`sigma_core.runtime.engine.load_engine`)."""
+
+    checkpoint: str | None = None
+    sigma_weights: str | None = None
+    precision: str = "auto"
+    vae_dtype: str = "fp32"
+    offload: str = "none"
+    device_map: str | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sigma_weights and not self.checkpoint:
+            raise SigmaInputError(
+                "--sigma-weights needs --checkpoint (the BAGEL folder that supplies the configs, "
+                "the VAE and the tokenizer); the preview engine has no real weights to override"
+            )
+
+    @classmethod
+    def from_args(cls, args: Any) -> EngineChoice:
+        """The choice from parsed options named as these fields (the CLI's engine options)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def load_options(self, device: Any) -> dict[str, Any]:
+        """The options of ``SigmaPipeline.from_pretrained`` on ``device``."""
+        return {
+            "precision": None if self.precision == "auto" else self.precision,
+            "vae_dtype": self.vae_dtype,
+            "offload": self.offload,
+            "device_map": self.device_map,
+            "compile": self.compile,
+            "device": device,
+        }
