@@ -24,7 +24,16 @@ from sigma_core.inputs.composition import Composition, resolve_image_path
 from sigma_core.inputs.images import is_data_uri, load_image, read_image_bytes
 from sigma_core.inputs.outfile import write_atomic
 from sigma_core.inputs.preset import load_preset, parse_json, preset_from_dict, preset_to_dict
-from sigma_core.inputs.records import Anything, Fixed, Map, Num, Obj, Str, check_record, read_bounded
+from sigma_core.inputs.records import (
+    Anything,
+    Fixed,
+    Map,
+    Num,
+    Obj,
+    Str,
+    check_record,
+    read_bounded,
+)
 from sigma_core.limits import MAX_BENCHMARK_BYTES, MAX_BENCHMARK_ITEMS, MAX_ITEM_ID_CHARS
 
 MANIFEST = "benchmark.jsonl"
