@@ -37,8 +37,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sigma_core.errors import PresetError, SigmaError, SigmaInputError
 from sigma_core.evaluation.clip_scores import prompt_text
-from sigma_core.evaluation.run_folder import Item
-from sigma_core.evaluation.scoring import LABELS, Scorers, load_scorers, model_sources, score_item
+from sigma_core.evaluation.benchmark import BenchmarkItem, ReferenceRole
+from sigma_core.evaluation.metrics import label
+from sigma_core.evaluation.scoring import Scorers, load_scorers, model_sources, score_item
 from sigma_core.geometry import latent_shape
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.png import find_png_text
@@ -324,7 +325,8 @@ def labelled_columns(columns: Sequence[tuple[Image.Image, Sequence[str]]]) -> Im
 def score_runs(scorers: Scorers, exp: Experiment, runs: list[Run]) -> None:
     """Scores every run, one composition and seed at a time, from the images written."""
     for src in exp.sources:
-        item = Item(src.key, "combine", src.composition, roles={}, regions={})  # all wanted
+        wanted = {r.slot: ReferenceRole() for r in src.composition.references}
+        item = BenchmarkItem(src.key, "combine", src.composition, wanted)
         for seed in exp.seeds:
             group = [r for r in runs if r.key == src.key and r.seed == seed]
             images = []
@@ -376,7 +378,7 @@ def summary_markdown(results: dict[str, Any], runs: Sequence[Run]) -> str:
     base, steps = results["baseline"], results["steps"] or "each preset's"
     metrics = [m for m in METRICS if any(m in r.scores for r in runs)]
     head = ["layout", "runs", "tokens", "phantom blocks", "prefill s", "denoise s"]
-    head += [f"MAD vs {base}", *(LABELS[m] for m in metrics)]
+    head += [f"MAD vs {base}", *(label(m) for m in metrics)]
     keys = ["layout", "runs", "tokens", "phantom_blocks", "prefill_s", "denoise_s"]
     keys += ["mad_vs_baseline", *metrics]
     layout_rows = [[row.get(k, "") for k in keys] for row in results["by_layout"]]
@@ -395,7 +397,7 @@ def summary_markdown(results: dict[str, Any], runs: Sequence[Run]) -> str:
     ]
     lines += [f"{note}." for note in results["scores"]["skipped"]]
     lines += ["", "## By layout", "", *_table(head, layout_rows), "", "## Runs", ""]
-    head = ["composition", "seed", "layout", "tokens", "MAD", *(LABELS[m] for m in metrics)]
+    head = ["composition", "seed", "layout", "tokens", "MAD", *(label(m) for m in metrics)]
     run_rows = [
         [
             r.composition, r.seed, r.layout, r.tokens, r.mad_vs_baseline,
@@ -513,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         about["scores"] = {"models": {}, "skipped": ["scores off (--score off)"]}
         if args.score == "auto":
             scorers = load_scorers(METRICS, model_sources(), exp.device, SCORE_BATCH)
-            notes = [f"{LABELS[m]} skipped: {why}" for m, why in scorers.skipped.items()]
+            notes = [f"{label(m)} skipped: {why}" for m, why in scorers.skipped.items()]
             for note in notes:
                 print(note, file=sys.stderr)
             if scorers.models:

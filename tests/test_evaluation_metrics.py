@@ -18,69 +18,23 @@ import torch
 from PIL import Image, ImageDraw
 
 from sigma_core import Composition, Reference, cli
-from sigma_core.evaluation import aesthetic, dreamsim, run_folder, score_files, scoring
+from sigma_core.evaluation import aesthetic, dreamsim, runlog, score_files, scoring
+from sigma_core.evaluation.benchmark import load_benchmark, write_copy
 from sigma_core.evaluation.clip_scores import ClipEmbedder, clip_t, plain_text, prompt_text
 from sigma_core.evaluation.dino import DinoEmbedder
 from sigma_core.evaluation.embedders import RefView, pair_scores
+from sigma_core.evaluation.metrics import METRIC_NAMES
+from sigma_core.evaluation.run_record import open_run, write_run_record
 from sigma_core.inputs.preset import preset_to_dict
+from tests.evaluation_helpers import CPU, dino_folder, eval_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-CPU = torch.device("cpu")
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "image_size": 32, "patch_size": 8}  # fmt: skip
-
-
-def _clip_folder(folder: Path) -> Path:
-    """A random CLIP with a character-level tokenizer; projection 768, as ViT-L/14's (AES)."""
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
-
-    chars = [chr(i) for i in range(33, 127)]
-    vocab = {t: i for i, t in enumerate([*chars, *(c + "</w>" for c in chars)])}
-    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
-    text = {k: v for k, v in TINY.items() if k not in ("image_size", "patch_size")}
-    text |= {"vocab_size": len(vocab), "max_position_embeddings": 64,
-             "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-             "pad_token_id": tok.pad_token_id}  # fmt: skip
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=TINY, projection_dim=768)).save_pretrained(
-        folder
-    )
-    return folder
-
-
-def _dino_folder(folder: Path, v2: bool = False) -> Path:
-    """A random DINO: a ViTModel as facebook/dino-vits16 is (or a DINOv2)."""
-    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(1)
-    model = Dinov2Model(Dinov2Config(**TINY)) if v2 else ViTModel(ViTConfig(**TINY), False)
-    model.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("eval_models")
-    clip, dino = root / "clip", root / "dino"
-    clip.mkdir(), dino.mkdir()
-    torch.manual_seed(2)
-    aes = root / "aes.pth"
-    torch.save(aesthetic.AestheticHead().state_dict(), aes)  # the published file's layout
-    return {"clip": _clip_folder(clip), "dino": _dino_folder(dino), "aes": aes}
+    return eval_models(tmp_path_factory.mktemp("eval_models"))
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +111,7 @@ def test_scores_are_deterministic_and_do_not_depend_on_the_batch_size(
 
 
 def test_a_dinov2_stands_in_for_dino(tmp_path: Path) -> None:
-    model = DinoEmbedder.load(str(_dino_folder(tmp_path, v2=True)), CPU, 2)
+    model = DinoEmbedder.load(str(dino_folder(tmp_path, v2=True)), CPU, 2)
     image = _drawing("red", "ellipse")
     assert pair_scores(model, [image], [RefView("1", image)])["1"][0] == pytest.approx(100.0)
 
@@ -178,7 +132,7 @@ def test_a_missing_model_names_the_download_and_the_others_still_run(
 ) -> None:
     sources = {"clip": "no-such-org/no-clip", "dino": str(models["dino"]),
                "dreamsim": "/no/such/folder", "aes": str(models["aes"])}  # fmt: skip
-    scorers = scoring.load_scorers(scoring.METRICS, sources, CPU, 4)
+    scorers = scoring.load_scorers(METRIC_NAMES, sources, CPU, 4)
     assert scorers.models == {"dino": str(models["dino"])}
     assert set(scorers.skipped) == {"clip_t", "clip_i", "clip_es", "aes", "dreamsim"}
     assert "`hf download no-such-org/no-clip`" in scorers.skipped["clip_t"]
@@ -258,47 +212,52 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
-    """A run folder: two items (one with a region, one with a distractor), two arms, seed 0."""
-    run = tmp_path / "run"
-    (run / "refs").mkdir(parents=True)
+    """A run folder, through the real writers: two items (one with a region, one with a
+    distractor), two arms, seed 0."""
+    src, run = tmp_path / "bench", tmp_path / "run"
+    src.mkdir(), run.mkdir()
     ball, box, cone = _drawing("red", "ellipse"), _drawing("blue", "box"), _drawing("green", "cone")
     for name, image in (("ball", ball), ("box", box), ("cone", cone)):
-        image.save(run / "refs" / f"{name}.png")
+        image.save(src / f"{name}.png")
     pair = Composition(
         "A photo of [1] on top of [2]",
-        [Reference(1, "refs/ball.png", ("<subject>",), "a red ball"),
-         Reference(2, "refs/box.png", ("<background>",), "a blue box")],
+        [Reference(1, "ball.png", ("<subject>",), "a red ball"),
+         Reference(2, "box.png", ("<background>",), "a blue box")],
     )  # fmt: skip
     pick = Composition(
         "Put [1] on a beach",
-        [Reference(1, "refs/ball.png", ("<subject>",), "a red ball"),
-         Reference(2, "refs/cone.png", ("<subject>",), "a green cone")],
+        [Reference(1, "ball.png", ("<subject>",), "a red ball"),
+         Reference(2, "cone.png", ("<subject>",), "a green cone")],
     )  # fmt: skip
-    _write_jsonl(run / "benchmark.jsonl", [
+    _write_jsonl(src / "benchmark.jsonl", [
         {"id": "pair", "family": "combine", "preset": preset_to_dict(pair),
          "references": {"1": {"role": "wanted", "region": [0, 0, 0.5, 0.5]},
                         "2": {"role": "wanted"}}},
         {"id": "pick", "family": "select", "preset": preset_to_dict(pick),
-         "references": {"1": {"role": "wanted"}, "2": {"role": "distractor"}}, "target": None},
+         "references": {"1": {"role": "wanted"}, "2": {"role": "distractor"}}},
     ])  # fmt: skip
+    write_copy(load_benchmark(src), run)
     scene = _noise(3)
     scene.paste(ball, (0, 0))
     pictures = {("pair", "mask=on"): scene, ("pair", "mask=off"): _noise(4),
                 ("pick", "mask=on"): ball, ("pick", "mask=off"): cone}  # fmt: skip
-    lines = []
+    log = runlog.LogWriter(run / runlog.LOG)
     for (item, arm), image in pictures.items():
-        file = f"images/{arm}/{item}/0.png"
+        file = runlog.image_file((item, arm, 0))
         (run / file).parent.mkdir(parents=True, exist_ok=True)
         image.save(run / file)
-        lines.append({"item": item, "arm": arm, "seed": 0, "file": file, "seconds": 1.5,
-                      "prompt": "p"})  # fmt: skip
-    _write_jsonl(run / "generated.jsonl", lines)
-    (run / "run.json").write_text(json.dumps({
-        "version": 1, "benchmark": "bench.jsonl",
+        log.append(_generated(item, arm, file))
+    write_run_record(run, {
+        "version": 1, "benchmark": str(src),
         "arms": [{"name": "mask=on", "vary": {"mask": "on"}},
                  {"name": "mask=off", "vary": {"mask": "off"}}],
-        "seeds": [0], "items": ["pair", "pick"]}))  # fmt: skip
+        "seeds": [0], "items": ["pair", "pick"], "engine": {"checkpoint": None},
+        "settings_overrides": {}})  # fmt: skip
     return run
+
+
+def _generated(item: str, arm: str = "mask=on", file: str = "x.png") -> dict[str, Any]:
+    return {"item": item, "arm": arm, "seed": 0, "file": file, "seconds": 1.5, "prompt": "p"}
 
 
 def _score(run: Path, models: dict[str, Path], *extra: str) -> int:
@@ -338,7 +297,7 @@ def test_evaluate_score_end_to_end_and_resumed(
     assert pair["dreamsim"] is None and "dreamsim" not in pair["per_reference"]
     assert all(isinstance(s["clip_t"], float) and isinstance(s["aes"], float) for s in lines)
     summary = json.loads((run / "scores.json").read_text())
-    assert summary["metrics"] == list(scoring.METRICS)
+    assert summary["metrics"] == list(METRIC_NAMES)
     assert summary["models"]["clip_t"] == str(models["clip"])
     assert summary["models"]["dino"] == str(models["dino"])
     assert "pip install dreamsim" in summary["skipped"]["dreamsim"]
@@ -382,21 +341,21 @@ def _preset(prompt: str) -> dict[str, Any]:
         (lambda run: _set(run / "run.json", '{"version": 7}'), "version: 7 is not an integer"),
         (lambda run: (run / "run.json").unlink(), "cannot read the run file"),
         (lambda run: _set(run / "generated.jsonl", '{"item": "pair"}\n{}\n'),
-         "generated.jsonl:1: arm: missing"),
+         "generated.jsonl, line 1: arm: missing"),
         (lambda run: _set(run / "generated.jsonl", '[1]\n'), "expected an object, got a list"),
         (lambda run: _set(run / "generated.jsonl", json.dumps(
-            {"item": "pair", "arm": "a", "seed": 0, "file": "../../escape.png"}) + "\n"),
-         "'../../escape.png'"),
-        (lambda run: _set(run / "generated.jsonl", json.dumps(
-            {"item": "nope", "arm": "a", "seed": 0, "file": "x.png"}) + "\n"),
-         "item 'nope' is not in benchmark.jsonl"),
+            _generated("pair", file="../../escape.png")) + "\n"), "'../../escape.png' goes up"),
+        (lambda run: _set(run / "generated.jsonl", json.dumps(_generated("nope")) + "\n"),
+         "item 'nope' is not one of run.json's items"),
+        (lambda run: _set(run / "generated.jsonl", json.dumps(_generated("pair", "a")) + "\n"),
+         "arm 'a' is not one of run.json's arms"),
         (lambda run: _set(run / "benchmark.jsonl", json.dumps(
             {"id": "pair", "family": "combine", "preset": _preset("[1]")}) + "\n"),
-         "item 'pair': preset: prompt: places slot 1"),
+         "benchmark.jsonl, line 1: prompt: places slot 1"),
         (lambda run: _set(run / "benchmark.jsonl", json.dumps(
             {"id": "x", "family": "combine", "preset": _preset("p"),
              "references": {"1": {"role": "wanted"}}}) + "\n"),
-         "references.1: the preset has no slot 1"),
+         "references.1: the preset has no slot '1'"),
     ],
 )  # fmt: skip
 def test_hostile_run_folders_exit_2(
@@ -426,17 +385,35 @@ def test_bad_options_exit_2(
     assert not (run / "scores.jsonl").exists()
 
 
+def _score_line(image: runlog.Generated, model: str) -> dict[str, Any]:
+    family = "combine" if image.item == "pair" else "select"
+    key = {"item": image.item, "arm": image.arm, "seed": image.seed, "family": family}
+    return {**key, **dict.fromkeys(METRIC_NAMES), "per_reference": {}, "models": {"dino": model}}
+
+
 def test_part_files_merge_in_generated_order(run: Path) -> None:
     """Under accelerate each process appends to its own part file; the main process moves the
     lines into scores.jsonl in generated.jsonl's order, after what is there."""
-    items = run_folder.read_items(run)
-    order = run_folder.read_generated(run, items)
-    lines = [{"item": g.item, "arm": g.arm, "seed": g.seed, "models": {"dino": "d"}} for g in order]
+    opened = open_run(run)
+    order = runlog.read_images(run, opened.record)
+    lines = [_score_line(g, "d") for g in order]
     _write_jsonl(run / "scores.jsonl", lines[:1])
     _write_jsonl(score_files.part_file(run, 1), [lines[3], lines[1]])
     score_files.part_file(run, 0).write_text(json.dumps(lines[2]) + "\n" + '{"item": "pa')
-    assert score_files.scored(run, {"dino": "d"}) == {g.key for g in order}
-    assert score_files.scored(run, {"dino": "other"}) == set()
+    found = score_files.read_scores(run, opened.record, opened.families, parts=True)
+    assert score_files.scored(found, {"dino": "d"}) == {g.key for g in order}
+    assert score_files.scored(found, {"dino": "other"}) == set()
     assert score_files.merge_parts(run, order) == 3
     assert _lines(run / "scores.jsonl") == lines
     assert not list(run.glob("scores.part*"))
+
+
+def test_an_images_last_score_line_wins(run: Path) -> None:
+    """Re-scoring appends; the scorer's resume and the report read each image's last line."""
+    opened = open_run(run)
+    first, second = runlog.read_images(run, opened.record)[:2]
+    _write_jsonl(run / "scores.jsonl", [_score_line(first, "a"), _score_line(second, "a"),
+                                        _score_line(first, "b")])  # fmt: skip
+    found = score_files.read_scores(run, opened.record, opened.families)
+    assert found[first.key]["models"] == {"dino": "b"} and len(found) == 2
+    assert score_files.scored(found, {"dino": "a"}) == {second.key}

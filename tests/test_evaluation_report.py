@@ -15,6 +15,8 @@ from PIL import Image
 from sigma_core.cli import main as cli_main
 from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation.contact_sheet import TILE
+from sigma_core.evaluation.metrics import METRIC_NAMES
+from sigma_core.evaluation.run_record import write_run_record
 from sigma_core.inputs.png import save_png_with_text
 from sigma_core.inputs.preset import PNG_NOTICE_KEY
 from sigma_core.inputs.records import Anything, Map, read_json_lines
@@ -30,6 +32,8 @@ CLIP_T = {
 DINO = {"mask=on": [0.5, 0.6, 0.5, 0.6, None, None], "mask=off": [0.4, 0.4, 0.4, 0.4, None, None]}
 CLIP_ES = {"mask=on": [None] * 4 + [0.50, 0.60], "mask=off": [None] * 4 + [0.40, 0.40]}
 PREVIEW_NOTICE = "preview engine (random weights)"
+MODELS = {"clip_t": "openai/clip-vit-large-patch14", "clip_i": "openai/clip-vit-large-patch14",
+          "dino": "facebook/dino-vits16", "clip_es": "openai/clip-vit-large-patch14"}  # fmt: skip
 
 
 def _png(path: Path, color: tuple[int, int, int], notice: str | None = None) -> None:
@@ -66,8 +70,9 @@ def make_run(
         "seeds": list(SEEDS),
         "items": list(ITEMS),
         "engine": {"checkpoint": checkpoint, "precision": "bf16"},
+        "settings_overrides": {},
     }
-    (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    write_run_record(folder, info)
     bench = []
     for i, (item, family) in enumerate(ITEMS.items()):
         _png(folder / f"refs/{item}1.png", (200, 40 * i, 0))
@@ -98,13 +103,13 @@ def make_run(
                     "item": item, "arm": arm, "seed": seed, "family": ITEMS[item],
                     "clip_t": CLIP_T[arm][k], "clip_i": 0.7 if arm == ARMS[0] else 0.6,
                     "dino": DINO[arm][k], "dreamsim": None, "clip_es": CLIP_ES[arm][k], "aes": None,
-                    "per_reference": {"clip_i": {"1": 0.7, "2": None}},
+                    "per_reference": {"clip_i": {"1": 0.7}}, "models": MODELS,
                 }
             )  # fmt: skip
     _lines(folder / "generated.jsonl", generated)
     _lines(folder / "scores.jsonl", scores)
     scoring = {
-        "models": {"clip_t": "openai/clip-vit-large-patch14"},
+        "models": MODELS,
         "skipped": {"dreamsim": "the dreamsim package is not installed"},
         "metrics": ["clip_t", "clip_i", "dino", "clip_es"],
     }
@@ -124,7 +129,9 @@ def _generated(**fields: Any) -> dict[str, Any]:
 
 
 def _score(**fields: Any) -> str:
-    return json.dumps({"item": "a", "arm": "mask=on", "seed": 1, "family": "combine"} | fields)
+    key = {"item": "a", "arm": "mask=on", "seed": 1, "family": "combine"}
+    empty = dict.fromkeys(METRIC_NAMES) | {"per_reference": {}, "models": MODELS}
+    return json.dumps(key | empty | fields)
 
 
 def report(*argv: str | Path) -> int:
@@ -178,6 +185,7 @@ def test_report_md_is_the_ablation_table_with_the_best_arm_bold(made):
     assert "DreamSim: not scored (the dreamsim package is not installed)" in text
     assert "AES: not scored (no image has a value)" in text
     assert "Missing: none." in text and "Warning" not in text
+    assert "| CLIP-T | openai/clip-vit-large-patch14 |" in text  # the Models table
     assert "| mask=on | 6 | 4.50 | 0.222 |" in text  # seconds 2..7: 27 s for 6 images
 
 
@@ -258,6 +266,19 @@ def test_an_existing_report_is_replaced_only_with_overwrite(tmp_path, capsys):
     assert "holds it" in capsys.readouterr().err
 
 
+def test_an_images_last_score_line_wins(tmp_path):
+    """A re-score appends a line (other models): the report takes each image's last line."""
+    run = make_run(tmp_path / "run")
+    lines = [json.loads(line) for line in (run / "scores.jsonl").read_text().splitlines()]
+    again = {**lines[0], "clip_t": 0.9, "models": {**MODELS, "clip_t": "other/clip"}}
+    with open(run / "scores.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(again) + "\n")
+    assert report(run) == 0
+    data = json.loads((run / "report" / "results.json").read_text())
+    assert data["images"]["mask=on"]["scored"] == 6
+    assert data["all"]["mask=on"]["clip_t"]["mean"] == pytest.approx(0.30 + (0.9 - 0.30) / 6)
+
+
 def test_missing_scores_are_counted(tmp_path):
     run = make_run(tmp_path / "run")
     lines = (run / "scores.jsonl").read_text().splitlines()
@@ -270,7 +291,8 @@ def test_missing_scores_are_counted(tmp_path):
 
 
 def _break(run: Path, name: str, line: int, text: str) -> None:
-    lines = (run / name).read_text().splitlines()
+    """Line ``line`` of ``name`` replaced by ``text`` (0: the whole file)."""
+    lines = (run / name).read_text().splitlines() if line else [""]
     lines[line - 1] = text
     (run / name).write_text("\n".join(lines) + "\n")
 
@@ -280,9 +302,9 @@ def _break(run: Path, name: str, line: int, text: str) -> None:
     [
         ("scores.jsonl", 3, '{"item": "a",', "scores.jsonl, line 3: malformed JSON"),
         ("scores.jsonl", 2, _score(clip_t="NaN").replace('"NaN"', "NaN"), "line 2: NaN is not"),
-        ("scores.jsonl", 2, _score(clip_t=1).replace("1}", "1e999}"), "line 2: the number 1e999"),
+        ("scores.jsonl", 2, _score(clip_t=7).replace("7", "1e999"), "line 2: the number 1e999"),
         ("scores.jsonl", 2, _score(clip_t="high"), "line 2: clip_t: 'high' is not a finite"),
-        ("scores.jsonl", 2, _score(seed=0), "line 2: a second line for item, arm and seed"),
+        ("scores.jsonl", 2, _score(family="select"), "line 2: family 'select' is not the"),
         (
             "generated.jsonl",
             4,
@@ -301,7 +323,7 @@ def _break(run: Path, name: str, line: int, text: str) -> None:
             json.dumps(_generated(item="zzz")),
             "line 1: item 'zzz' is not one of run.json's items",
         ),
-        ("run.json", 1, '{"version": 1}', "run.json: benchmark: missing"),
+        ("run.json", 0, '{"version": 1}', "run.json: benchmark: missing"),
     ],
 )  # fmt: skip
 def test_hostile_run_files_are_refused_with_the_line(tmp_path, capsys, name, line, text, message):
@@ -319,7 +341,9 @@ def test_a_reference_path_escaping_the_run_is_refused(tmp_path, capsys):
     text = (run / "benchmark.jsonl").read_text().replace("refs/a1.png", "../secret.png")
     (run / "benchmark.jsonl").write_text(text)
     assert report(run) == 2
-    assert "benchmark.jsonl, line 1: preset" in capsys.readouterr().err
+    assert "benchmark.jsonl, line 1: references[slot 1].image: '../secret.png' goes up" in (
+        capsys.readouterr().err
+    )
 
 
 def test_an_unscored_run_names_the_command_that_scores_it(tmp_path, capsys):

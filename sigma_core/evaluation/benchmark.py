@@ -23,25 +23,21 @@ from sigma_core.errors import PresetError, SigmaInputError
 from sigma_core.inputs.composition import Composition, resolve_image_path
 from sigma_core.inputs.images import is_data_uri, load_image, read_image_bytes
 from sigma_core.inputs.outfile import write_atomic
-from sigma_core.inputs.preset import load_preset, parse_json, preset_from_dict, preset_to_dict
-from sigma_core.inputs.records import (
-    Anything,
-    Fixed,
-    Map,
-    Num,
-    Obj,
-    Str,
-    check_record,
-    read_bounded,
+from sigma_core.inputs.preset import load_preset, preset_from_dict, preset_to_dict
+from sigma_core.inputs.records import Anything, Fixed, Map, Num, Obj, Str, read_json_lines
+from sigma_core.limits import (
+    MAX_BENCHMARK_BYTES,
+    MAX_BENCHMARK_ITEMS,
+    MAX_COMPOSITION_BYTES,
+    MAX_ITEM_ID_CHARS,
 )
-from sigma_core.limits import MAX_BENCHMARK_BYTES, MAX_BENCHMARK_ITEMS, MAX_ITEM_ID_CHARS
 
 MANIFEST = "benchmark.jsonl"
 FAMILIES = ("combine", "select", "stylize", "layout", "edit")
 ROLES = ("wanted", "distractor")
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _REGION = Fixed((Num(0.0), Num(0.0), Num(0.0), Num(0.0)))
-_LINE = Obj(
+LINE = Obj(
     {
         "id": Str(),
         "family": Str(FAMILIES),
@@ -104,33 +100,28 @@ def manifest_path(bench: str | os.PathLike) -> Path:
 
 
 def load_benchmark(bench: str | os.PathLike) -> Benchmark:
-    """Every item of the benchmark ``bench``, each checked (images opened) before any work."""
+    """Every item of the benchmark ``bench``, each checked (images opened) before any work.
+    A run folder holds a copy of its benchmark, so ``load_benchmark(RUN)`` reads that."""
     path = manifest_path(bench)
-    data = read_bounded(path, MAX_BENCHMARK_BYTES, what="benchmark manifest", error=SigmaInputError)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise SigmaInputError(f"{path}: not UTF-8 text; a benchmark is JSON lines") from None
     items: list[BenchmarkItem] = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    seen: set[str] = set()
+    for number, raw in read_json_lines(
+        path, LINE, what="benchmark manifest", max_line_bytes=MAX_COMPOSITION_BYTES,
+        max_file_bytes=MAX_BENCHMARK_BYTES,
+    ):  # fmt: skip
+        where = f"{path}, line {number}"
         if len(items) == MAX_BENCHMARK_ITEMS:
             raise SigmaInputError(f"{path}: more than {MAX_BENCHMARK_ITEMS:,} items")
-        item = _item(line, path.parent, f"{path} line {number}", number)
-        if any(i.id == item.id for i in items):
-            raise SigmaInputError(
-                f"{path} line {number}: id: {item.id!r} is used by an earlier line"
-            )
-        items.append(item)
+        if raw["id"] in seen:
+            raise SigmaInputError(f"{where}: id: {raw['id'][:40]!r} is used by an earlier line")
+        items.append(_item(raw, path.parent, where, number))
+        seen.add(raw["id"])
     if not items:
         raise SigmaInputError(f"{path}: no items; a benchmark has one JSON object per line")
     return Benchmark(path, tuple(items))
 
 
-def _item(line: str, folder: Path, where: str, number: int) -> BenchmarkItem:
-    raw = parse_json(line, where, error=SigmaInputError, needs="a benchmark line nests 6")
-    check_record(raw, _LINE, where, error=SigmaInputError)
+def _item(raw: dict[str, Any], folder: Path, where: str, number: int) -> BenchmarkItem:
     _check_id(raw["id"], where)
     try:
         comp = _composition(raw["preset"], folder)

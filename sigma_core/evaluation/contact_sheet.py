@@ -16,9 +16,11 @@ from typing import Any
 import matplotlib
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from sigma_core.evaluation.report_inputs import Run, benchmark_lines, reference_images
-from sigma_core.evaluation.report_stats import HEADERS, arm_names
-from sigma_core.inputs.images import load_image, read_image_bytes
+from sigma_core.evaluation.benchmark import BenchmarkItem
+from sigma_core.evaluation.metrics import METRICS
+from sigma_core.evaluation.report_inputs import Run
+from sigma_core.evaluation.report_stats import arm_names
+from sigma_core.evaluation.runlog import Generated
 
 TILE = 224  # the side of one picture on a sheet
 PAD = 8
@@ -45,32 +47,30 @@ def sheet_name(index: int, item: str) -> str:
 
 
 def write_sheets(runs: Sequence[Run], folder: Path) -> dict[str, str]:
-    """Draw a sheet per item of the first run's benchmark into ``folder``; returns item id ->
-    file name. The benchmark is read a line at a time (its lines may embed images)."""
+    """Draw a sheet per item of the first run into ``folder``, in run.json's order; returns
+    item id -> file name."""
     folder.mkdir()
     first = runs[0]
-    items = set(first.info["items"])
     arms = _ArmImages(runs)
     out: dict[str, str] = {}
-    for number, line in benchmark_lines(first.folder):
-        if line["id"] not in items or line["id"] in out:
-            continue
-        refs = _reference_tiles(first.folder, line, number)
-        name = sheet_name(len(out), line["id"])
-        title = [f"{line['id']} ({line['family']})", f"prompt: {line['preset']['prompt']}"]
-        _sheet(title, refs, arms.tiles(line["id"])).save(folder / name)
-        out[line["id"]] = name
+    for item_id in first.info["items"]:
+        item = first.items[item_id]
+        name = sheet_name(len(out), item.id)
+        title = [f"{item.id} ({item.family})", f"prompt: {item.composition.prompt}"]
+        _sheet(title, _reference_tiles(item), arms.tiles(item.id)).save(folder / name)
+        out[item.id] = name
     return out
 
 
-def _reference_tiles(run: Path, line: dict[str, Any], number: int) -> list[Tile]:
+def _reference_tiles(item: BenchmarkItem) -> list[Tile]:
+    """The item's references with images, by slot: each image read through the composition
+    (paths inside the run folder, limits checked before decoding)."""
     tiles = []
-    for ref, image in reference_images(run, line, number):
-        meta = line["references"].get(str(ref.slot), {})
-        role = meta.get("role", "role not given")
+    comp = item.composition
+    for ref in sorted((r for r in comp.references if r.image is not None), key=lambda r: r.slot):
         attributes = ", ".join(ref.attributes) or "no attribute"
-        caption = (f"[{ref.slot}] {role}", attributes)
-        tiles.append(Tile(image, caption))
+        caption = (f"[{ref.slot}] {item.references[ref.slot].role}", attributes)
+        tiles.append(Tile(comp.load_image(ref), caption))
     return tiles
 
 
@@ -79,7 +79,7 @@ class _ArmImages:
 
     def __init__(self, runs: Sequence[Run]) -> None:
         self.arms = arm_names(runs)
-        self.images = {(r.name, im.item, im.arm, im.seed): im.path for r in runs for im in r.images}
+        self.images = {(r.name, *im.key): im for r in runs for im in r.images}
         self.scores = {(r.name, s["item"], s["arm"], s["seed"]): s for r in runs for s in r.scores}
 
     def tiles(self, item: str) -> list[Tile]:
@@ -87,24 +87,19 @@ class _ArmImages:
         for run, arm, name in self.arms:
             seed = run.info["seeds"][0]
             key = (run.name, item, arm, seed)
-            path = self.images.get(key)
-            image = None if path is None else _open(path)
+            generated: Generated | None = self.images.get(key)
+            image = None if generated is None else generated.load()
             scores = _score_lines(self.scores.get(key))
-            made = "" if path is not None else " (not generated)"
+            made = "" if generated is not None else " (not generated)"
             engine = ", preview engine (random weights)" if run.preview else ""
             tiles.append(Tile(image, (f"{name}{made}", f"seed {seed}{engine}", *scores)))
         return tiles
 
 
-def _open(path: Path) -> Image.Image:
-    name = f"generated image {path.name}"
-    return load_image(read_image_bytes(path, name=name), name=name)
-
-
 def _score_lines(line: dict[str, Any] | None) -> list[str]:
     if line is None:
         return ["not scored"]
-    values = [(HEADERS[m], v) for m in HEADERS if (v := line.get(m)) is not None]
+    values = [(m.label, v) for m in METRICS if (v := line.get(m.name)) is not None]
     return [f"{header} {value:.3f}" for header, value in values] or ["no score"]
 
 

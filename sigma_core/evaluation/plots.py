@@ -11,7 +11,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sigma_core.evaluation.report_stats import HEADERS, HIGHER_IS_BETTER, Table
+from sigma_core.evaluation.metrics import BY_NAME
+from sigma_core.evaluation.report_stats import Table
 
 SIZE_INCHES, DPI = (6.4, 4.0), 100  # 640x400 pixels
 
@@ -38,9 +39,10 @@ def _plot(table: Table, metric: str) -> FigureCanvasAgg:
     ax.bar(positions, means, yerr=errors, capsize=4, color="#4c72b0")
     ax.set_xticks(positions, [_label(arm, c.n) for arm, c in zip(table.arms, cells, strict=True)])
     ax.tick_params(axis="x", labelrotation=15, labelsize=8)
-    arrow = "↑ higher is better" if HIGHER_IS_BETTER[metric] else "↓ lower is better"
-    ax.set_ylabel(f"{HEADERS[metric]} ({arrow})")
-    ax.set_title(f"{HEADERS[metric]}: mean ± standard error, {table.title.lower()}")
+    m = BY_NAME[metric]
+    arrow = f"{m.arrow} {'higher' if m.higher_is_better else 'lower'} is better"
+    ax.set_ylabel(f"{m.label} ({arrow})")
+    ax.set_title(f"{m.label}: mean ± standard error, {table.title.lower()}")
     fig.tight_layout()
     return canvas
 

@@ -16,16 +16,11 @@ from typing import Any
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation.contact_sheet import write_sheets
+from sigma_core.evaluation.metrics import BY_NAME
 from sigma_core.evaluation.plots import write_plots
 from sigma_core.evaluation.report_inputs import Run, read_run
 from sigma_core.evaluation.report_markdown import markdown
-from sigma_core.evaluation.report_stats import (
-    HEADERS,
-    HIGHER_IS_BETTER,
-    Results,
-    check_comparable,
-    results,
-)
+from sigma_core.evaluation.report_stats import Results, check_comparable, results
 from sigma_core.inputs.outfile import check_output_folder, staged_folder
 
 REPORT_FORMAT, REPORT_VERSION = "sigma-studio/evaluation-report", 1
@@ -88,7 +83,7 @@ def results_json(
         "statistic": STATISTIC,
         "runs": [_run_json(r) for r in runs],
         "arms": list(numbers.arms),
-        "metrics": {m: _metric_json(runs, numbers, m) for m in HEADERS},
+        "metrics": {m: _metric_json(runs, numbers, m) for m in BY_NAME},
         "all": overall.to_json(),
         "delta": {
             arm: {m: overall.delta(arm, m) for m in overall.metrics} for arm in numbers.arms[1:]
@@ -118,8 +113,8 @@ def _run_json(run: Run) -> dict[str, Any]:
 def _metric_json(runs: Sequence[Run], numbers: Results, metric: str) -> dict[str, Any]:
     models = {r.name: r.scoring["models"].get(metric) for r in runs}
     return {
-        "header": HEADERS[metric],
-        "higher_is_better": HIGHER_IS_BETTER[metric],
+        "header": BY_NAME[metric].label,
+        "higher_is_better": BY_NAME[metric].higher_is_better,
         "scored": metric in numbers.metrics,
         "not_scored_reason": numbers.not_scored.get(metric),
         "models": models,

@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from sigma_core.evaluation.metrics import BY_NAME, METRICS, label
 from sigma_core.evaluation.report_inputs import Run
 from sigma_core.evaluation.report_stats import (
-    HEADERS,
-    HIGHER_IS_BETTER,
     PAPER_ROWS,
     Results,
     Stat,
@@ -47,7 +46,7 @@ def markdown(
     out = ["# Evaluation report", ""]
     if any(r.preview for r in runs):
         out += [PREVIEW_WARNING, ""]
-    out += _runs(runs)
+    out += _runs(runs) + _models(runs)
     overall = numbers.overall()
     out += ["## Results: all items", "", HOW, ""]
     out += _table(overall, numbers)
@@ -79,8 +78,22 @@ def _runs(runs: Sequence[Run]) -> list[str]:
     return [*lines, ""]
 
 
+def _models(runs: Sequence[Run]) -> list[str]:
+    """Which model scored each metric, per run (scores.json's ``models``)."""
+    metrics = [m for m in METRICS if any(m.name in r.scoring["models"] for r in runs)]
+    if not metrics:
+        return []
+    lines = ["## Models", "", "The model each metric was scored with (scores.json).", ""]
+    lines += ["| Metric | " + " | ".join(esc(r.name) for r in runs) + " |"]
+    lines += ["|---|" + "---|" * len(runs)]
+    for m in metrics:
+        cells = [esc(r.scoring["models"].get(m.name, "not scored")) for r in runs]
+        lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _table(table: Table, numbers: Results) -> list[str]:
-    heads = [f"{HEADERS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in table.metrics]
+    heads = [f"{BY_NAME[m].label} {BY_NAME[m].arrow}" for m in table.metrics]
     lines = [
         "| Arm | Images | " + " | ".join(heads) + " |",
         "|---|---:|" + "---:|" * len(table.metrics),
@@ -147,7 +160,7 @@ def _signed(value: float | None) -> str:
 
 def _not_scored(numbers: Results) -> list[str]:
     return [
-        f"- {HEADERS[m]}: not scored ({esc(reason)})" for m, reason in numbers.not_scored.items()
+        f"- {label(m)}: not scored ({esc(reason)})" for m, reason in numbers.not_scored.items()
     ] + ([""] if numbers.not_scored else [])
 
 
@@ -162,13 +175,13 @@ def _missing(numbers: Results) -> list[str]:
     for m in numbers.metrics:
         for arm, k in numbers.missing(m).items():
             if k:
-                lines.append(f"- {esc(arm)}: {HEADERS[m]} is missing on {k} scored images")
+                lines.append(f"- {esc(arm)}: {label(m)} is missing on {k} scored images")
     return ["Missing:", "", *lines, ""] if lines else ["Missing: none.", ""]
 
 
 def _plots(plots: dict[str, str]) -> list[str]:
     lines = ["## Plots", ""]
-    lines += [f"![{HEADERS[m]}](plots/{name})" for m, name in plots.items()]
+    lines += [f"![{label(m)}](plots/{name})" for m, name in plots.items()]
     return [*lines, ""]
 
 

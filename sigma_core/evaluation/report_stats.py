@@ -15,15 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sigma_core.errors import SigmaInputError
-from sigma_core.evaluation.report_inputs import FAMILIES, METRIC_NAMES, METRICS, Run
+from sigma_core.evaluation.benchmark import FAMILIES
+from sigma_core.evaluation.metrics import BY_NAME, METRIC_NAMES, paper_columns
+from sigma_core.evaluation.report_inputs import Run
 
-HIGHER_IS_BETTER = {name: higher for name, _, higher in METRICS}
-HEADERS = {name: header for name, header, _ in METRICS}
-# The paper's columns: XVerseBench (combinatorial) and selective generation.
-PAPER_COLUMNS = {
-    "combine": ("clip_t", "clip_i", "dino", "dreamsim"),
-    "select": ("clip_t", "clip_i", "clip_es", "aes"),
-}
 FAMILY_TITLES = {
     "combine": "combine: combinatorial generation (the paper's XVerseBench table)",
     "select": "select: selective generation (the paper's selection table)",
@@ -78,7 +73,7 @@ class Table:
         means = {a: m for a in self.arms if (m := self.cells[a][metric].mean) is not None}
         if len(means) < 2:
             return set()
-        top = (max if HIGHER_IS_BETTER[metric] else min)(means.values())
+        top = (max if BY_NAME[metric].higher_is_better else min)(means.values())
         return {a for a, m in means.items() if m == top}
 
     def delta(self, arm: str, metric: str) -> float | None:
@@ -132,7 +127,7 @@ class Results:
         """A table per family present: the paper's columns for combine and select, the scored
         metrics for the others."""
         return [
-            self.table(FAMILY_TITLES.get(f, f), PAPER_COLUMNS.get(f, self.metrics), family=f)
+            self.table(FAMILY_TITLES.get(f, f), paper_columns(f) or self.metrics, family=f)
             for f in self.families
         ]
 

@@ -13,29 +13,58 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sigma_core.errors import SigmaInputError
+from PIL import Image
+
+from sigma_core.errors import PresetError, SigmaInputError
+from sigma_core.evaluation.run_record import RunNames
+from sigma_core.inputs.composition import resolve_image_path
+from sigma_core.inputs.images import load_image, read_image_bytes
 from sigma_core.inputs.outfile import write_atomic
-from sigma_core.inputs.preset import parse_json
-from sigma_core.inputs.records import Int, Num, Obj, Str, check_record, read_bounded
-from sigma_core.limits import MAX_BENCHMARK_BYTES
+from sigma_core.inputs.records import Int, Num, Obj, Str, read_json_lines
+from sigma_core.limits import MAX_SEED
 
 LOG = "generated.jsonl"
 RANK_LOGS = "generated.rank-*.jsonl"
+MAX_LINE_BYTES = 2**20  # a line is a few hundred bytes (the prompt is the longest field)
 Key = tuple[str, str, int]  # (item, arm, seed)
-_LINE = Obj(
+LINE = Obj(
     {
         "item": Str(),
         "arm": Str(),
-        "seed": Int(),
+        "seed": Int(0, MAX_SEED - 1),
         "file": Str(),
         "seconds": Num(0.0),
-        "prompt": Str(),
+        "prompt": Str(),  # the raw SIGMA prompt the model read (tokens, <image_k>)
     }
 )
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One finished image of a run, as its line in generated.jsonl gives it; ``path`` is the
+    file, checked to lie inside the run folder."""
+
+    item: str
+    arm: str
+    seed: int
+    file: str
+    seconds: float
+    prompt: str
+    path: Path
+
+    @property
+    def key(self) -> Key:
+        return self.item, self.arm, self.seed
+
+    def load(self) -> Image.Image:
+        """The image, its limits checked before it is decoded."""
+        name = f"{LOG}: {self.item}, {self.arm}, seed {self.seed}: file"
+        return load_image(read_image_bytes(self.path, name=name), name=name)
 
 
 def image_file(key: Key) -> str:
@@ -49,29 +78,45 @@ def log_name(rank: int, world: int) -> str:
     return LOG if world == 1 else f"generated.rank-{rank}.jsonl"
 
 
-def _complete(path: Path) -> bytes:
-    """The file's bytes up to its last newline (a partial last line dropped)."""
-    data = read_bounded(path, MAX_BENCHMARK_BYTES, what="run log", error=SigmaInputError)
-    return data[: data.rfind(b"\n") + 1]
+def _lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A log's complete lines, each checked against LINE (a torn last line passed over)."""
+    for number, line in read_json_lines(
+        path, LINE, what="run log", max_line_bytes=MAX_LINE_BYTES, torn_tail=True
+    ):
+        yield f"{path}, line {number}", line
+
+
+def _check_file(where: str, line: dict[str, Any]) -> None:
+    if line["file"] != image_file(key_of(line)):
+        raise SigmaInputError(f"{where}: file: {line['file'][:80]!r} is not this key's image")
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The complete lines of a log, each checked (a line naming another file is refused)."""
     if not path.exists():
         return []
-    try:
-        text = _complete(path).decode("utf-8")
-    except UnicodeDecodeError:
-        raise SigmaInputError(f"{path}: not UTF-8 text; a run log is JSON lines") from None
     lines = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        where = f"{path} line {number}"
-        raw = parse_json(line, where, error=SigmaInputError, needs="a log line nests 1")
-        check_record(raw, _LINE, where, error=SigmaInputError)
-        if raw["file"] != image_file(key_of(raw)):
-            raise SigmaInputError(f"{where}: file: {raw['file'][:80]!r} is not this key's image")
-        lines.append(raw)
+    for where, line in _lines(path):
+        _check_file(where, line)
+        lines.append(line)
     return lines
+
+
+def read_images(run: Path, record: dict[str, Any]) -> list[Generated]:
+    """generated.jsonl's images, each once (the last line of a key wins), each of an arm and
+    item of run.json, each file inside the run folder (no '..', no absolute path, no link out)."""
+    found: dict[Key, Generated] = {}
+    names = RunNames.of(record)
+    for where, line in _lines(run / LOG):
+        names.check(where, line)
+        try:
+            path = resolve_image_path(line["file"], [run], field_name="file")
+        except PresetError as e:
+            raise SigmaInputError(f"{where}: {e}") from None
+        _check_file(where, line)
+        image = Generated(**line, path=path)
+        found[image.key] = image
+    return list(found.values())
 
 
 def key_of(line: dict[str, Any]) -> Key:
@@ -88,19 +133,42 @@ def finished(run: Path) -> dict[Key, dict[str, Any]]:
     return done
 
 
+def cut_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a writer stopped mid-line) off ``path``, so the
+    next line appended starts on its own; reads only the file's tail."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        cut = end
+        while cut > 0:
+            step = min(cut, 2**16)
+            f.seek(cut - step)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                cut = cut - step + newline + 1
+                break
+            cut -= step
+        if cut < end:
+            f.truncate(cut)
+
+
 class LogWriter:
-    """Appends lines to one log, each synced to disk before the next image starts."""
+    """Appends JSON lines to one file (generated.jsonl, scores.jsonl), each flushed and synced
+    to disk before the next, so a line always means finished work."""
 
     def __init__(self, path: Path) -> None:
-        if path.exists():  # cut a partial last line, so the next line starts on its own
-            os.truncate(path, len(_complete(path)))
+        if path.exists():
+            cut_torn_tail(path)
         self.path = path
 
     def append(self, line: dict[str, Any]) -> None:
+        self.extend([line])
+
+    def extend(self, lines: Iterable[dict[str, Any]]) -> None:
         with open(self.path, "ab") as f:
-            f.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+            for line in lines:
+                f.write((json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n").encode())
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def merge(run: Path, order: Iterable[Key]) -> int:

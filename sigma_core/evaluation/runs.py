@@ -29,26 +29,23 @@ from typing import Any
 from sigma_core.errors import PresetError, SigmaInputError
 from sigma_core.evaluation import runlog
 from sigma_core.evaluation.arms import Arm, parse_arms
-from sigma_core.evaluation.benchmark import MANIFEST, Benchmark, copy_text, load_benchmark
-from sigma_core.inputs.outfile import check_run_folder, write_atomic
-from sigma_core.inputs.records import Anything, Int, Map, Obj, Seq, Str, read_record
+from sigma_core.evaluation.benchmark import (
+    MANIFEST,
+    Benchmark,
+    copy_text,
+    load_benchmark,
+    write_copy,
+)
+from sigma_core.evaluation.run_record import (
+    RECORD,
+    RUN_VERSION,
+    read_run_record,
+    write_run_record,
+)
+from sigma_core.inputs.outfile import check_run_folder
 from sigma_core.inputs.settings import SETTING_SPECS, SPECS, settings_from_text
 from sigma_core.limits import MAX_EVAL_SEEDS
 from sigma_core.model.modes import EngineChoice
-
-RUN_VERSION = 1
-RECORD = "run.json"
-_RECORD = Obj(
-    {
-        "version": Int(RUN_VERSION, RUN_VERSION),
-        "benchmark": Str(),
-        "arms": Seq(Obj({"name": Str(), "vary": Map(Str())})),
-        "seeds": Seq(Int()),
-        "items": Seq(Str()),
-        "engine": Map(Anything()),
-        "settings_overrides": Map(Str()),
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,7 @@ def check_resume(spec: RunSpec, run: Path) -> bool:
         raise SigmaInputError(
             f"RUN {str(run)!r} holds files but no {RECORD}; choose a new or empty folder"
         )
-    old = read_record(run / RECORD, _RECORD, what="run record")
+    old = read_run_record(run)
     new = spec.record()
     differ = [key for key in new if old.get(key) != json.loads(json.dumps(new[key]))]
     if differ:
@@ -162,11 +159,8 @@ def check_resume(spec: RunSpec, run: Path) -> bool:
 
 def start_run(spec: RunSpec, run: Path) -> None:
     """A new run's record and its copy of the benchmark (the main process only)."""
-    from sigma_core.evaluation.benchmark import write_copy
-
     run.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(spec.record(), indent=2) + "\n"
-    write_atomic(run / RECORD, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    write_run_record(run, spec.record())
     write_copy(spec.benchmark, run)
 
 
@@ -236,6 +230,14 @@ def _processes(spec: RunSpec, args: argparse.Namespace) -> tuple[Any, Any]:
     return state, device
 
 
+def _made_here(total: int, made: int, world: int) -> str:
+    """What the last line says this command did: alone, the images it made and those an
+    earlier command had made; under accelerate, the main process's share (each prints none)."""
+    if world == 1:
+        return f"{made} made now, {total - made} by an earlier command"
+    return f"{made} made by the main process, one of {world} processes"
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``evaluate generate``; returns the exit code (errors raise a SigmaError: exit 2)."""
     spec = check_spec(args)
@@ -255,5 +257,5 @@ def main(args: argparse.Namespace) -> int:
     state.wait_for_everyone()
     if state.is_main_process:
         total = runlog.merge(run, [job.key for job in jobs])
-        print(f"{run}: {total} of {len(jobs)} images ({made} made by this process, {world} in all)")
+        print(f"{run}: {total} of {len(jobs)} images done ({_made_here(total, made, world)})")
     return 0

@@ -1,90 +1,123 @@
-"""The scorer's files in a run folder: scores.jsonl (a line per image, append-only, each line
-flushed, so an interrupted scoring keeps what it made), a part file per process under
-``accelerate launch`` that the main process appends to scores.jsonl in generated.jsonl's order,
-and scores.json (the models used, the metrics skipped and why).
+"""The scorer's files in a run folder, written and read here only: scores.jsonl (a line per
+image, append-only, each line synced, so an interrupted scoring keeps what it made), a part
+file per process under ``accelerate launch`` that the main process appends to scores.jsonl in
+generated.jsonl's order, and scores.json (the models used, the metrics skipped and why).
 
-An image is scored again only when no line of it was made with the models asked now; when it
-is, the new line comes later, and readers take an image's last line.
+One rule for every reader: an image's **last** line wins. Re-scoring with other models
+appends a new line rather than rewriting the file, so the scorer's resume and the report both
+take the last line of each (item, arm, seed).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from sigma_core.evaluation.run_folder import Generated, read_jsonl
-from sigma_core.inputs.records import Int, Map, Obj, Str
+from sigma_core.errors import SigmaInputError
+from sigma_core.evaluation.benchmark import FAMILIES
+from sigma_core.evaluation.metrics import METRIC_NAMES
+from sigma_core.evaluation.run_record import RunNames
+from sigma_core.evaluation.runlog import Generated, Key, LogWriter, key_of
+from sigma_core.inputs.outfile import write_atomic
+from sigma_core.inputs.records import (
+    Int,
+    Map,
+    Maybe,
+    Num,
+    Obj,
+    Seq,
+    Str,
+    read_json_lines,
+    read_record,
+)
+from sigma_core.limits import MAX_SEED
 
 SCORES = "scores.jsonl"
 SUMMARY = "scores.json"
 PART_GLOB = "scores.part*.jsonl"
-SCORE_LINE = Obj({"item": Str(), "arm": Str(), "seed": Int(), "models": Map(Str())})
+MAX_LINE_BYTES = 2**20  # a line is a few hundred bytes
+SCORE_LINE = Obj(
+    {
+        "item": Str(),
+        "arm": Str(),
+        "seed": Int(0, MAX_SEED - 1),
+        "family": Str(FAMILIES),
+        **{name: Maybe(Num()) for name in METRIC_NAMES},  # null: not asked, skipped or no refs
+        "per_reference": Map(Map(Num())),  # metric -> slot -> value
+        "models": Map(Str()),  # metric -> the model it was scored with
+    }
+)
+SUMMARY_RECORD = Obj(
+    {"models": Map(Str()), "skipped": Map(Str()), "metrics": Seq(Str(METRIC_NAMES))}
+)
 
 
 def part_file(run: Path, rank: int) -> Path:
     return run / f"scores.part{rank}.jsonl"
 
 
-def _score_files(run: Path) -> list[Path]:
-    return [p for p in [run / SCORES, *sorted(run.glob(PART_GLOB))] if p.exists()]
+def last_lines(paths: Sequence[Path]) -> dict[Key, tuple[str, dict[str, Any]]]:
+    """The last line of each image over ``paths`` in order, with where it is (file, line);
+    a torn last line of a file (the scorer stopped mid-write) is passed over."""
+    lines: dict[Key, tuple[str, dict[str, Any]]] = {}
+    for path in paths:
+        for number, line in read_json_lines(
+            path, SCORE_LINE, what="scores file", max_line_bytes=MAX_LINE_BYTES, torn_tail=True
+        ):
+            key = key_of(line)
+            lines.pop(key, None)  # the image moves to where its last line is
+            lines[key] = (f"{path}, line {number}", line)
+    return lines
 
 
-def scored(run: Path, models: Mapping[str, str]) -> set[tuple[str, str, int]]:
-    """The images (item, arm, seed) that have a line made with every model in ``models``."""
-    done = set()
-    for path in _score_files(run):
-        for line in read_jsonl(path, SCORE_LINE, torn_tail=True):
-            if all(line["models"].get(m) == model for m, model in models.items()):
-                done.add((line["item"], line["arm"], line["seed"]))
-    return done
+def read_scores(run: Path, record: Mapping[str, Any], families: Mapping[str, str],
+                *, parts: bool = False) -> dict[Key, dict[str, Any]]:  # fmt: skip
+    """scores.jsonl's last line per image (and the part files' with ``parts``), each of an
+    arm and item of run.json and of the item's family in the benchmark."""
+    paths = [run / SCORES, *(sorted(run.glob(PART_GLOB)) if parts else [])]
+    names = RunNames.of(record)
+    out = {}
+    for key, (where, line) in last_lines([p for p in paths if p.exists()]).items():
+        names.check(where, line)
+        if families.get(line["item"]) != line["family"]:
+            raise SigmaInputError(
+                f"{where}: family {line['family']!r} is not the benchmark's for this item"
+            )
+        out[key] = line
+    return out
 
 
-def open_for_append(path: Path) -> TextIO:
-    """``path`` opened to append lines, a torn last line (no newline) cut off first."""
-    if path.exists():
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-    return open(path, "a", encoding="utf-8")
+def scored(lines: Mapping[Key, dict[str, Any]], models: Mapping[str, str]) -> set[Key]:
+    """The images whose last line was made with every model in ``models``."""
+    return {
+        key
+        for key, line in lines.items()
+        if all(line["models"].get(m) == model for m, model in models.items())
+    }
 
 
-def append_lines(out: TextIO, lines: Iterable[dict[str, Any]]) -> None:
-    for line in lines:
-        out.write(json.dumps(line, allow_nan=False) + "\n")
-        out.flush()
-
-
-def merge_parts(run: Path, order: list[Generated]) -> int:
+def merge_parts(run: Path, order: Sequence[Generated]) -> int:
     """Appends the part files' lines to scores.jsonl, in ``order`` (generated.jsonl's), and
     removes them; returns how many lines moved."""
     parts = sorted(run.glob(PART_GLOB))
-    lines: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for path in parts:
-        for line in read_jsonl(path, SCORE_LINE, torn_tail=True):
-            lines[(line["item"], line["arm"], line["seed"])] = line
+    lines = [line for _, line in last_lines(parts).values()]
     rank = {image.key: i for i, image in enumerate(order)}
-    with open_for_append(run / SCORES) as out:
-        append_lines(out, sorted(lines.values(), key=lambda s: rank.get(_key(s), len(rank))))
-        out.flush()
-        os.fsync(out.fileno())
+    LogWriter(run / SCORES).extend(sorted(lines, key=lambda s: rank.get(key_of(s), len(rank))))
     for path in parts:
         path.unlink()
     return len(lines)
 
 
-def _key(line: dict[str, Any]) -> tuple[str, str, int]:
-    return (line["item"], line["arm"], line["seed"])
-
-
 def write_summary(
-    run: Path, metrics: tuple[str, ...], models: Mapping[str, str], skipped: Mapping[str, str]
+    run: Path, metrics: Sequence[str], models: Mapping[str, str], skipped: Mapping[str, str]
 ) -> None:
     """scores.json: the metrics asked, the model each was scored with, why any was not."""
     summary = {"models": dict(models), "skipped": dict(skipped), "metrics": list(metrics)}
-    tmp = run / f".{SUMMARY}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run / SUMMARY)
+    text = json.dumps(summary, indent=2) + "\n"
+    write_atomic(run / SUMMARY, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+
+
+def read_summary(run: Path) -> dict[str, Any]:
+    return read_record(run / SUMMARY, SUMMARY_RECORD, what="scores file", error=SigmaInputError)

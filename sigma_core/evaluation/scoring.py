@@ -2,9 +2,10 @@
 metrics asked (docs/evaluation.md, "Metrics"), into RUN/scores.jsonl and RUN/scores.json.
 
 Models come from the local cache only; a metric whose model is missing is skipped with a note
-naming the download command, and the others still run. Resumable: an image already scored with
-the same models is not scored again. Under ``accelerate launch`` each process scores its share
-of the images into its own part file, and the main process merges them.
+naming the download command, and the others still run. Resumable: an image whose last line in
+scores.jsonl was made with the same models is not scored again. Under ``accelerate launch``
+each process scores its share of the images into its own part file, and the main process
+merges them.
 """
 
 from __future__ import annotations
@@ -23,22 +24,15 @@ from PIL import Image
 from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation import score_files
 from sigma_core.evaluation.aesthetic import DEFAULT_AES, load_aesthetic
+from sigma_core.evaluation.benchmark import ROLES, BenchmarkItem
 from sigma_core.evaluation.clip_scores import DEFAULT_CLIP, ClipEmbedder, clip_t, prompt_text
 from sigma_core.evaluation.dino import DEFAULT_DINO, DinoEmbedder
 from sigma_core.evaluation.dreamsim import DreamSimEmbedder, default_dreamsim_dir
 from sigma_core.evaluation.embedders import MAX_BATCH, ModelUnavailable, RefView, pair_scores
-from sigma_core.evaluation.run_folder import (
-    Generated,
-    Item,
-    load_generated,
-    read_generated,
-    read_items,
-    run_folder,
-)
+from sigma_core.evaluation.metrics import METRIC_NAMES
+from sigma_core.evaluation.run_record import open_run
+from sigma_core.evaluation.runlog import Generated, LogWriter, read_images
 
-METRICS = ("clip_t", "clip_i", "dino", "dreamsim", "clip_es", "aes")
-LABELS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino": "DINO", "dreamsim": "DreamSim",
-          "clip_es": "CLIP-ES", "aes": "AES"}  # fmt: skip
 KINDS = ("clip", "dino", "dreamsim", "aes")  # the models, in loading order (AES reads CLIP)
 NEEDS = {"clip_t": ("clip",), "clip_i": ("clip",), "clip_es": ("clip",), "dino": ("dino",),
          "dreamsim": ("dreamsim",), "aes": ("clip", "aes")}  # fmt: skip
@@ -59,15 +53,15 @@ class Scorers:
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
-    """--metrics: "all", or names from METRICS separated by commas; in METRICS' order."""
-    names = METRICS if text.strip() == "all" else [n.strip() for n in text.split(",")]
-    unknown = [n for n in names if n not in METRICS]
+    """--metrics: "all", or metric names separated by commas; in the metrics table's order."""
+    names = METRIC_NAMES if text.strip() == "all" else [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in METRIC_NAMES]
     if unknown or not names:
         raise SigmaInputError(
             f"--metrics: {unknown[0] if unknown else text!r} is not a metric; "
-            f"use all or some of {', '.join(METRICS)}"
+            f"use all or some of {', '.join(METRIC_NAMES)}"
         )
-    return tuple(m for m in METRICS if m in names)
+    return tuple(m for m in METRIC_NAMES if m in names)
 
 
 def model_sources(
@@ -122,7 +116,9 @@ def _load(
     return load_aesthetic(source, loaded["clip"].dim)
 
 
-def score_item(scorers: Scorers, item: Item, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+def score_item(
+    scorers: Scorers, item: BenchmarkItem, images: Sequence[Image.Image]
+) -> list[dict[str, Any]]:
     """Each image's scores ({metric: value or None, "per_reference": {metric: {slot: value}}})
     for the metrics in ``scorers.models``. A pair metric is the mean over its references."""
     columns: dict[str, np.ndarray] = {}  # metric -> [len(images)]
@@ -135,7 +131,7 @@ def score_item(scorers: Scorers, item: Item, images: Sequence[Image.Image]) -> l
         columns["aes"] = scorers.loaded["aes"].score(scorers.loaded["clip"].embed_images(images))
     return [
         {
-            **{m: float(columns[m][i]) if m in columns else None for m in METRICS},
+            **{m: float(columns[m][i]) if m in columns else None for m in METRIC_NAMES},
             "per_reference": {
                 m: {k: float(v[i]) for k, v in r.items()} for m, r in per_ref.items()
             },
@@ -144,13 +140,25 @@ def score_item(scorers: Scorers, item: Item, images: Sequence[Image.Image]) -> l
     ]
 
 
+def reference_views(item: BenchmarkItem) -> dict[str, list[RefView]]:
+    """The item's references with images, by role: {"wanted": [...], "distractor": [...]},
+    each keyed by its slot ("1") with its region."""
+    out: dict[str, list[RefView]] = {role: [] for role in ROLES}
+    for ref in item.composition.references:
+        if ref.image is not None:
+            role = item.references[ref.slot]
+            image = item.composition.load_image(ref)
+            out[role.role].append(RefView(str(ref.slot), image, role.region))
+    return out
+
+
 def pair_metrics(
-    scorers: Scorers, item: Item, images: Sequence[Image.Image]
+    scorers: Scorers, item: BenchmarkItem, images: Sequence[Image.Image]
 ) -> dict[str, dict[str, np.ndarray]]:
     """The pair metrics asked: {metric: {slot: [len(images)]}}. CLIP-ES compares the whole
     image with each distractor (wherever it might have landed); the others each wanted
     reference with its region."""
-    views = item.views()
+    views = reference_views(item)
     out = {}
     for metric, (kind, role) in PAIRS.items():
         if metric in scorers.models:
@@ -161,21 +169,20 @@ def pair_metrics(
 
 
 def score_images(
-    scorers: Scorers, items: dict[str, Item], images: list[Generated], out_path: Path
+    scorers: Scorers, items: dict[str, BenchmarkItem], images: list[Generated], out_path: Path
 ) -> None:
     """Scores ``images``, an item at a time, appending a line per image to ``out_path``."""
     by_item: dict[str, list[Generated]] = {}
     for image in images:
         by_item.setdefault(image.item, []).append(image)
-    with score_files.open_for_append(out_path) as out:
-        for item_id, group in by_item.items():
-            item = items[item_id]
-            rows = score_item(scorers, item, [load_generated(g) for g in group])
-            score_files.append_lines(
-                out,
-                ({"item": g.item, "arm": g.arm, "seed": g.seed, "family": item.family, **row,
-                  "models": scorers.models} for g, row in zip(group, rows, strict=True)),
-            )  # fmt: skip
+    out = LogWriter(out_path)
+    for item_id, group in by_item.items():
+        item = items[item_id]
+        rows = score_item(scorers, item, [g.load() for g in group])
+        out.extend(
+            {"item": g.item, "arm": g.arm, "seed": g.seed, "family": item.family, **row,
+             "models": scorers.models} for g, row in zip(group, rows, strict=True)
+        )  # fmt: skip
 
 
 def check_batch_size(size: int) -> int:
@@ -190,16 +197,17 @@ def main(args: argparse.Namespace) -> int:
 
     from sigma_core.runtime.device import resolve_device
 
-    run = run_folder(args.run)
     metrics = parse_metrics(args.metrics)
     batch_size = check_batch_size(args.batch_size)
-    items = read_items(run)
-    generated = read_generated(run, items)
+    opened = open_run(args.run)
+    run, items = opened.folder, opened.items
+    generated = read_images(run, opened.record)
+    lines = score_files.read_scores(run, opened.record, opened.families, parts=True)
     state = PartialState()
     device = resolve_device(args.device) if args.device else state.device
     sources = model_sources(args.clip_model, args.dino_model, args.dreamsim_model, args.aes_model)
     scorers = load_scorers(metrics, sources, device, batch_size)
-    done = score_files.scored(run, scorers.models) if scorers.models else set()
+    done = score_files.scored(lines, scorers.models) if scorers.models else set()
     todo = [g for g in generated if g.key not in done] if scorers.models else []
     with state.split_between_processes(todo) as mine:
         single = state.num_processes == 1

@@ -13,6 +13,7 @@ a resume.
 
 from __future__ import annotations
 
+import codecs
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -251,19 +252,29 @@ def read_json_lines(
     *,
     what: str,
     max_line_bytes: int = MAX_RECORD_BYTES,
+    max_file_bytes: int | None = None,
+    torn_tail: bool = False,
     error: type[SigmaError] = SigmaInputError,
 ) -> Iterator[tuple[int, Any]]:
     """Each non-blank line of a JSON Lines file with its line number, checked against
     ``schema``. The file is read a line at a time (a line over ``max_line_bytes`` is refused
     unread), so one with embedded images never sits in memory whole; every refusal names
-    ``<file>, line N``."""
-    _regular_file_size(path, what, error)
+    ``<file>, line N``. ``max_file_bytes`` caps the whole file; with ``torn_tail`` a last line
+    without its newline is passed over, since an appending writer stopped mid-line (and cuts
+    it off before its next line). A UTF-8 byte order mark is allowed before the first line."""
+    size = _regular_file_size(path, what, error)
+    if max_file_bytes is not None and size > max_file_bytes:
+        raise error(f"{path}: a {what} is at most {max_file_bytes >> 20} MB")
     try:
         with open(path, "rb") as f:
             for number, line in enumerate(iter(lambda: f.readline(max_line_bytes + 1), b""), 1):
                 where = f"{path}, line {number}"
                 if len(line) > max_line_bytes:
                     raise error(f"{where}: a line of the {what} is over {max_line_bytes:,} bytes")
+                if torn_tail and not line.endswith(b"\n"):
+                    return
+                if number == 1 and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8) :]
                 if line.strip():
                     record = _parse(line, where, error)
                     check_record(record, schema, where, error=error)
