@@ -36,8 +36,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from sigma_core.errors import PresetError, SigmaError, SigmaInputError
-from sigma_core.evaluation.clip_scores import prompt_text
 from sigma_core.evaluation.benchmark import BenchmarkItem, ReferenceRole
+from sigma_core.evaluation.clip_scores import prompt_text
 from sigma_core.evaluation.metrics import label
 from sigma_core.evaluation.scoring import Scorers, load_scorers, model_sources, score_item
 from sigma_core.geometry import latent_shape

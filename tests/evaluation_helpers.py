@@ -57,6 +57,18 @@ def dino_folder(folder: Path, v2: bool = False) -> Path:
     return folder
 
 
+def score(run: Path, models: dict[str, Path], *extra: str) -> int:
+    """``evaluate score RUN`` in this process with the tiny models, on CPU; DreamSim's weights
+    are never on disk here, so it is skipped."""
+    from sigma_core import cli
+
+    argv = ["evaluate", "score", str(run), "--clip-model", str(models["clip"]),
+            "--dino-model", str(models["dino"]), "--aes-model", str(models["aes"]),
+            "--dreamsim-model", str(run.parent / "no-dreamsim"), "--device", "cpu",
+            *extra]  # fmt: skip
+    return cli.main(argv)
+
+
 def eval_models(root: Path) -> dict[str, Path]:
     """The tiny CLIP, DINO and aesthetic head in folders under ``root``, by kind."""
     clip, dino = root / "clip", root / "dino"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from sigma_core import Composition, Reference, cli
+from sigma_core import Composition, Reference
 from sigma_core.evaluation import aesthetic, dreamsim, runlog, score_files, scoring
 from sigma_core.evaluation.benchmark import load_benchmark, write_copy
 from sigma_core.evaluation.clip_scores import ClipEmbedder, clip_t, plain_text, prompt_text
@@ -26,7 +26,7 @@ from sigma_core.evaluation.embedders import RefView, pair_scores
 from sigma_core.evaluation.metrics import METRIC_NAMES
 from sigma_core.evaluation.run_record import open_run, write_run_record
 from sigma_core.inputs.preset import preset_to_dict
-from tests.evaluation_helpers import CPU, dino_folder, eval_models
+from tests.evaluation_helpers import CPU, dino_folder, eval_models, score as _score
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -258,14 +258,6 @@ def run(tmp_path: Path) -> Path:
 
 def _generated(item: str, arm: str = "mask=on", file: str = "x.png") -> dict[str, Any]:
     return {"item": item, "arm": arm, "seed": 0, "file": file, "seconds": 1.5, "prompt": "p"}
-
-
-def _score(run: Path, models: dict[str, Path], *extra: str) -> int:
-    argv = ["evaluate", "score", str(run), "--clip-model", str(models["clip"]),
-            "--dino-model", str(models["dino"]), "--aes-model", str(models["aes"]),
-            "--dreamsim-model", str(run.parent / "no-dreamsim"), "--device", "cpu",
-            *extra]  # fmt: skip
-    return cli.main(argv)
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:

@@ -252,7 +252,7 @@ def read_json_lines(
     *,
     what: str,
     max_line_bytes: int = MAX_RECORD_BYTES,
-    max_file_bytes: int | None = None,
+    max_file_bytes: int = MAX_INT,
     torn_tail: bool = False,
     error: type[SigmaError] = SigmaInputError,
 ) -> Iterator[tuple[int, Any]]:
@@ -263,7 +263,7 @@ def read_json_lines(
     without its newline is passed over, since an appending writer stopped mid-line (and cuts
     it off before its next line). A UTF-8 byte order mark is allowed before the first line."""
     size = _regular_file_size(path, what, error)
-    if max_file_bytes is not None and size > max_file_bytes:
+    if size > max_file_bytes:
         raise error(f"{path}: a {what} is at most {max_file_bytes >> 20} MB")
     try:
         with open(path, "rb") as f:
@@ -273,14 +273,24 @@ def read_json_lines(
                     raise error(f"{where}: a line of the {what} is over {max_line_bytes:,} bytes")
                 if torn_tail and not line.endswith(b"\n"):
                     return
-                if number == 1 and line.startswith(codecs.BOM_UTF8):
-                    line = line[len(codecs.BOM_UTF8) :]
-                if line.strip():
-                    record = _parse(line, where, error)
-                    check_record(record, schema, where, error=error)
+                record = _line_record(line, number, where, schema, error)
+                if record is not None:
                     yield number, record
     except OSError as e:
         raise _unreadable(path, what, e, error) from None
+
+
+def _line_record(
+    line: bytes, number: int, where: str, schema: Spec, error: type[SigmaError]
+) -> Any:
+    """One line's value, checked (None for a blank line; a byte order mark may open line 1)."""
+    if number == 1 and line.startswith(codecs.BOM_UTF8):
+        line = line[len(codecs.BOM_UTF8) :]
+    if not line.strip():
+        return None
+    record = _parse(line, where, error)
+    check_record(record, schema, where, error=error)
+    return record
 
 
 def _parse(data: bytes, where: str, error: type[SigmaError]) -> Any:
