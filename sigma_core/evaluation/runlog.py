@@ -1,4 +1,5 @@
-"""A run's log of finished images, ``RUN/generated.jsonl``: what makes a run resumable.
+"""A run's log of finished images, ``RUN/generated.jsonl``: what makes a run resumable, its
+writer and the one reader of it that ``evaluate generate``, the scorer and the report share.
 
 A line is appended (flushed and synced) only once its PNG is in place, so a line always means
 an image: a run killed at any point loses at most the image it was making. On resume, a key
@@ -30,7 +31,7 @@ from sigma_core.limits import MAX_SEED
 
 LOG = "generated.jsonl"
 RANK_LOGS = "generated.rank-*.jsonl"
-MAX_LINE_BYTES = 2**20  # a line is a few hundred bytes (the prompt is the longest field)
+MAX_LINE_BYTES = 2**20  # a line of generated.jsonl or scores.jsonl: a few hundred bytes
 Key = tuple[str, str, int]  # (item, arm, seed)
 LINE = Obj(
     {

@@ -19,7 +19,7 @@ from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation.benchmark import FAMILIES
 from sigma_core.evaluation.metrics import METRIC_NAMES
 from sigma_core.evaluation.run_record import RunNames
-from sigma_core.evaluation.runlog import Generated, Key, LogWriter, key_of
+from sigma_core.evaluation.runlog import MAX_LINE_BYTES, Generated, Key, LogWriter, key_of
 from sigma_core.inputs.outfile import write_atomic
 from sigma_core.inputs.records import (
     Int,
@@ -37,7 +37,6 @@ from sigma_core.limits import MAX_SEED
 SCORES = "scores.jsonl"
 SUMMARY = "scores.json"
 PART_GLOB = "scores.part*.jsonl"
-MAX_LINE_BYTES = 2**20  # a line is a few hundred bytes
 SCORE_LINE = Obj(
     {
         "item": Str(),
