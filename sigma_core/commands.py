@@ -230,7 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if args.max_steps is not None and not 1 <= args.max_steps <= cfg.steps:
         raise SigmaInputError(f"--max-steps: {args.max_steps} must be from 1 to {cfg.steps}")
-    check_run_folder(cfg.output_dir, "output_dir")  # before the model loads, as generate does
+    for what, folder in cfg.folders().items():  # before the model loads, as generate does
+        check_run_folder(folder, what)
     from sigma_core.training.trainer import Trainer
 
     trainer = Trainer(cfg, resume=args.resume)

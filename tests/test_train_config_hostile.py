@@ -120,6 +120,11 @@ def test_a_fifo_image_is_not_a_regular_file_for_validate_and_inspect(tmp_path, c
         "data: {path: 1}",
         "lr: .nan",
         "sample_preset: 5",
+        "latent_cache: 5",
+        "latent_cache: ''",
+        "latent_cache_bytes: -1",
+        "latent_cache_bytes: " + "9" * 400,
+        "latent_cache_bytes: lots",
     ],
     ids=[
         "lr-huge",
@@ -130,6 +135,11 @@ def test_a_fifo_image_is_not_a_regular_file_for_validate_and_inspect(tmp_path, c
         "data-mapping",
         "lr-nan",
         "sample-preset-int",
+        "cache-int",
+        "cache-empty",
+        "cache-bytes-negative",
+        "cache-bytes-huge",
+        "cache-bytes-word",
     ],
 )
 def test_wrong_kinds_and_sizes_are_exit_2(tmp_path, capsys, extra):
@@ -173,3 +183,17 @@ def test_the_shipped_configs_are_the_paper_and_the_released_script():
     assert (released.steps, released.save_every, released.max_tokens) == (30_000, 5_000, 30_000)
     assert (released.lr, released.min_lr, released.ema, released.eps) == (2e-5, 1e-7, 0.9999, 1e-15)
     assert (released.text_dropout, released.image_dropout, released.vit_dropout) == (0.1, 0.3, 0.3)
+
+
+def test_a_latent_cache_that_cannot_be_written_is_refused_first(tmp_path, capsys, monkeypatch):
+    config = _write(tmp_path, GOOD)
+    (tmp_path / "file").write_text("x")
+    for where in (tmp_path / "file", tmp_path / "file" / "cache"):
+        err = _train(capsys, config, f"latent_cache={where}")
+        assert "latent_cache" in err and "not a folder" in err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
+    err = _train(capsys, config, f"latent_cache={locked / 'cache'}")
+    assert "latent_cache" in err and "not writable" in err

@@ -9,6 +9,7 @@ engine takes the posterior mean so that encoding is deterministic.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -204,13 +205,10 @@ class FluxVAE(torch.nn.Module):
         return cls(model.requires_grad_(False)).eval()
 
     @torch.no_grad()
-    def encode(
-        self, images: torch.Tensor, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Images [B, 3, H, W] in [-1, 1] -> latents [B, z, H/8, W/8]: (mean - SHIFT) * SCALE.
-
-        With a ``generator`` the latent is drawn from the posterior instead of its mean, as the
-        official encoder does (the trainer's choice; inference stays deterministic)."""
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, 3, H, W] in [-1, 1] -> the posterior's mean and log-variance, each
+        [B, z, H/8, W/8] in the VAE's dtype, unscaled (the log-variance clamped as diffusers
+        clamps it). The VAE is frozen, so these are all an encode depends on."""
         if images.ndim != 4 or images.shape[1] != self.autoencoder.config["in_channels"]:
             raise ValueError(f"encode expects [B, 3, H, W] images, got {list(images.shape)}.")
         if images.shape[-2] % self.downsample or images.shape[-1] % self.downsample:
@@ -220,11 +218,26 @@ class FluxVAE(torch.nn.Module):
             )
         images = images.to(device=self.device, dtype=self.dtype)
         posterior = self.autoencoder.encode(images).latent_dist
-        z = posterior.mean
-        if generator is not None:
-            noise = torch.randn(z.shape, generator=generator, device=generator.device)
-            z = z + posterior.std * noise.to(device=z.device, dtype=z.dtype)
-        return (z - SHIFT_FACTOR) * SCALE_FACTOR
+        return posterior.mean, posterior.logvar
+
+    @torch.no_grad()
+    def encode(
+        self, images: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> latents [B, z, H/8, W/8]: (mean - SHIFT) * SCALE.
+
+        With a ``generator`` the latent is drawn from the posterior instead of its mean, as the
+        official encoder does (the trainer's choice; inference stays deterministic)."""
+        return sample_latent(*self.posterior(images), generator)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (names, dtypes, shapes, bytes): the VAE's identity, so that
+        what is stored from one VAE is never read back for another."""
+        digest = hashlib.sha256()
+        for name, tensor in self.autoencoder.state_dict().items():
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -235,6 +248,20 @@ class FluxVAE(torch.nn.Module):
             )
         latents = latents.to(device=self.device, dtype=self.dtype)
         return self.autoencoder.decode(latents / SCALE_FACTOR + SHIFT_FACTOR).sample
+
+
+@torch.no_grad()
+def sample_latent(
+    mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """BAGEL's latent [B, z, h, w] from a posterior (:meth:`FluxVAE.posterior`): its mean, or
+    with a ``generator`` mean + std * noise, the noise drawn in ``mean``'s shape on the
+    generator's device; then (z - SHIFT) * SCALE."""
+    z = mean
+    if generator is not None:
+        noise = torch.randn(mean.shape, generator=generator, device=generator.device)
+        z = z + torch.exp(0.5 * logvar) * noise.to(device=z.device, dtype=z.dtype)
+    return (z - SHIFT_FACTOR) * SCALE_FACTOR
 
 
 def write_random_flux_ae(

@@ -32,6 +32,12 @@ def to_pixels(img: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
 
 
+def pixel_key(img: Image.Image) -> str:
+    """The SHA-256 of an image's pixels with its mode and size: what a VAE encode of it depends
+    on (for one VAE), so a latent cache's key for it."""
+    return f"{hashlib.sha256(img.tobytes()).hexdigest()}-{img.mode}-{img.size}"
+
+
 def check_cache_bytes(max_bytes: Any) -> int:
     """A latent cache's bound, or a SigmaInputError (0 keeps nothing: every run encodes)."""
     if not is_int(max_bytes) or max_bytes < 0:
@@ -154,7 +160,7 @@ class ReferenceEncoder:
 
     def _encode(self, img: Image.Image) -> tuple[torch.Tensor, bool]:
         """The latent of ``img``, and whether the cache held it."""
-        key = f"{hashlib.sha256(img.tobytes()).hexdigest()}-{img.mode}-{img.size}"
+        key = pixel_key(img)
         latent = self.cache.get(key)
         if latent is not None:
             return latent, True

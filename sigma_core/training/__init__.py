@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the names; they load on first use (sigma_core.lazy)
         sample_timesteps as sample_timesteps,
     )
     from sigma_core.training.packing import (
+        Draft as Draft,
         ExampleMaker as ExampleMaker,
         ImageBounds as ImageBounds,
         PackedBatch as PackedBatch,

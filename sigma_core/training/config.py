@@ -37,6 +37,8 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 10_000  # values once aliases are expanded: a "billion laughs" stops here
 MAX_CONFIG_DEPTH = 32  # nesting of lists and mappings
 MAX_SHOWN = 80  # characters of a value quoted in a message
+# 4 GiB: a 1024x1024 image's posterior is 2 MiB (mean and log-variance [16, 128, 128] fp32)
+DISK_CACHE_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class TrainConfig:
     image_dropout: float = 0.3
     vit_dropout: float = 0.3  # the phantom ViT block, in the "training" layout
     timestep_shift: float = 1.0
+    # a folder keeping each image's VAE posterior, so later epochs skip the frozen VAE (it may be
+    # shared by ranks and runs); at most latent_cache_bytes of files, least recently used out
+    latent_cache: str | None = None
+    latent_cache_bytes: int = DISK_CACHE_BYTES
     # what trains
     train: str = "gen"
     lora_rank: int = 16
@@ -117,6 +123,11 @@ class TrainConfig:
         if problems:
             raise SigmaInputError(f"{where}: " + "; ".join(problems))
         return self
+
+    def folders(self) -> dict[str, str]:
+        """The folders the run writes, by setting name: each checked before the model loads."""
+        named = {"output_dir": self.output_dir, "latent_cache": self.latent_cache}
+        return {what: folder for what, folder in named.items() if folder}
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -265,6 +276,7 @@ INTS = {
     "keep_checkpoints": (1, 1000),
     "sample_every": (0, MAX_STEPS),
     "sample_steps": (2, 200),
+    "latent_cache_bytes": (2**20, 2**50),
 }
 SIDES = ("max_image_size", "min_image_size")
 # name -> (low, high, whether low itself is allowed)
@@ -315,6 +327,8 @@ def _named_checks(cfg: TrainConfig) -> list[tuple[str, str]]:
         ("data", _names(cfg.data, None) and bool(cfg.data),
          "must list at least one parquet file, folder or JSONL manifest"),
         ("output_dir", _named(cfg.output_dir), "must name a folder"),
+        ("latent_cache", cfg.latent_cache is None or _named(cfg.latent_cache),
+         "must name a folder, or be null"),
         ("sample_preset", cfg.sample_preset is None or _named(cfg.sample_preset),
          "must name a preset file"),
         ("trackers", _names(cfg.trackers, TRACKERS), f"may only hold {', '.join(TRACKERS)}"),

@@ -29,13 +29,13 @@ from PIL import Image
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import MAX_SIDE, MIN_SHORT_SIDE, vae_size
 from sigma_core.model.attribute_projection import attribute_multi_hot
-from sigma_core.model.bagel import PackedSequence, patchify
+from sigma_core.model.bagel import PackedSequence
 from sigma_core.model.mot import BlockMask, Routing
 from sigma_core.model.vae import FluxVAE
 from sigma_core.planning.mask import packed_dense_mask, packed_mask_mod
 from sigma_core.planning.sequence import LATENT_ID, Plan, build_plan
-from sigma_core.runtime.references import to_pixels
 from sigma_core.training.flow import noised, velocity_target
+from sigma_core.training.posteriors import PosteriorCache, PosteriorEncoder
 from sigma_core.training.rows import BAD_PROMPT, OVER_BUDGET, SkipCounter, TrainSample
 
 
@@ -68,6 +68,23 @@ class TrainingExample:
         return self.plan.length
 
 
+@dataclass(frozen=True)
+class Draft:
+    """A sample planned, its images not yet encoded: the placed reference ``slots`` and the
+    ``images`` at their VAE sizes (those slots' images, then the target) in the order their
+    posterior noise is drawn, with the ``generator`` that draws it."""
+
+    plan: Plan
+    slots: tuple[int, ...]
+    images: tuple[Image.Image, ...]
+    generator: torch.Generator
+    source: str
+
+    @property
+    def length(self) -> int:
+        return self.plan.length
+
+
 def drop_conditions(
     plan: Plan, rng: random.Random, *, text: float, image: float, vit: float = 0.0
 ) -> Plan:
@@ -89,8 +106,10 @@ def drop_conditions(
 
 
 class ExampleMaker:
-    """Turns a :class:`TrainSample` into a :class:`TrainingExample`, or None (counted in
-    ``skipped``) when its prompt is refused or its plan exceeds ``max_tokens``."""
+    """Turns a :class:`TrainSample` into a :class:`Draft`, or None (counted in ``skipped``)
+    when its prompt is refused or its plan exceeds ``max_tokens``; :meth:`encode` turns the
+    drafts of a batch into :class:`TrainingExample` objects. ``cache`` keeps the posteriors
+    on disk."""
 
     def __init__(
         self,
@@ -105,14 +124,16 @@ class ExampleMaker:
         image_dropout: float = 0.0,
         vit_dropout: float = 0.0,
         skipped: SkipCounter,
+        cache: PosteriorCache | None = None,
     ) -> None:
-        self.tokenizer, self.vae, self.bounds = tokenizer, vae, bounds
+        self.tokenizer, self.bounds = tokenizer, bounds
+        self.encoder = PosteriorEncoder(vae, cache)
         self.max_tokens, self.mask, self.layout, self.skipped = max_tokens, mask, layout, skipped
         self.dropout = {"text": text_dropout, "image": image_dropout, "vit": vit_dropout}
 
     def __call__(
         self, sample: TrainSample, rng: random.Random, generator: torch.Generator
-    ) -> TrainingExample | None:
+    ) -> Draft | None:
         images = sample.images
         # one VAE size per source size: the plan maps source sizes to block sizes, and reads
         # the source sizes themselves for the ViT resize (as SIGMA's transform does)
@@ -120,16 +141,28 @@ class ExampleMaker:
         for img in images.values():
             if img.size not in chosen:
                 chosen[img.size] = self.bounds.size(*img.size, rng)
-        sizes = {slot: chosen[img.size] for slot, img in images.items()}
         target_size = self.bounds.size(*sample.target.size, rng)
         plan = self._plan(sample, images, chosen, target_size)
         if plan is None:
             return None
         plan = drop_conditions(plan, rng, **self.dropout)
-        placed = {seg.block_slot for seg in plan.segments if seg.kind == "image"}
-        latents = {slot: self._encode(images[slot], sizes[slot], generator) for slot in placed}
-        target = self._encode(sample.target, target_size, generator)
-        return TrainingExample(plan, latents, target, sample.source)
+        # the set's order is the order the posterior noise has always been drawn in
+        slots = tuple({seg.block_slot for seg in plan.segments if seg.kind == "image"})
+        resized = [_resized(images[s], chosen[images[s].size]) for s in slots]
+        resized.append(_resized(sample.target, target_size))
+        return Draft(plan, slots, tuple(resized), generator, sample.source)
+
+    def encode(self, drafts: Sequence[Draft]) -> list[TrainingExample]:
+        """The drafts' examples: every image's posterior at once (batched by size, or read
+        from the cache), then each latent drawn from it with its draft's generator, in the
+        draft's order: the numbers one encode per image gave."""
+        posteriors = iter(self.encoder([img for d in drafts for img in d.images]))
+        out = []
+        for d in drafts:
+            latents = [next(posteriors).sample(d.generator) for _ in d.images]
+            references = dict(zip(d.slots, latents[:-1], strict=True))
+            out.append(TrainingExample(d.plan, references, latents[-1], d.source))
+        return out
 
     def _plan(
         self,
@@ -161,12 +194,10 @@ class ExampleMaker:
             return None
         return plan
 
-    def _encode(
-        self, img: Image.Image, size: tuple[int, int], generator: torch.Generator
-    ) -> torch.Tensor:
-        if img.size != size:
-            img = img.resize(size, Image.Resampling.BICUBIC)  # as BAGEL's transform
-        return patchify(self.vae.encode(to_pixels(img), generator=generator).float())
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``img`` at its drawn VAE size, resized as BAGEL's transform does."""
+    return img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
 
 
 def batches(examples: Sequence[TrainingExample], max_tokens: int) -> list[list[TrainingExample]]:

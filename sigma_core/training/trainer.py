@@ -1,8 +1,9 @@
 """The training loop: accelerate runs it on one process or many (DDP or FSDP, set by
 ``accelerate launch`` and its config), everything else is here in order.
 
-Per step: read samples from the data position until the packed batch is full, noise each
-target at a logit-normal t, one packed forward, BAGEL's flow loss, clip, AdamW, cosine LR, EMA.
+Per step: read samples from the data position until the packed batch is full, encode their
+images together (or read their VAE posteriors from the latent cache), noise each target at a
+logit-normal t, one packed forward, BAGEL's flow loss, clip, AdamW, cosine LR, EMA.
 Every random draw of a sample (resize, dropout, VAE posterior) is seeded by its place in the
 data order, and each step's timesteps and noise by the step, so a resumed run repeats an
 uninterrupted one exactly.
@@ -38,13 +39,8 @@ from sigma_core.training import checkpoints
 from sigma_core.training.config import TrainConfig
 from sigma_core.training.data import DataPosition, TrainDataset
 from sigma_core.training.flow import flow_loss, sample_timesteps
-from sigma_core.training.packing import (
-    ExampleMaker,
-    ImageBounds,
-    PackedBatch,
-    TrainingExample,
-    pack,
-)
+from sigma_core.training.packing import Draft, ExampleMaker, ImageBounds, PackedBatch, pack
+from sigma_core.training.posteriors import open_cache
 from sigma_core.training.rows import SkipCounter, TrainSample
 
 # The generation branch (the paper trains only it): the gen expert of every layer, and the
@@ -143,6 +139,7 @@ class Trainer:
         self.skipped = SkipCounter()
         self.dataset = TrainDataset(list(cfg.data), seed=cfg.seed, skipped=self.skipped)
         resume_from = checkpoints.find(self.out, resume) if resume else None
+        self.cache = open_cache(cfg.latent_cache, cfg.latent_cache_bytes)
         self.sample_composition = None
         if cfg.sample_every:
             assert cfg.sample_preset is not None  # TrainConfig refuses sample_every without one
@@ -197,10 +194,11 @@ class Trainer:
             image_dropout=cfg.image_dropout,
             vit_dropout=cfg.vit_dropout,
             skipped=self.skipped,
+            cache=self.cache,
         )
         self.step = 0
         self.position = DataPosition()
-        self._pending: tuple[DataPosition, TrainingExample] | None = None
+        self._pending: tuple[DataPosition, Draft] | None = None
         self._last_norm = float("nan")
         self._saved_step = -1
         self.interrupted = False  # set when Ctrl-C stopped the last run() early
@@ -209,9 +207,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------- data
 
-    def _examples(self) -> Iterator[tuple[DataPosition, TrainingExample | None]]:
-        """(position before, example or None) for this process's samples, from the position.
-        The example that overflowed the last batch is made once and handed back first."""
+    def _drafts(self) -> Iterator[tuple[DataPosition, Draft | None]]:
+        """(position before, draft or None) for this process's samples, from the position.
+        The draft that overflowed the last batch is made once and handed back first."""
         acc = self.accelerator
         before = self.position
         stream = self.dataset.iterate(before, rank=acc.process_index, world=acc.num_processes)
@@ -223,18 +221,19 @@ class Trainer:
                 yield before, self._make(before, sample)
             before = after
 
-    def _make(self, at: DataPosition, sample: TrainSample) -> TrainingExample | None:
+    def _make(self, at: DataPosition, sample: TrainSample) -> Draft | None:
         seed = hash((self.cfg.seed, at.epoch, at.cursor)) & 0x7FFF_FFFF
         g = torch.Generator(self.pipe.vae.device).manual_seed(seed)
         return self.maker(sample, random.Random(seed), g)
 
     def next_batch(self) -> PackedBatch:
         """Examples from the data position until the next would overflow ``max_tokens``; the
-        position then points at that next sample, so it is the next batch's first."""
-        taken: list[TrainingExample] = []
+        position then points at that next sample, so it is the next batch's first. Their
+        images are encoded together, once the batch is known."""
+        taken: list[Draft] = []
         size = misses = 0
-        for before, ex in self._examples():
-            if ex is None:
+        for before, draft in self._drafts():
+            if draft is None:
                 misses += 1
                 if misses > len(self.dataset):  # a whole epoch and nothing usable
                     raise SigmaInputError(
@@ -244,20 +243,21 @@ class Trainer:
                     )
                 continue
             misses = 0
-            if taken and size + ex.length > self.cfg.max_tokens:
-                self.position, self._pending = before, (before, ex)
+            if taken and size + draft.length > self.cfg.max_tokens:
+                self.position, self._pending = before, (before, draft)
                 break
-            taken.append(ex)
-            size += ex.length
+            taken.append(draft)
+            size += draft.length
+        examples = self.maker.encode(taken)
         acc = self.accelerator
         g = torch.Generator().manual_seed(
             (self.cfg.seed * 1_000_003 + self.step * 7919 + acc.process_index) & 0x7FFF_FFFF
         )
-        t = sample_timesteps(len(taken), self.cfg.timestep_shift, generator=g)
-        noise = [torch.randn(ex.target.shape, generator=g) for ex in taken]
+        t = sample_timesteps(len(examples), self.cfg.timestep_shift, generator=g)
+        noise = [torch.randn(ex.target.shape, generator=g) for ex in examples]
         base = self.pipe.model
         return pack(
-            taken, t, noise,
+            examples, t, noise,
             max_latent_size=base.max_latent_size,
             # always given when W_tau trains, so it is used (zero rows) in every step (DDP)
             attributes=self.cfg.attribute_projection and base.attribute_embed is not None,
@@ -351,8 +351,11 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         tok_s = stats.tokens * acc.num_processes / max(stats.seconds, 1e-9)
         bar.update(1)
-        bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{tok_s:,.0f}",
-                        lr=f"{stats.lr:.2e}", skipped=self.skipped.total)  # fmt: skip
+        postfix = dict(loss=f"{stats.loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{stats.lr:.2e}",
+                       skipped=self.skipped.total)  # fmt: skip
+        if self.cache is not None:  # this process's share of posteriors read, not encoded
+            postfix["cached"] = f"{self.cache.hit_rate:.0%}"
+        bar.set_postfix(postfix)
         if self.step % cfg.log_every == 0 or self.step == stop:
             acc.log({"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
                      "tokens_per_s": tok_s, "skipped": self.skipped.total},
