@@ -40,8 +40,9 @@ def test_a_run_reports_its_steps_and_saves_a_png_with_its_composition(engine, im
         runs.generate(engine, sessions, "a", two_slots(images), files=tmp_path, time_limit_s=60)
     )
     assert outcome.error is None
-    # newest first: a step the consumer was too slow for is skipped, never shown late
-    assert steps and steps[-1].step == steps[-1].steps == 2
+    # newest first: a step the consumer was too slow for is skipped, never shown late (the
+    # last may come with the run's end, which then stands for it)
+    assert steps and steps[-1].steps == 2 and 1 <= steps[-1].step <= 2
     assert [p.step for p in steps] == sorted({p.step for p in steps})
     assert all(p.preview is not None and max(p.preview.size) == 256 for p in steps)
     (entry,) = outcome.entries
