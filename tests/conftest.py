@@ -68,3 +68,11 @@ def fresh(pipe, monkeypatch) -> tuple[object, list[str]]:
         lambda *a, **k: calls.append("prefill") or prefill(*a, **k),
     )  # fmt: skip
     return _pipeline.SigmaPipeline(pipe.model, pipe.vae, pipe.tokenizer), calls
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny random evaluation models on disk, by kind (tests/evaluation_helpers.py)."""
+    from tests.evaluation_helpers import eval_models
+
+    return eval_models(tmp_path_factory.mktemp("eval_models"))

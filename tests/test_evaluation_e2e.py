@@ -17,16 +17,11 @@ from PIL import Image
 from sigma_core.cli import main as cli_main
 from sigma_core.evaluation import runlog
 from sigma_core.evaluation.clip_scores import ClipEmbedder, clip_t, plain_text
-from tests.evaluation_helpers import CPU, eval_models, score as _score
+from tests.evaluation_helpers import CPU, score as _score
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("mask=on", "mask=off")
 CELL = re.compile(r"^\**-?\d+\.\d+ ± (\d+\.\d+|—)\**( \(n=\d+\))?$")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return eval_models(tmp_path_factory.mktemp("eval_models"))
 
 
 @pytest.fixture(scope="module")

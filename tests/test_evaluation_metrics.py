@@ -15,26 +15,30 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from sigma_core import Composition, Reference
 from sigma_core.evaluation import aesthetic, dreamsim, runlog, score_files, scoring
-from sigma_core.evaluation.benchmark import load_benchmark, write_copy
 from sigma_core.evaluation.clip_scores import ClipEmbedder, clip_t, plain_text, prompt_text
 from sigma_core.evaluation.dino import DinoEmbedder
 from sigma_core.evaluation.embedders import RefView, pair_scores
 from sigma_core.evaluation.metrics import METRIC_NAMES
-from sigma_core.evaluation.run_record import open_run, write_run_record
+from sigma_core.evaluation.run_record import open_run
 from sigma_core.inputs.preset import preset_to_dict
-from tests.evaluation_helpers import CPU, dino_folder, eval_models, score as _score
+from tests.evaluation_helpers import (
+    CPU,
+    dino_folder,
+    drawing,
+    generated_line,
+    noise,
+    read_jsonl,
+    score as _score,
+    write_jsonl,
+    write_run,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return eval_models(tmp_path_factory.mktemp("eval_models"))
 
 
 @pytest.fixture(scope="module")
@@ -47,27 +51,12 @@ def dino(models: dict[str, Path]) -> DinoEmbedder:
     return DinoEmbedder.load(str(models["dino"]), CPU, 8)
 
 
-def _drawing(color: str, shape: str, size: int = 64) -> Image.Image:
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    box = (size // 6, size // 6, size - size // 6, size - size // 5)
-    {"ellipse": draw.ellipse, "box": draw.rectangle, "cone": draw.polygon}[shape](
-        [box[:2], box[2:], (box[0], box[3])] if shape == "cone" else box, fill=color
-    )
-    return image
-
-
-def _noise(seed: int, size: int = 128) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
 # ----------------------------------------------------------------------------- the metrics
 
 
 def test_identical_images_score_the_maximum(clip: ClipEmbedder, dino: DinoEmbedder) -> None:
-    ball, box = _drawing("red", "ellipse"), _drawing("blue", "box")
-    scene = _noise(0)
+    ball, box = drawing("red", "ellipse"), drawing("blue", "box")
+    scene = noise(0)
     scene.paste(ball, (0, 0))  # the region [0, 0, 0.5, 0.5] of 128 x 128
     refs = [RefView("1", ball, (0.0, 0.0, 0.5, 0.5)), RefView("2", box)]
     for model in (clip, dino):
@@ -79,9 +68,9 @@ def test_identical_images_score_the_maximum(clip: ClipEmbedder, dino: DinoEmbedd
 
 
 def test_a_permutation_of_references_permutes_the_scores(clip: ClipEmbedder) -> None:
-    images = [_noise(1), _drawing("red", "ellipse"), _drawing("green", "cone")]
-    refs = [RefView("1", _drawing("red", "ellipse")), RefView("2", _drawing("blue", "box")),
-            RefView("3", _drawing("green", "cone"), (0.1, 0.1, 0.9, 0.9))]  # fmt: skip
+    images = [noise(1), drawing("red", "ellipse"), drawing("green", "cone")]
+    refs = [RefView("1", drawing("red", "ellipse")), RefView("2", drawing("blue", "box")),
+            RefView("3", drawing("green", "cone"), (0.1, 0.1, 0.9, 0.9))]  # fmt: skip
     found = pair_scores(clip, images, refs)
     again = pair_scores(clip, images, refs[::-1])
     relabelled = pair_scores(clip, images, [RefView("9", refs[0].image), *refs[1:]])
@@ -93,9 +82,9 @@ def test_a_permutation_of_references_permutes_the_scores(clip: ClipEmbedder) -> 
 def test_scores_are_deterministic_and_do_not_depend_on_the_batch_size(
     models: dict[str, Path], clip: ClipEmbedder, dino: DinoEmbedder
 ) -> None:
-    images = [_noise(i, 48 + 8 * i) for i in range(5)] + [_drawing("red", "ellipse")]
-    refs = [RefView("1", _drawing("red", "ellipse"), (0.25, 0.0, 1.0, 0.75)),
-            RefView("2", _noise(9, 64))]  # fmt: skip
+    images = [noise(i, 48 + 8 * i) for i in range(5)] + [drawing("red", "ellipse")]
+    refs = [RefView("1", drawing("red", "ellipse"), (0.25, 0.0, 1.0, 0.75)),
+            RefView("2", noise(9, 64))]  # fmt: skip
     one = ClipEmbedder.load(str(models["clip"]), CPU, 1)
     dino_one = DinoEmbedder.load(str(models["dino"]), CPU, 1)
     for a, b in ((clip, one), (dino, dino_one)):
@@ -112,7 +101,7 @@ def test_scores_are_deterministic_and_do_not_depend_on_the_batch_size(
 
 def test_a_dinov2_stands_in_for_dino(tmp_path: Path) -> None:
     model = DinoEmbedder.load(str(dino_folder(tmp_path, v2=True)), CPU, 2)
-    image = _drawing("red", "ellipse")
+    image = drawing("red", "ellipse")
     assert pair_scores(model, [image], [RefView("1", image)])["1"][0] == pytest.approx(100.0)
 
 
@@ -197,7 +186,7 @@ def test_dreamsim_needs_its_package_and_weights(
     monkeypatch.setitem(sys.modules, "dreamsim", package)
     model = dreamsim.DreamSimEmbedder.load(str(tmp_path), CPU, 2)
     assert calls == [{"pretrained": True, "device": "cpu", "cache_dir": str(tmp_path)}]
-    ball, box = _drawing("red", "ellipse"), _drawing("blue", "box")
+    ball, box = drawing("red", "ellipse"), drawing("blue", "box")
     found = pair_scores(model, [ball, box, ball], [RefView("1", ball)])["1"]
     assert found[0] == pytest.approx(100.0) and found[2] == pytest.approx(100.0)
     assert found[1] < 100.0
@@ -206,62 +195,10 @@ def test_dreamsim_needs_its_package_and_weights(
 # ----------------------------------------------------------------------------- evaluate score
 
 
-def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-
-
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
-    """A run folder, through the real writers: two items (one with a region, one with a
-    distractor), two arms, seed 0."""
-    src, run = tmp_path / "bench", tmp_path / "run"
-    src.mkdir(), run.mkdir()
-    ball, box, cone = _drawing("red", "ellipse"), _drawing("blue", "box"), _drawing("green", "cone")
-    for name, image in (("ball", ball), ("box", box), ("cone", cone)):
-        image.save(src / f"{name}.png")
-    pair = Composition(
-        "A photo of [1] on top of [2]",
-        [Reference(1, "ball.png", ("<subject>",), "a red ball"),
-         Reference(2, "box.png", ("<background>",), "a blue box")],
-    )  # fmt: skip
-    pick = Composition(
-        "Put [1] on a beach",
-        [Reference(1, "ball.png", ("<subject>",), "a red ball"),
-         Reference(2, "cone.png", ("<subject>",), "a green cone")],
-    )  # fmt: skip
-    _write_jsonl(src / "benchmark.jsonl", [
-        {"id": "pair", "family": "combine", "preset": preset_to_dict(pair),
-         "references": {"1": {"role": "wanted", "region": [0, 0, 0.5, 0.5]},
-                        "2": {"role": "wanted"}}},
-        {"id": "pick", "family": "select", "preset": preset_to_dict(pick),
-         "references": {"1": {"role": "wanted"}, "2": {"role": "distractor"}}},
-    ])  # fmt: skip
-    write_copy(load_benchmark(src), run)
-    scene = _noise(3)
-    scene.paste(ball, (0, 0))
-    pictures = {("pair", "mask=on"): scene, ("pair", "mask=off"): _noise(4),
-                ("pick", "mask=on"): ball, ("pick", "mask=off"): cone}  # fmt: skip
-    log = runlog.LogWriter(run / runlog.LOG)
-    for (item, arm), image in pictures.items():
-        file = runlog.image_file((item, arm, 0))
-        (run / file).parent.mkdir(parents=True, exist_ok=True)
-        image.save(run / file)
-        log.append(_generated(item, arm, file))
-    write_run_record(run, {
-        "version": 1, "benchmark": str(src),
-        "arms": [{"name": "mask=on", "vary": {"mask": "on"}},
-                 {"name": "mask=off", "vary": {"mask": "off"}}],
-        "seeds": [0], "items": ["pair", "pick"], "engine": {"checkpoint": None},
-        "settings_overrides": {}})  # fmt: skip
-    return run
-
-
-def _generated(item: str, arm: str = "mask=on", file: str = "x.png") -> dict[str, Any]:
-    return {"item": item, "arm": arm, "seed": 0, "file": file, "seconds": 1.5, "prompt": "p"}
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """A run folder (evaluation_helpers.write_run): two items, two arms, seed 0."""
+    return write_run(tmp_path)
 
 
 def test_evaluate_score_end_to_end_and_resumed(
@@ -271,7 +208,7 @@ def test_evaluate_score_end_to_end_and_resumed(
     out, err = capsys.readouterr()
     assert "scored 4 images (0 already scored)" in out
     assert "dreamsim skipped: DreamSim: its weights are not in" in err
-    lines = _lines(run / "scores.jsonl")
+    lines = read_jsonl(run / "scores.jsonl")
     got = {(s["item"], s["arm"]): s for s in lines}
     assert [(s["item"], s["arm"], s["seed"]) for s in lines] == [
         ("pair", "mask=on", 0), ("pair", "mask=off", 0),
@@ -302,7 +239,7 @@ def test_evaluate_score_end_to_end_and_resumed(
     (run / "scores.jsonl").write_bytes(before[: before.rfind(b"\n", 0, -1) + 20])
     assert _score(run, models, "--batch-size", "1") == 0
     assert "scored 1 images (3 already scored)" in capsys.readouterr().out
-    again = _lines(run / "scores.jsonl")
+    again = read_jsonl(run / "scores.jsonl")
     assert len(again) == 4 and again[3]["aes"] == pytest.approx(lines[3]["aes"], abs=1e-5)
     assert again[3]["clip_t"] == pytest.approx(lines[3]["clip_t"], abs=1e-5)
 
@@ -311,10 +248,10 @@ def test_other_models_score_again(
     run: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _score(run, models, "--metrics", "dino") == 0
-    assert _lines(run / "scores.jsonl")[0]["clip_t"] is None
+    assert read_jsonl(run / "scores.jsonl")[0]["clip_t"] is None
     assert _score(run, models, "--metrics", "clip_t,dino") == 0  # CLIP-T is new: all again
     assert "scored 4 images (0 already scored)" in capsys.readouterr().out.splitlines()[-1]
-    assert len(_lines(run / "scores.jsonl")) == 8
+    assert len(read_jsonl(run / "scores.jsonl")) == 8
 
 
 def _set(path: Path, text: str) -> None:
@@ -336,10 +273,10 @@ def _preset(prompt: str) -> dict[str, Any]:
          "generated.jsonl, line 1: arm: missing"),
         (lambda run: _set(run / "generated.jsonl", '[1]\n'), "expected an object, got a list"),
         (lambda run: _set(run / "generated.jsonl", json.dumps(
-            _generated("pair", file="../../escape.png")) + "\n"), "'../../escape.png' goes up"),
-        (lambda run: _set(run / "generated.jsonl", json.dumps(_generated("nope")) + "\n"),
+            generated_line("pair", file="../../escape.png")) + "\n"), "'../../escape.png' goes up"),
+        (lambda run: _set(run / "generated.jsonl", json.dumps(generated_line("nope")) + "\n"),
          "item 'nope' is not one of run.json's items"),
-        (lambda run: _set(run / "generated.jsonl", json.dumps(_generated("pair", "a")) + "\n"),
+        (lambda run: _set(run / "generated.jsonl", json.dumps(generated_line("pair", "a")) + "\n"),
          "arm 'a' is not one of run.json's arms"),
         (lambda run: _set(run / "benchmark.jsonl", json.dumps(
             {"id": "pair", "family": "combine", "preset": _preset("[1]")}) + "\n"),
@@ -389,14 +326,14 @@ def test_part_files_merge_in_generated_order(run: Path) -> None:
     opened = open_run(run)
     order = runlog.read_images(run, opened.record)
     lines = [_score_line(g, "d") for g in order]
-    _write_jsonl(run / "scores.jsonl", lines[:1])
-    _write_jsonl(score_files.part_file(run, 1), [lines[3], lines[1]])
+    write_jsonl(run / "scores.jsonl", lines[:1])
+    write_jsonl(score_files.part_file(run, 1), [lines[3], lines[1]])
     score_files.part_file(run, 0).write_text(json.dumps(lines[2]) + "\n" + '{"item": "pa')
     found = score_files.read_scores(run, opened.record, opened.families, parts=True)
     assert score_files.scored(found, {"dino": "d"}) == {g.key for g in order}
     assert score_files.scored(found, {"dino": "other"}) == set()
     assert score_files.merge_parts(run, order) == 3
-    assert _lines(run / "scores.jsonl") == lines
+    assert read_jsonl(run / "scores.jsonl") == lines
     assert not list(run.glob("scores.part*"))
 
 
@@ -404,7 +341,7 @@ def test_an_images_last_score_line_wins(run: Path) -> None:
     """Re-scoring appends; the scorer's resume and the report read each image's last line."""
     opened = open_run(run)
     first, second = runlog.read_images(run, opened.record)[:2]
-    _write_jsonl(run / "scores.jsonl", [_score_line(first, "a"), _score_line(second, "a"),
+    write_jsonl(run / "scores.jsonl", [_score_line(first, "a"), _score_line(second, "a"),
                                         _score_line(first, "b")])  # fmt: skip
     found = score_files.read_scores(run, opened.record, opened.families)
     assert found[first.key]["models"] == {"dino": "b"} and len(found) == 2
