@@ -320,11 +320,14 @@ def _score_line(image: runlog.Generated, model: str) -> dict[str, Any]:
     return {**key, **dict.fromkeys(METRIC_NAMES), "per_reference": {}, "models": {"dino": model}}
 
 
-def test_part_files_merge_in_generated_order(run: Path) -> None:
+def test_part_files_merge_in_the_scoring_order(run: Path) -> None:
     """Under accelerate each process appends to its own part file; the main process moves the
-    lines into scores.jsonl in generated.jsonl's order, after what is there."""
+    lines into scores.jsonl in the scoring order (item by item, as one process writes them),
+    after what is there."""
     opened = open_run(run)
-    order = runlog.read_images(run, opened.record)
+    order = score_files.scoring_order(runlog.read_images(run, opened.record))
+    assert [g.key for g in order] == [("pair", "mask=on", 0), ("pair", "mask=off", 0),
+                                      ("pick", "mask=on", 0), ("pick", "mask=off", 0)]  # fmt: skip
     lines = [_score_line(g, "d") for g in order]
     write_jsonl(run / "scores.jsonl", lines[:1])
     write_jsonl(score_files.part_file(run, 1), [lines[3], lines[1]])

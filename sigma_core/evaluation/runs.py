@@ -217,13 +217,10 @@ def make_images(
 def _processes(spec: RunSpec, args: argparse.Namespace) -> tuple[Any, Any]:
     """accelerate's process state and this process's device, every arm's engine options checked
     there before anything loads."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    from sigma_core.runtime.device import resolve_device
+    from sigma_core.runtime.device import process_state, resolve_device
     from sigma_core.runtime.loader import LoadOptions
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `launch --cpu` sets it
+    state = process_state()
     device = resolve_device(args.device or (str(state.device) if state.num_processes > 1 else None))
     for precision in dict.fromkeys(arm.precision(spec.engine.precision) for arm in spec.arms):
         LoadOptions.check(**replace(spec.engine, precision=precision).load_options(device))

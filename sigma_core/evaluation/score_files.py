@@ -1,7 +1,8 @@
 """The scorer's files in a run folder, written and read here only: scores.jsonl (a line per
 image, append-only, each line synced, so an interrupted scoring keeps what it made), a part
 file per process under ``accelerate launch`` that the main process appends to scores.jsonl in
-generated.jsonl's order, and scores.json (the models used, the metrics skipped and why).
+the order one process writes them (:func:`scoring_order`), and scores.json (the models used,
+the metrics skipped and why).
 
 One rule for every reader: an image's **last** line wins. Re-scoring with other models
 appends a new line rather than rewriting the file, so the scorer's resume and the report both
@@ -97,8 +98,16 @@ def scored(lines: Mapping[Key, dict[str, Any]], models: Mapping[str, str]) -> se
     }
 
 
+def scoring_order(images: Sequence[Generated]) -> list[Generated]:
+    """The order images are scored in, and so scores.jsonl's new lines, however many processes
+    score them: item by item (as generated.jsonl first lists them), each item's images (its arms
+    and seeds) in generated.jsonl's order; an item's references are embedded once (a process)."""
+    first = {item: i for i, item in enumerate(dict.fromkeys(g.item for g in images))}
+    return sorted(images, key=lambda g: first[g.item])
+
+
 def merge_parts(run: Path, order: Sequence[Generated]) -> int:
-    """Appends the part files' lines to scores.jsonl, in ``order`` (generated.jsonl's), and
+    """Appends the part files' lines to scores.jsonl, in ``order`` (:func:`scoring_order`), and
     removes them; returns how many lines moved."""
     parts = sorted(run.glob(PART_GLOB))
     lines = [line for _, line in last_lines(parts).values()]

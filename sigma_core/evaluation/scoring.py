@@ -4,8 +4,9 @@ metrics asked (docs/evaluation.md, "Metrics"), into RUN/scores.jsonl and RUN/sco
 Models come from the local cache only; a metric whose model is missing is skipped with a note
 naming the download command, and the others still run. Resumable: an image whose last line in
 scores.jsonl was made with the same models is not scored again. Under ``accelerate launch``
-each process scores its share of the images into its own part file, and the main process
-merges them.
+each process scores its contiguous share of the images (in :func:`score_files.scoring_order`)
+into its own part file, and the main process merges them in that order: scores.jsonl gets the
+lines one process would write.
 """
 
 from __future__ import annotations
@@ -193,22 +194,21 @@ def check_batch_size(size: int) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Score RUN; returns the exit code (bad input raises a SigmaInputError: exit 2)."""
-    from accelerate import PartialState
-
-    from sigma_core.runtime.device import resolve_device
+    from sigma_core.runtime.device import process_state, resolve_device
 
     metrics = parse_metrics(args.metrics)
     batch_size = check_batch_size(args.batch_size)
     opened = open_run(args.run)
     run, items = opened.folder, opened.items
-    generated = read_images(run, opened.record)
+    generated = score_files.scoring_order(read_images(run, opened.record))
     lines = score_files.read_scores(run, opened.record, opened.families, parts=True)
-    state = PartialState()
+    state = process_state()
     device = resolve_device(args.device) if args.device else state.device
     sources = model_sources(args.clip_model, args.dino_model, args.dreamsim_model, args.aes_model)
     scorers = load_scorers(metrics, sources, device, batch_size)
     done = score_files.scored(lines, scorers.models) if scorers.models else set()
     todo = [g for g in generated if g.key not in done] if scorers.models else []
+    state.wait_for_everyone()  # every process has read the same lines before any appends
     with state.split_between_processes(todo) as mine:
         single = state.num_processes == 1
         out = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from sigma_core.errors import SigmaInputError
@@ -32,6 +34,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise SigmaInputError("device: mps is not available on this machine; use cpu")
         return dev
     raise SigmaInputError(f"device: {dev.type!r} cannot run generation; {DEVICE_HELP}")
+
+
+def process_state() -> Any:
+    """accelerate's state of this process (one process alone without ``accelerate launch``).
+    ``launch --cpu`` asks for CPU processes over gloo through ACCELERATE_USE_CPU, which
+    PartialState does not read itself: without it, each process of a CPU-only machine would run
+    alone (every one doing all the work), and a GPU machine's would take a GPU each."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def _cuda(dev: torch.device) -> torch.device:
