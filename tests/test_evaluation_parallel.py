@@ -6,8 +6,6 @@ are tested beside its resume, in test_evaluation_runs.py.)"""
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,8 @@ import pytest
 from sigma_core.evaluation import runlog, score_files
 from sigma_core.evaluation.metrics import METRIC_NAMES
 from tests.evaluation_helpers import read_jsonl, score, score_argv, write_jsonl, write_run
-from tests.test_train import _free_port, _run_workers
+from tests.launch_helpers import accelerate_cpu, cpu_env, run_workers
 
-ROOT = Path(__file__).resolve().parent.parent
 LEFT_OUT = ("pair", "mask=off", 2)  # an image the run lacks, so the shares are uneven
 
 
@@ -42,13 +39,7 @@ def test_two_processes_through_accelerate_score_what_one_scores(models, tmp_path
     one, two = _run(tmp_path / "one"), _run(tmp_path / "two")
     assert score(one, models) == 0
     assert "scored 11 images (0 already scored)" in capsys.readouterr().out
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "sigma_core", *score_argv(two, models)]  # fmt: skip
-    result = _run_workers(cmd, env)
+    result = run_workers(accelerate_cpu(score_argv(two, models)), cpu_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "scored 11 images (0 already scored)" in result.stdout  # once: the main process
     assert not list(two.glob(score_files.PART_GLOB))

@@ -22,7 +22,7 @@ from sigma_core.evaluation import runlog
 from sigma_core.evaluation.arms import parse_arms, strip_tokens
 from sigma_core.evaluation.benchmark import FAMILIES, load_benchmark
 from sigma_core.inputs import load_composition
-from tests.test_train import _free_port, _run_workers
+from tests.launch_helpers import accelerate_cpu, cpu_env, run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTS = ["--steps", "2", "--size", "64x64"]
@@ -275,14 +275,8 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_run(reference, bench,
 @pytest.mark.slow
 def test_two_processes_through_accelerate_make_what_one_makes(reference, bench, tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "sigma_core", "evaluate", "generate", str(bench), "--out", str(run),
-           *ARGS]  # fmt: skip
-    result = _run_workers(cmd, env)
+    cmd = accelerate_cpu(["evaluate", "generate", str(bench), "--out", str(run), *ARGS])
+    result = run_workers(cmd, cpu_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "one of 2 processes" in result.stdout and not list(run.glob(runlog.RANK_LOGS))
     ours, theirs = runlog.read_log(run / runlog.LOG), runlog.read_log(reference / runlog.LOG)

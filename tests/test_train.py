@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 from sigma_core.cli import main as cli_main
 from sigma_core.errors import SigmaInputError
 from sigma_core.training.config import TrainConfig, config_from_dict, load_config
+from tests.launch_helpers import accelerate_cpu, cpu_env, free_port, run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 64  # 4 x 4 latent tokens per image: a sample is about 110 tokens
@@ -70,36 +70,6 @@ def _trainer(cfg: TrainConfig, **kw):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     return Trainer(cfg, **kw)
-
-
-def _run_workers(cmd: list[str], env: dict[str, str], timeout: float = 200):
-    """Run a launcher and its workers; on a timeout every one of them is killed (no orphaned
-    worker) and the test fails with what they printed."""
-    import signal
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT, start_new_session=True)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        import psutil
-
-        # torchrun starts each worker in a session of its own: kill them one by one
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"workers hung for {timeout:.0f} s:\n{out[-2000:]}\n{err[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _free_port() -> int:
-    """A port no other process holds now, for a rendezvous (a fixed one can be taken)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _falls(history, first: int = 10, last: int = 20) -> float:
@@ -300,13 +270,7 @@ def test_two_processes_train_through_accelerate(checkpoint, shards, tmp_path):
     path.write_text(cfg.to_yaml())
     # accelerate's CPU multi-process mode: torchrun workers over gloo, each model under DDP
     # (accelerate has no FSDP on CPU; tests/test_gpu.py and benchmarks cover FSDP on GPUs).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "true"}  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "sigma_core", "train", "--config", str(path)]  # fmt: skip
-    result = _run_workers(cmd, env)
+    result = run_workers(accelerate_cpu(["train", "--config", str(path)]), cpu_env())
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = tmp_path / "ddp" / "checkpoints" / "step-0000003"
     assert {p.name for p in ckpt.glob("rank-*.json")} == {"rank-0.json", "rank-1.json"}
@@ -331,8 +295,8 @@ def test_fsdp_sharding_per_decoder_layer_matches_one_process(checkpoint):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     script = ROOT / "tests" / "fsdp_check.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), str(script), str(checkpoint)]  # fmt: skip
-    result = _run_workers(cmd, env)
+           "--master_port", str(free_port()), str(script), str(checkpoint)]  # fmt: skip
+    result = run_workers(cmd, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FSDP OK" in result.stdout
 
