@@ -56,3 +56,17 @@ def test_two_processes_through_accelerate_score_what_one_scores(models, tmp_path
     ours, theirs = (json.loads((run / score_files.SUMMARY).read_text()) for run in (two, one))
     assert ours["models"] == theirs["models"] and ours["metrics"] == theirs["metrics"]
     assert set(ours["skipped"]) == set(theirs["skipped"]) == {"dreamsim"}
+
+
+@pytest.mark.slow
+def test_the_cpu_benchmark_runs_quick(capsys) -> None:
+    """benchmarks/bench_eval.py's code path, small: generate and score, one process against two
+    through accelerate (the figures themselves come from its full run, on an idle machine)."""
+    from benchmarks.bench_eval import main
+
+    rows = main(["--quick"])["rows"]
+    assert [(r["setting"].split(",")[0], r["processes"]) for r in rows] == [
+        ("generate", 1), ("generate", 2), ("score", 1), ("score", 2)
+    ]  # fmt: skip
+    assert all(r["images"] == 3 and r["images_per_s"] > 0 for r in rows)
+    assert "| setting | processes | images | seconds | images/s |" in capsys.readouterr().out
