@@ -368,3 +368,12 @@ def test_the_json_lines_reader_bounds_each_line_and_never_opens_a_fifo(tmp_path)
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(SigmaInputError, match="not a regular file"):
         list(read_json_lines(tmp_path / "fifo", Map(Anything()), what="list"))
+
+
+def test_a_long_reason_is_shown_whole_and_a_longer_one_cut_visibly():
+    from sigma_core.evaluation.report_markdown import esc
+
+    note = "DreamSim: its weights are not in /x; pip install dreamsim, then " + "y" * 250
+    assert esc(note, 600).endswith("y" * 250)  # the install note (~330 characters) whole
+    cell = esc("z" * 700)
+    assert cell.endswith("...") and len(cell) == 200  # a table cell stays short, cut visibly

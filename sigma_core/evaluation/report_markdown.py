@@ -18,6 +18,7 @@ from sigma_core.evaluation.report_stats import (
     Stat,
     Table,
 )
+from sigma_core.inputs.fields import cut
 
 PREVIEW_WARNING = (
     "**Warning: the preview engine (random weights) made these images: the numbers below are "
@@ -33,9 +34,10 @@ HOW = (
 )
 
 
-def esc(text: object) -> str:
-    """``text`` safe inside a Markdown table cell: one line, cut, punctuation escaped."""
-    flat = "".join(c if c.isprintable() else " " for c in str(text))[:200]
+def esc(text: object, width: int = 200) -> str:
+    """``text`` safe inside Markdown: one line, cut to ``width`` (marked "..."), punctuation
+    escaped."""
+    flat = cut("".join(c if c.isprintable() else " " for c in str(text)), width)
     return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", flat)
 
 
@@ -160,7 +162,7 @@ def _signed(value: float | None) -> str:
 
 def _not_scored(numbers: Results) -> list[str]:
     return [
-        f"- {label(m)}: not scored ({esc(reason)})" for m, reason in numbers.not_scored.items()
+        f"- {label(m)}: not scored ({esc(reason, 600)})" for m, reason in numbers.not_scored.items()
     ] + ([""] if numbers.not_scored else [])
 
 
