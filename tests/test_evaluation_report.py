@@ -258,7 +258,9 @@ def test_an_existing_report_is_replaced_only_with_overwrite(tmp_path, capsys):
     assert report(run) == 0
     (run / "report" / "mine.txt").write_text("keep?")
     assert report(run) == 2
-    assert "--overwrite" in capsys.readouterr().err and (run / "report" / "mine.txt").exists()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {str(run / 'report')!r} already exists"), err  # its option
+    assert "--overwrite" in err and (run / "report" / "mine.txt").exists()
     assert report(run, "--overwrite") == 0
     assert not (run / "report" / "mine.txt").exists() and (run / "report" / "report.md").exists()
     assert [p.name for p in tmp_path.joinpath("run").iterdir() if p.name.startswith(".")] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,6 +246,26 @@ def test_resume_skips_what_is_done_and_remakes_what_is_not(reference, bench, tmp
     other = ["evaluate", "generate", str(bench), "--out", str(run), "--seeds", "3", *OPTS]
     assert cli_main(other) == 2
     assert "its arms, seeds differ" in capsys.readouterr().err
+
+
+def test_a_run_stopped_while_starting_starts_again_or_is_refused(
+    reference, bench, tmp_path, capsys
+):
+    """The copy is written before the record: a RUN holding only the copy starts again; a
+    record whose copy is gone (removed by hand) is refused, never a crash."""
+    run = tmp_path / "run"
+    argv = ["evaluate", "generate", str(bench), "--out", str(run), *ARGS, "--limit", "1"]
+    assert cli_main(argv) == 0
+    (run / "run.json").unlink()
+    for path in [*run.glob("images"), run / runlog.LOG]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert sorted(p.name for p in run.iterdir()) == ["benchmark.jsonl", "refs"]
+    assert cli_main(argv) == 0  # the copy alone: a start that stopped before its record
+    (run / "benchmark.jsonl").unlink()
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "benchmark.jsonl" in err and "Traceback" not in err, err
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from typing import Any
 from sigma_core.errors import PresetError, SigmaInputError
 from sigma_core.inputs.composition import Composition, resolve_image_path
 from sigma_core.inputs.images import is_data_uri, load_image, read_image_bytes
-from sigma_core.inputs.outfile import write_atomic
+from sigma_core.inputs.outfile import write_atomic, write_text_atomic
 from sigma_core.inputs.preset import load_preset, preset_from_dict, preset_to_dict
 from sigma_core.inputs.records import Anything, Fixed, Map, Num, Obj, Str, read_json_lines
 from sigma_core.limits import (
@@ -33,6 +33,7 @@ from sigma_core.limits import (
 )
 
 MANIFEST = "benchmark.jsonl"
+REFS = "refs"  # a copy's images, one file per content hash
 FAMILIES = ("combine", "select", "stylize", "layout", "edit")
 ROLES = ("wanted", "distractor")
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -217,7 +218,7 @@ def copy_text(bench: Benchmark, store: Callable[[str, bytes], object] | None = N
 
     def place(path: Path) -> str:
         data = read_image_bytes(path)
-        name = f"refs/{hashlib.sha256(data).hexdigest()[:24]}{path.suffix.lower()}"
+        name = f"{REFS}/{hashlib.sha256(data).hexdigest()[:24]}{path.suffix.lower()}"
         if store is not None:
             store(name, data)
         return name
@@ -234,4 +235,4 @@ def write_copy(bench: Benchmark, folder: Path) -> Path:
             write_atomic(folder / name, lambda f: f.write(data), overwrite=True)
 
     text = copy_text(bench, store)
-    return write_atomic(folder / MANIFEST, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    return write_text_atomic(folder / MANIFEST, text)

@@ -54,7 +54,12 @@ def _check_out(out: Path, runs: Sequence[Run], *, overwrite: bool) -> None:
             )
     needed = 2**20 * (2 + len(runs[0].info["items"]))  # a contact sheet is under 1 MB
     check_output_folder(
-        out, overwrite=overwrite, needed_bytes=needed, keep=("run.json",), kept="a run"
+        out,
+        overwrite=overwrite,
+        needed_bytes=needed,
+        keep=("run.json",),
+        kept="a run",
+        what="--out",
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation.benchmark import BenchmarkItem, load_benchmark
-from sigma_core.inputs.outfile import write_atomic
+from sigma_core.inputs.outfile import write_text_atomic
 from sigma_core.inputs.records import Anything, Int, Map, Obj, Seq, Str, read_record
 from sigma_core.limits import MAX_SEED
 
@@ -64,7 +64,7 @@ def open_run(given: str | Path) -> RunFolder:
 
 def write_run_record(run: Path, record: Mapping[str, Any]) -> None:
     text = json.dumps(record, indent=2) + "\n"
-    write_atomic(run / RECORD, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    write_text_atomic(run / RECORD, text)
 
 
 def read_run_record(run: Path) -> dict[str, Any]:

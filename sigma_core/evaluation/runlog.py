@@ -25,7 +25,7 @@ from sigma_core.errors import PresetError, SigmaInputError
 from sigma_core.evaluation.run_record import RunNames
 from sigma_core.inputs.composition import resolve_image_path
 from sigma_core.inputs.images import load_image, read_image_bytes
-from sigma_core.inputs.outfile import write_atomic
+from sigma_core.inputs.outfile import write_text_atomic
 from sigma_core.inputs.records import Int, Num, Obj, Str, read_json_lines
 from sigma_core.limits import MAX_SEED
 
@@ -178,7 +178,7 @@ def merge(run: Path, order: Iterable[Key]) -> int:
     done = finished(run)
     lines = [done[key] for key in order if key in done]
     text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    write_atomic(run / LOG, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    write_text_atomic(run / LOG, text)
     for path in run.glob(RANK_LOGS):
         path.unlink()
     return len(lines)

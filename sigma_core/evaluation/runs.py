@@ -31,6 +31,7 @@ from sigma_core.evaluation import runlog
 from sigma_core.evaluation.arms import Arm, parse_arms
 from sigma_core.evaluation.benchmark import (
     MANIFEST,
+    REFS,
     Benchmark,
     copy_text,
     load_benchmark,
@@ -43,8 +44,9 @@ from sigma_core.evaluation.run_record import (
     write_run_record,
 )
 from sigma_core.inputs.outfile import check_run_folder
+from sigma_core.inputs.records import read_bounded
 from sigma_core.inputs.settings import SETTING_SPECS, SPECS, settings_from_text
-from sigma_core.limits import MAX_EVAL_SEEDS
+from sigma_core.limits import MAX_BENCHMARK_BYTES, MAX_EVAL_SEEDS
 from sigma_core.model.modes import EngineChoice
 
 
@@ -135,8 +137,8 @@ def _settings(comp: Any, overrides: Mapping[str, str]) -> Any:
 def check_resume(spec: RunSpec, run: Path) -> bool:
     """Whether RUN holds this run already (False: a new or empty folder); a RUN holding another
     run, or other files, is refused, naming what differs."""
-    if not run.exists() or not any(run.iterdir()):
-        return False
+    if not run.exists() or {p.name for p in run.iterdir()} <= {MANIFEST, REFS}:
+        return False  # new, or a start stopped before its record: start again
     if not (run / RECORD).is_file():
         raise SigmaInputError(
             f"RUN {str(run)!r} holds files but no {RECORD}; choose a new or empty folder"
@@ -149,7 +151,9 @@ def check_resume(spec: RunSpec, run: Path) -> bool:
             f"RUN {str(run)!r} holds another run (its {', '.join(differ)} differ); resume with "
             "the same BENCH and options, or choose a new RUN"
         )
-    if (run / MANIFEST).read_text(encoding="utf-8") != copy_text(spec.benchmark):
+    copy = read_bounded(run / MANIFEST, MAX_BENCHMARK_BYTES, what="benchmark copy",
+                        error=SigmaInputError)  # fmt: skip
+    if copy != copy_text(spec.benchmark).encode("utf-8"):
         raise SigmaInputError(
             f"RUN {str(run)!r}: the benchmark's items changed since this run began; choose a "
             "new RUN"
@@ -158,10 +162,11 @@ def check_resume(spec: RunSpec, run: Path) -> bool:
 
 
 def start_run(spec: RunSpec, run: Path) -> None:
-    """A new run's record and its copy of the benchmark (the main process only)."""
+    """A new run's copy of the benchmark, then its record (the main process only): a RUN with
+    a record always has its copy."""
     run.mkdir(parents=True, exist_ok=True)
-    write_run_record(run, spec.record())
     write_copy(spec.benchmark, run)
+    write_run_record(run, spec.record())
 
 
 class Engines:

@@ -21,7 +21,7 @@ from sigma_core.evaluation.benchmark import FAMILIES
 from sigma_core.evaluation.metrics import METRIC_NAMES
 from sigma_core.evaluation.run_record import RunNames
 from sigma_core.evaluation.runlog import MAX_LINE_BYTES, Generated, Key, LogWriter, key_of
-from sigma_core.inputs.outfile import write_atomic
+from sigma_core.inputs.outfile import write_text_atomic
 from sigma_core.inputs.records import (
     Int,
     Map,
@@ -124,7 +124,7 @@ def write_summary(
     """scores.json: the metrics asked, the model each was scored with, why any was not."""
     summary = {"models": dict(models), "skipped": dict(skipped), "metrics": list(metrics)}
     text = json.dumps(summary, indent=2) + "\n"
-    write_atomic(run / SUMMARY, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    write_text_atomic(run / SUMMARY, text)
 
 
 def read_summary(run: Path) -> dict[str, Any]:

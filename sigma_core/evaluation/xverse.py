@@ -24,7 +24,7 @@ from sigma_core.errors import SigmaError, SigmaInputError
 from sigma_core.evaluation.benchmark import MANIFEST, load_benchmark
 from sigma_core.inputs.composition import resolve_image_path
 from sigma_core.inputs.images import read_image_bytes
-from sigma_core.inputs.outfile import write_atomic
+from sigma_core.inputs.outfile import write_atomic, write_text_atomic
 from sigma_core.inputs.preset import PRESET_FORMAT, PRESET_VERSION, parse_json
 from sigma_core.inputs.records import (
     Anything,
@@ -145,7 +145,7 @@ def import_xverse(src: str | Path, out: str | Path) -> tuple[Path, list[str]]:
             else:
                 lines.append(line)
     text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    manifest = write_atomic(out / MANIFEST, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    manifest = write_text_atomic(out / MANIFEST, text)
     load_benchmark(out)  # what was written reads back as a benchmark
     return manifest, left_out
 

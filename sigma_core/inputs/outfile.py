@@ -139,6 +139,12 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], *, overwrite: 
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Replace ``path`` with ``text`` (UTF-8) through :func:`write_atomic`: a reader sees the
+    old file or the new one, never half of either."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+
+
 def _claim(tmp: Path, target: Path) -> bool:
     """Put ``tmp``'s file at ``target`` unless something is there (then False), in one step."""
     try:
@@ -172,6 +178,7 @@ def check_output_folder(
     needed_bytes: int,
     keep: Collection[str] = (),
     kept: str = "",
+    what: str = "OUT_DIR",
 ) -> Path:
     """``path`` as a Path, once it is sure a folder can be written there: new, an empty folder
     or, with ``overwrite``, a folder of other files; call it before the work.
@@ -179,18 +186,17 @@ def check_output_folder(
     Refuses an empty name, a name the OS cannot use, a file (or device) in the way, a folder
     holding any of the files named in ``keep`` (``kept`` says what they are) even with
     ``overwrite``, and a disk with less than ``needed_bytes`` free. Missing parents are fine.
+    ``what`` names the folder in messages as the command's option does.
     """
     if os.fspath(path) == "":
-        raise SigmaInputError("OUT_DIR is empty; give the name of a new folder")
+        raise SigmaInputError(f"{what} is empty; give the name of a new folder")
     out, shown = Path(path), repr(os.fspath(path))
-    existing = _stat(out, f"OUT_DIR {shown}")
+    existing = _stat(out, f"{what} {shown}")
     if existing is not None:
-        _check_replaceable(out, existing, overwrite=overwrite, keep=keep, kept=kept)
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
+        _check_replaceable(out, existing, overwrite=overwrite, keep=keep, kept=kept, what=what)
+    parent = _existing_parent(out.absolute().parent)
     if not parent.is_dir():
-        raise SigmaInputError(f"OUT_DIR {shown}: {str(parent)!r} is a file, not a folder")
+        raise SigmaInputError(f"{what} {shown}: {str(parent)!r} is a file, not a folder")
     _check_free(parent, needed_bytes)
     return out
 
@@ -203,9 +209,7 @@ def check_run_folder(path: str | os.PathLike, what: str) -> Path:
     existing = _stat(out, f"{what} {shown}")
     if existing is not None and not stat.S_ISDIR(existing.st_mode):
         raise SigmaInputError(f"{what} {shown} exists and is not a folder; choose a folder")
-    parent = out.absolute()
-    while not parent.exists():
-        parent = parent.parent
+    parent = _existing_parent(out.absolute())
     if not parent.is_dir():
         raise SigmaInputError(f"{what} {shown}: {str(parent)!r} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -216,26 +220,39 @@ def check_run_folder(path: str | os.PathLike, what: str) -> Path:
     return out
 
 
+def _existing_parent(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a new folder would be made."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def _check_replaceable(
-    out: Path, existing: os.stat_result, *, overwrite: bool, keep: Collection[str], kept: str
+    out: Path,
+    existing: os.stat_result,
+    *,
+    overwrite: bool,
+    keep: Collection[str],
+    kept: str,
+    what: str,
 ) -> None:
     """Refuse what :func:`check_output_folder` refuses of something already at ``out``."""
-    shown = repr(str(out))
+    shown = f"{what} {str(out)!r}"
     if not stat.S_ISDIR(existing.st_mode):
-        raise SigmaInputError(f"OUT_DIR {shown} exists and is not a folder; choose a new folder")
+        raise SigmaInputError(f"{shown} exists and is not a folder; choose a new folder")
     try:
         names = {p.name for p in out.iterdir()}
     except OSError as e:
-        raise SigmaInputError(f"OUT_DIR {shown}: cannot be read ({e.strerror or e})") from None
+        raise SigmaInputError(f"{shown}: cannot be read ({e.strerror or e})") from None
     held = sorted(names & set(keep))
     if held:
         raise SigmaInputError(
-            f"OUT_DIR {shown} holds {kept} ({', '.join(held)}), which is never replaced, "
+            f"{shown} holds {kept} ({', '.join(held)}), which is never replaced, "
             "even with --overwrite; choose a new folder"
         )
     if names and not overwrite:
         raise SigmaInputError(
-            f"OUT_DIR {shown} already exists and is not empty; pass --overwrite to replace "
+            f"{shown} already exists and is not empty; pass --overwrite to replace "
             "it, or choose a new folder"
         )
 
