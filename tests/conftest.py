@@ -1,7 +1,8 @@
 """Shared fixtures. Tests never touch the network.
 
-Markers: ``slow`` (compilation, installs; runs in CI) and ``gpu`` (needs CUDA: skipped, and
-reported as skipped, where there is none).
+Markers: ``slow`` (compilation, installs; runs in CI), ``gpu`` (needs CUDA: skipped, and
+reported as skipped, where there is none) and ``confined`` (each call may read and write only its
+tmp_path and read only the named fixtures' folders: tests/confine.py, whose hook is imported here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 
 from sigma_core.planning import load_tokenizer, make_tiny_tokenizer
+from tests.confine import pytest_runtest_call  # noqa: F401  (the `confined` marker's hook)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -76,3 +78,12 @@ def models(tmp_path_factory: pytest.TempPathFactory):
     from tests.evaluation_helpers import eval_models
 
     return eval_models(tmp_path_factory.mktemp("eval_models"))
+
+
+@pytest.fixture(scope="session")
+def user_cache_tokenizer():
+    """The tiny tokenizer the tool keeps in the user cache (what `inspect` plans with when given
+    no checkpoint), written before any confined case: the case reads it and never writes it."""
+    from sigma_core.planning.tokenizer import cached_folder
+
+    return cached_folder("tiny-tokenizer", make_tiny_tokenizer)

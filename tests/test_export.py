@@ -2,7 +2,9 @@
 refuses a non-empty OUT_DIR without --overwrite and a base checkpoint even with it, and every
 OUT_DIR it cannot use (a file, a device, a long name, a read-only or full disk) is an exit 2
 with one sentence and nothing left behind. ``inspect --mask-png`` keeps an existing file unless
---overwrite. The training checkpoints here are written by hand: export needs no trained run."""
+--overwrite. The training checkpoints here are written by hand: export needs no trained run.
+Each case reads and writes only its tmp_path (the `confined` marker, tests/confine.py); inspect
+also reads the tiny tokenizer the tool keeps in the user cache."""
 
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from safetensors.torch import load_file, save_file
 
 from sigma_core.cli import main as cli_main
 from sigma_core.training.config import TrainConfig
+from tests.confine import unwatched
 
 ROOT = Path(__file__).resolve().parent.parent
 COMBINE = ROOT / "presets" / "combine_astronaut_cat_rocket.json"
 KEY = "attribute_embed.weight"
+
+pytestmark = pytest.mark.confined("user_cache_tokenizer")
 
 
 def _training_checkpoint(folder: Path, train: str = "gen") -> Path:
@@ -128,10 +133,13 @@ def test_an_unusable_out_dir_is_refused_and_left_as_it_was(capsys, tmp_path, ckp
     out = Path(target) if target.startswith("/") else tmp_path / target
     if target == "file":
         out.write_bytes(b"keep me")
-    before, dev = _hashes(tmp_path), sorted(os.listdir("/dev"))
+    with unwatched():  # the test's own look at /dev; export may neither read nor write there
+        dev = sorted(os.listdir("/dev"))
+    before = _hashes(tmp_path)
     _refused(*_export(capsys, ckpt, out), words)
     assert _hashes(tmp_path) == before
-    assert sorted(os.listdir("/dev")) == dev
+    with unwatched():
+        assert sorted(os.listdir("/dev")) == dev
 
 
 def test_a_read_only_file_system_leaves_nothing(capsys, tmp_path, ckpt, monkeypatch):
@@ -184,7 +192,9 @@ def test_a_disk_filling_up_while_writing_leaves_nothing(capsys, tmp_path, ckpt, 
     assert _hashes(tmp_path) == before
 
 
-def test_inspect_mask_png_keeps_an_existing_file_unless_overwrite(capsys, tmp_path):
+def test_inspect_mask_png_keeps_an_existing_file_unless_overwrite(
+    capsys, tmp_path, user_cache_tokenizer
+):
     png = tmp_path / "mask.png"
     png.write_bytes(b"keep me")
     before = _hashes(tmp_path)

@@ -1,5 +1,7 @@
 """Hostile training configs (issue 20, section 1): each is exit 2 with one short sentence,
-quickly, before the model loads; a FIFO is never opened."""
+quickly, before the model loads; a FIFO is never opened. Each case reads and writes only its
+tmp_path (the `confined` marker, tests/confine.py); validate and inspect also read the tiny
+tokenizer the tool keeps in the user cache."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from sigma_core.errors import SigmaInputError
 from sigma_core.training.config import load_config
 
 GOOD = "base: ckpt\ndata: [shards]\n"
+
+pytestmark = pytest.mark.confined("user_cache_tokenizer")
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +87,9 @@ def test_a_fifo_config_is_never_opened(tmp_path, capsys):
 
 
 @pytest.mark.timeout(10)
-def test_a_fifo_image_is_not_a_regular_file_for_validate_and_inspect(tmp_path, capsys):
+def test_a_fifo_image_is_not_a_regular_file_for_validate_and_inspect(
+    tmp_path, capsys, user_cache_tokenizer
+):
     from sigma_core.inputs.preset import PRESET_FORMAT, PRESET_VERSION
 
     os.mkfifo(tmp_path / "ref.png")

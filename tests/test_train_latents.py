@@ -1,7 +1,8 @@
 """The training images' VAE posteriors (issue 20, section 4): encoded in batches by size, the
 latents the one-at-a-time encode drew for the same generator; kept on disk, the same mean and
 std as a fresh encode; hits from the second epoch on; the folder within its bound; a corrupt
-file a miss; two writers of one key leave a whole file."""
+file a miss; two writers of one key leave a whole file. Each case reads and writes only its
+tmp_path, and reads the tiny checkpoint (the `confined` marker, tests/confine.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from sigma_core.training.rows import SkipCounter, TrainSample
 
 SIZE = 96
 CACHE_BYTES = 2**30
+
+pytestmark = pytest.mark.confined("tiny_checkpoint")
 
 
 @pytest.fixture(scope="module")

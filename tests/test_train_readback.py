@@ -3,7 +3,8 @@ state.json, rank-R.json, optimizer.json and safetensors files, and exported weig
 sigma_training.json, damaged one way each. Every case goes through the command line
 (``train --resume``, ``export``, ``generate --sigma-weights``) and must be exit 2 with one
 message naming the file and the field; a traceback is exit 1. One real run, made once, is copied
-and damaged; what the trainer writes reads back through its own schemas."""
+and damaged; what the trainer writes reads back through its own schemas. Each case writes only
+its tmp_path and reads only that and the run's folder (the `confined` marker, tests/confine.py)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ from sigma_core.inputs.records import read_record
 from sigma_core.runtime.loader import PREVIEW_RECORD, TRAINING_RECORD
 from sigma_core.training.config import TrainConfig
 from sigma_core.training.readback import OPTIMIZER, RANK, STATE
+from tests.confine import confined
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "presets" / "select_coffee_cup.json"
 SIZE = 64
 
+pytestmark = pytest.mark.confined("run")
+
 
 @dataclass(frozen=True)
 class Run:
+    root: Path  # holds all below, and the run's data
     base: Path  # the tiny BAGEL checkpoint
     config: Path  # the run's YAML (2 steps)
     checkpoint: Path  # after step 1 of 2
@@ -69,7 +74,7 @@ def run(tmp_path_factory) -> Run:
     assert cli_main(["train", "--config", str(config), "--max-steps", "1"]) == 0
     checkpoint = root / "run" / "checkpoints" / "step-0000001"
     assert cli_main(["export", str(checkpoint), str(root / "weights")]) == 0
-    return Run(base, config, checkpoint, root / "weights")
+    return Run(root, base, config, checkpoint, root / "weights")
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -338,6 +343,7 @@ JSON = st.recursive(
 SCHEMAS = {"state": STATE, "rank": RANK, "optimizer": OPTIMIZER, "record": TRAINING_RECORD}
 
 
+@pytest.mark.confined(by_test=True)  # hypothesis keeps its database in .hypothesis/
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -347,6 +353,7 @@ def test_any_json_is_read_or_refused_with_the_file_named(tmp_path, which, value,
     for doc in (value, {key: value}):
         path.write_text(json.dumps(doc))
         try:
-            read_record(path, SCHEMAS[which])
+            with confined([tmp_path]):
+                read_record(path, SCHEMAS[which])
         except CheckpointError as e:
             assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
