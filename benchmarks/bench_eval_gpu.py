@@ -82,10 +82,11 @@ def generate(args: argparse.Namespace, bench: Path, run: Path, device: torch.dev
     }  # fmt: skip
 
 
-def score(args: argparse.Namespace, run: Path) -> dict:
+def score(run: Path) -> dict:
     """``evaluate score RUN``'s throughput, or why it could not run here."""
     from sigma_core import cli
     from sigma_core.errors import SigmaError
+    from sigma_core.inputs.fields import cut
 
     try:
         from sigma_core.evaluation import scoring
@@ -96,7 +97,7 @@ def score(args: argparse.Namespace, run: Path) -> dict:
     try:
         scoring.main(parsed)
     except (SigmaError, OSError) as e:  # the scorers' weights are not in this machine's cache
-        return {"scoring": f"not run: {str(e).splitlines()[0][:200]}"}
+        return {"scoring": f"not run: {cut(str(e).splitlines()[0], 200)}"}
     images = len((run / "generated.jsonl").read_text().splitlines())
     return {"scoring_images_per_s": images / (time.perf_counter() - t0)}
 
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         bench = write_bench(Path(tmp), args.items)
         run = Path(tmp) / "run"
-        result = {**generate(args, bench, run, device), **score(args, run)}
+        result = {**generate(args, bench, run, device), **score(run)}
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"{result['device']}: {result['images']} images at {args.size}, {args.steps} timesteps: "

@@ -20,9 +20,10 @@ from PIL import Image
 from sigma_core.cli import main as cli_main
 from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation import runlog
-from sigma_core.evaluation.arms import parse_arms, strip_tokens
+from sigma_core.evaluation.arms import parse_arms
 from sigma_core.evaluation.benchmark import FAMILIES, load_benchmark
 from sigma_core.inputs import load_composition
+from sigma_core.inputs.attributes import strip_tokens
 from tests.launch_helpers import accelerate_cpu, cpu_env, run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,6 +343,8 @@ def test_xversebench_imports_as_a_benchmark(tmp_path, capsys) -> None:
     _xverse(bad, [_xverse_item(0, "A man and a cup", image="../../secret.jpg")])
     with pytest.raises(SigmaInputError, match=r"goes up with '\.\.'"):
         import_xverse(bad, tmp_path / "bench2")
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"XVerse", "bench", "bad"}, names  # a failed import leaves nothing behind
 
 
 @pytest.mark.slow

@@ -8,13 +8,12 @@ keys as the preset (and the engine options) say. Without ``--vary`` there is one
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sigma_core.errors import SigmaInputError
-from sigma_core.inputs.attributes import find_attribute_tokens
+from sigma_core.inputs.attributes import strip_tokens
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.model.modes import PRECISIONS
@@ -38,6 +37,7 @@ class Arm:
     vary: Mapping[str, str]
 
     def to_dict(self) -> dict[str, Any]:
+        """run.json's form of the arm."""
         return {"name": self.name, "vary": dict(self.vary)}
 
     def precision(self, default: str) -> str:
@@ -56,16 +56,6 @@ class Arm:
         if self.vary.get("tokens") == "off":
             comp = replace(comp, prompt=strip_tokens(comp.raw_prompt()[0]))
         return comp
-
-
-def strip_tokens(raw: str) -> str:
-    """A raw SIGMA prompt without its attribute tokens (the paper's "no attribute tokens" arm):
-    the placeholders and the words stay where they were."""
-    kept, last = [], 0
-    for m in find_attribute_tokens(raw):
-        kept.append(raw[last : m.start()])
-        last = m.end()
-    return re.sub(r"\s+", " ", "".join([*kept, raw[last:]])).strip()
 
 
 def parse_arms(vary: list[str]) -> tuple[Arm, ...]:

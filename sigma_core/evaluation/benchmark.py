@@ -76,10 +76,10 @@ class BenchmarkItem:
 class Benchmark:
     """A manifest's items, in its order."""
 
-    manifest: Path
     items: tuple[BenchmarkItem, ...]
 
     def item(self, item_id: str) -> BenchmarkItem:
+        """The item ``item_id`` (ids are unique: the reader refuses a repeated one)."""
         return next(i for i in self.items if i.id == item_id)
 
 
@@ -119,7 +119,7 @@ def load_benchmark(bench: str | os.PathLike) -> Benchmark:
         seen.add(raw["id"])
     if not items:
         raise SigmaInputError(f"{path}: no items; a benchmark has one JSON object per line")
-    return Benchmark(path, tuple(items))
+    return Benchmark(tuple(items))
 
 
 def _item(raw: dict[str, Any], folder: Path, where: str, number: int) -> BenchmarkItem:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sigma_core.evaluation.embedders import embed_in_batches, load_from_cache
-from sigma_core.inputs.attributes import find_attribute_tokens
+from sigma_core.inputs.attributes import strip_tokens
 from sigma_core.inputs.composition import Composition
 from sigma_core.inputs.prompt import IMAGE_PLACEHOLDER
 
@@ -42,6 +42,8 @@ class ClipEmbedder:
         return int(self.model.config.projection_dim)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Each image's CLIP image embedding, [N, D], in batches of ``batch_size``."""
+
         def embed(batch: Sequence[Image.Image]) -> torch.Tensor:
             rgb = [im.convert("RGB") for im in batch]
             pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"]
@@ -51,6 +53,8 @@ class ClipEmbedder:
         return embed_in_batches(images, self.batch_size, embed)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Each text's CLIP text embedding, [N, D]; a text longer than CLIP's context is cut to
+        it."""
         limit = self.model.config.text_config.max_position_embeddings
 
         def embed(batch: Sequence[str]) -> torch.Tensor:
@@ -69,10 +73,8 @@ class ClipEmbedder:
 def plain_text(raw_prompt: str) -> str:
     """A raw SIGMA prompt as CLIP-T reads it: without its attribute tokens and <image_k>
     placeholders, the spaces they leave closed up."""
-    text = IMAGE_PLACEHOLDER.sub(" ", raw_prompt)
-    for m in reversed(find_attribute_tokens(text)):
-        text = f"{text[: m.start()]} {text[m.end() :]}"
-    return re.sub(r"\s+([,.;:!?])", r"\1", " ".join(text.split()))
+    text = strip_tokens(IMAGE_PLACEHOLDER.sub(" ", raw_prompt))
+    return re.sub(r"\s+([,.;:!?])", r"\1", text)
 
 
 def prompt_text(composition: Composition) -> str:

@@ -41,8 +41,9 @@ class Tile:
 
 
 def sheet_name(index: int, item: str) -> str:
-    """A file name for an item's sheet: its index (ids may collide once cleaned) and the id
-    with anything but letters, digits, '.', '_' and '-' replaced."""
+    """A file name for an item's sheet: its index, then its id. The benchmark reader admits
+    only letters, digits, '.', '_' and '-' in ids; anything else is replaced here all the same,
+    since this names a file."""
     return f"{index:04d}-{re.sub(r'[^A-Za-z0-9._-]', '_', item)[:60]}.png"
 
 
@@ -53,7 +54,7 @@ def write_sheets(runs: Sequence[Run], folder: Path) -> dict[str, str]:
     first = runs[0]
     arms = _ArmImages(runs)
     out: dict[str, str] = {}
-    for item_id in first.info["items"]:
+    for item_id in first.record["items"]:
         item = first.items[item_id]
         name = sheet_name(len(out), item.id)
         title = [f"{item.id} ({item.family})", f"prompt: {item.composition.prompt}"]
@@ -85,7 +86,7 @@ class _ArmImages:
     def tiles(self, item: str) -> list[Tile]:
         tiles = []
         for run, arm, name in self.arms:
-            seed = run.info["seeds"][0]
+            seed = run.record["seeds"][0]
             key = (run.name, item, arm, seed)
             generated: Generated | None = self.images.get(key)
             image = None if generated is None else generated.load()

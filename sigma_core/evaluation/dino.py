@@ -60,6 +60,8 @@ class DinoEmbedder:
         return (x - self.mean) / self.std
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Each image's CLS embedding, [N, D], prepared as XVerseBench's DINOScore prepares it."""
+
         def embed(batch: Sequence[Image.Image]) -> torch.Tensor:
             x = self.pixels(batch).to(self.model.device)
             return self.model(pixel_values=x).last_hidden_state[:, 0]

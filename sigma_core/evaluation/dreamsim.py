@@ -32,10 +32,12 @@ DREAMSIM_FILES = (
 
 
 def default_dreamsim_dir() -> Path:
+    """Where DreamSim's weights are looked for when --dreamsim-model is not given."""
     return user_cache_dir() / "dreamsim"
 
 
 def fetch_hint(folder: str) -> str:
+    """The commands that put DreamSim and its weights in ``folder`` (the scorer never downloads)."""
     return (
         'pip install dreamsim, then fetch its weights once with `python -c "from dreamsim '
         f"import dreamsim; dreamsim(pretrained=True, cache_dir='{folder}')\"`"
@@ -68,6 +70,8 @@ class DreamSimEmbedder:
         return cls(model, preprocess, device, batch_size)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Each image's DreamSim embedding, [N, D] (the ensemble's features, concatenated)."""
+
         def embed(batch: Sequence[Image.Image]) -> torch.Tensor:
             x = torch.cat([self.preprocess(im.convert("RGB")) for im in batch])  # [B, 3, 224, 224]
             return self.model.embed(x.to(self.device)).reshape(len(batch), -1)

@@ -26,7 +26,8 @@ class ModelUnavailable(Exception):
 class ImageEmbedder(Protocol):
     """An evaluation model (or a test's stand-in): unit embeddings [len(images), D]."""
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """One unit embedding per image, [N, D], in the images' order."""
 
 
 def download_hint(repo: str) -> str:

@@ -37,6 +37,7 @@ BY_NAME = {m.name: m for m in METRICS}
 
 
 def label(name: str) -> str:
+    """The metric's name as tables show it (``clip_t`` -> ``CLIP-T``)."""
     return BY_NAME[name].label
 
 

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from sigma_core.evaluation.metrics import BY_NAME
 from sigma_core.evaluation.report_stats import Table
+from sigma_core.inputs.fields import cut
 
 SIZE_INCHES, DPI = (6.4, 4.0), 100  # 640x400 pixels
 
@@ -49,6 +50,5 @@ def _plot(table: Table, metric: str) -> FigureCanvasAgg:
 
 def _label(arm: str, n: int) -> str:
     """An arm's tick label: cut, printable, and a '$' kept as text (not mathtext)."""
-    shown = "".join(c if c.isprintable() else "?" for c in arm[:40])
-    shown = shown if len(shown) <= 30 else shown[:27] + "..."
+    shown = cut("".join(c if c.isprintable() else "?" for c in arm[:40]), 30)
     return shown.replace("$", r"\$") + f"\nn={n}"

@@ -52,7 +52,7 @@ def _check_out(out: Path, runs: Sequence[Run], *, overwrite: bool) -> None:
             raise SigmaInputError(
                 f"--out {str(out)!r} is run {r.name} or holds it; choose a folder of its own"
             )
-    needed = 2**20 * (2 + len(runs[0].info["items"]))  # a contact sheet is under 1 MB
+    needed = 2**20 * (2 + len(runs[0].record["items"]))  # a contact sheet is under 1 MB
     check_output_folder(
         out,
         overwrite=overwrite,
@@ -105,13 +105,13 @@ def _run_json(run: Run) -> dict[str, Any]:
     return {
         "name": run.name,
         "folder": str(run.folder),
-        "benchmark": run.info["benchmark"],
-        "engine": run.info["engine"],
+        "benchmark": run.record["benchmark"],
+        "engine": run.record["engine"],
         "preview": run.preview,
         "preview_images": len(run.notices),
-        "arms": run.info["arms"],
-        "seeds": run.info["seeds"],
-        "items": len(run.info["items"]),
+        "arms": run.record["arms"],
+        "seeds": run.record["seeds"],
+        "items": len(run.record["items"]),
     }
 
 

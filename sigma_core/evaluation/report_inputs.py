@@ -12,21 +12,17 @@ from typing import Any
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.evaluation import score_files
-from sigma_core.evaluation.benchmark import BenchmarkItem
-from sigma_core.evaluation.run_record import arm_names, open_run
+from sigma_core.evaluation.run_record import RunFolder, arm_names, open_run
 from sigma_core.evaluation.runlog import Generated, read_images
 from sigma_core.inputs.png import find_png_text
 from sigma_core.inputs.preset import PNG_NOTICE_KEY
 
 
 @dataclass(frozen=True)
-class Run:
+class Run(RunFolder):
     """A run folder as the report needs it; ``scores`` holds each image's last line of
     scores.jsonl (the one rule every reader of that file follows)."""
 
-    folder: Path
-    info: dict[str, Any]  # run.json
-    items: dict[str, BenchmarkItem]  # the run's copy of its benchmark, by id
     images: tuple[Generated, ...]
     scores: tuple[dict[str, Any], ...]
     scoring: dict[str, Any]  # scores.json
@@ -38,17 +34,13 @@ class Run:
 
     @property
     def arms(self) -> list[str]:
-        return arm_names(self.info)
-
-    @property
-    def families(self) -> dict[str, str]:
-        return {item_id: item.family for item_id, item in self.items.items()}
+        return arm_names(self.record)
 
     @property
     def preview(self) -> bool:
         """True when the preview engine (random weights) made the images: run.json says so,
         or an image carries the preview notice."""
-        checkpoint = self.info["engine"].get("checkpoint")
+        checkpoint = self.record["engine"].get("checkpoint")
         return checkpoint in (None, "preview") or bool(self.notices)
 
 

@@ -68,14 +68,14 @@ def _runs(runs: Sequence[Run]) -> list[str]:
         "|---|---|---|---|---|---:|---|",
     ]
     for r in runs:
-        engine = r.info["engine"]
+        engine = r.record["engine"]
         checkpoint = engine.get("checkpoint")
         shown = "preview engine (random weights)" if r.preview else esc(checkpoint)
         arms = ", ".join(esc(a) for a in r.arms)
-        seeds = ", ".join(str(s) for s in r.info["seeds"])
+        seeds = ", ".join(str(s) for s in r.record["seeds"])
         lines.append(
-            f"| {esc(r.name)} | {esc(r.info['benchmark'])} | {shown} | "
-            f"{esc(engine.get('precision', '?'))} | {arms} | {len(r.info['items'])} | {seeds} |"
+            f"| {esc(r.name)} | {esc(r.record['benchmark'])} | {shown} | "
+            f"{esc(engine.get('precision', '?'))} | {arms} | {len(r.record['items'])} | {seeds} |"
         )
     return [*lines, ""]
 

@@ -161,8 +161,8 @@ def check_comparable(runs: Sequence[Run]) -> None:
         )
     first = runs[0]
     for r in runs[1:]:
-        if {i: first.families[i] for i in first.info["items"]} != {
-            i: r.families[i] for i in r.info["items"]
+        if {i: first.families[i] for i in first.record["items"]} != {
+            i: r.families[i] for i in r.record["items"]
         }:
             raise SigmaInputError(
                 f"runs {first.name} and {r.name} have different items; compare runs of the "
@@ -212,7 +212,7 @@ def _counts(run: Run, arm: str) -> dict[str, int]:
     made = {(im.item, im.seed) for im in run.images if im.arm == arm}
     scored = {(s["item"], s["seed"]) for s in run.scores if s["arm"] == arm}
     return {
-        "expected": len(run.info["items"]) * len(run.info["seeds"]),
+        "expected": len(run.record["items"]) * len(run.record["seeds"]),
         "generated": len(made),
         "scored": len(scored),
         "unscored": len(made - scored),

@@ -46,6 +46,7 @@ class RunFolder:
 
     @property
     def families(self) -> dict[str, str]:
+        """Each item's task family, by id."""
         return {item_id: item.family for item_id, item in self.items.items()}
 
 
@@ -63,6 +64,7 @@ def open_run(given: str | Path) -> RunFolder:
 
 
 def write_run_record(run: Path, record: Mapping[str, Any]) -> None:
+    """Write run.json (replaced whole, never half-written)."""
     text = json.dumps(record, indent=2) + "\n"
     write_text_atomic(run / RECORD, text)
 
@@ -82,6 +84,7 @@ def read_run_record(run: Path) -> dict[str, Any]:
 
 
 def arm_names(record: Mapping[str, Any]) -> list[str]:
+    """The arms' names in run.json's order (the report's rows)."""
     return [arm["name"] for arm in record["arms"]]
 
 
@@ -96,9 +99,11 @@ class RunNames:
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> RunNames:
+        """The names ``record`` (a checked run.json) lists."""
         return cls(frozenset(arm_names(record)), frozenset(record["items"]))
 
     def check(self, where: str, line: Mapping[str, Any]) -> None:
+        """Refuse a log or score line of an arm or item run.json does not list."""
         if line["arm"] not in self.arms:
             raise SigmaInputError(f"{where}: arm {line['arm']!r} is not one of run.json's arms")
         if line["item"] not in self.items:

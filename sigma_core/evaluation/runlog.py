@@ -121,6 +121,7 @@ def read_images(run: Path, record: dict[str, Any]) -> list[Generated]:
 
 
 def key_of(line: dict[str, Any]) -> Key:
+    """A line's (item, arm, seed): one image of the run."""
     return line["item"], line["arm"], line["seed"]
 
 
@@ -162,9 +163,12 @@ class LogWriter:
         self.path = path
 
     def append(self, line: dict[str, Any]) -> None:
+        """Append one line (see :meth:`extend`)."""
         self.extend([line])
 
     def extend(self, lines: Iterable[dict[str, Any]]) -> None:
+        """Append ``lines``, each flushed and synced before the next: a kill leaves at most the
+        last one torn."""
         with open(self.path, "ab") as f:
             for line in lines:
                 f.write((json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n").encode())

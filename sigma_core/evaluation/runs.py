@@ -75,6 +75,7 @@ class RunSpec:
     overrides: Mapping[str, str]  # setting name -> the flag's text
 
     def record(self) -> dict[str, Any]:
+        """run.json's content for this run (what a resume must match)."""
         return {
             "version": RUN_VERSION,
             "benchmark": self.given,
@@ -179,6 +180,7 @@ class Engines:
         self.precision: str | None = choice.precision if pipe is not None else None
 
     def for_arm(self, arm: Arm) -> Any:
+        """The engine for ``arm``'s precision, loaded when it differs from the one held."""
         precision = arm.precision(self.choice.precision)
         if precision != self.precision:
             from sigma_core.runtime.engine import load_engine
@@ -222,11 +224,11 @@ def make_images(
 def _processes(spec: RunSpec, args: argparse.Namespace) -> tuple[Any, Any]:
     """accelerate's process state and this process's device, every arm's engine options checked
     there before anything loads."""
-    from sigma_core.runtime.device import process_state, resolve_device
+    from sigma_core.runtime.device import process_device, process_state
     from sigma_core.runtime.loader import LoadOptions
 
     state = process_state()
-    device = resolve_device(args.device or (str(state.device) if state.num_processes > 1 else None))
+    device = process_device(state, args.device)
     for precision in dict.fromkeys(arm.precision(spec.engine.precision) for arm in spec.arms):
         LoadOptions.check(**replace(spec.engine, precision=precision).load_options(device))
     return state, device

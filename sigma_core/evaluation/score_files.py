@@ -55,6 +55,7 @@ SUMMARY_RECORD = Obj(
 
 
 def part_file(run: Path, rank: int) -> Path:
+    """The scores file process ``rank`` appends to under accelerate (merged by rank 0)."""
     return run / f"scores.part{rank}.jsonl"
 
 
@@ -128,4 +129,5 @@ def write_summary(
 
 
 def read_summary(run: Path) -> dict[str, Any]:
+    """scores.json, checked against its schema."""
     return read_record(run / SUMMARY, SUMMARY_RECORD, what="scores file", error=SigmaInputError)

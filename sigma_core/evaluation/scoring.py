@@ -187,6 +187,7 @@ def score_images(
 
 
 def check_batch_size(size: int) -> int:
+    """``size`` when it is an allowed --batch-size, else a SigmaInputError."""
     if not 1 <= size <= MAX_BATCH:
         raise SigmaInputError(f"--batch-size: {size} is not from 1 to {MAX_BATCH}")
     return size
@@ -194,7 +195,7 @@ def check_batch_size(size: int) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Score RUN; returns the exit code (bad input raises a SigmaInputError: exit 2)."""
-    from sigma_core.runtime.device import process_state, resolve_device
+    from sigma_core.runtime.device import process_device, process_state
 
     metrics = parse_metrics(args.metrics)
     batch_size = check_batch_size(args.batch_size)
@@ -203,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
     generated = score_files.scoring_order(read_images(run, opened.record))
     lines = score_files.read_scores(run, opened.record, opened.families, parts=True)
     state = process_state()
-    device = resolve_device(args.device) if args.device else state.device
+    device = process_device(state, args.device)
     sources = model_sources(args.clip_model, args.dino_model, args.dreamsim_model, args.aes_model)
     scorers = load_scorers(metrics, sources, device, batch_size)
     done = score_files.scored(lines, scorers.models) if scorers.models else set()

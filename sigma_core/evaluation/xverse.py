@@ -24,7 +24,12 @@ from sigma_core.errors import SigmaError, SigmaInputError
 from sigma_core.evaluation.benchmark import MANIFEST, load_benchmark
 from sigma_core.inputs.composition import resolve_image_path
 from sigma_core.inputs.images import read_image_bytes
-from sigma_core.inputs.outfile import write_atomic, write_text_atomic
+from sigma_core.inputs.outfile import (
+    check_output_folder,
+    staged_folder,
+    write_atomic,
+    write_text_atomic,
+)
 from sigma_core.inputs.preset import PRESET_FORMAT, PRESET_VERSION, parse_json
 from sigma_core.inputs.records import (
     Anything,
@@ -127,30 +132,31 @@ def _reference(slot: int, image_path: str, word: str, src: Path, out: Path) -> d
 
 def import_xverse(src: str | Path, out: str | Path) -> tuple[Path, list[str]]:
     """Write XVerseBench at ``src`` as the benchmark ``out`` (a new or empty folder); returns
-    the manifest and the ids of the items left out."""
-    src, out = Path(src), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SigmaInputError(
-            f"OUT {str(out)!r} exists and is not an empty folder; choose a new one"
-        )
+    the manifest and the ids of the items left out. Written into a private folder and moved in
+    place once it reads back as a benchmark: a failed import leaves nothing."""
+    src = Path(src)
+    # needed_bytes 0: the copy's size is known only as it is read; a disk that fills up
+    # while copying is a SigmaResourceError, and the private folder goes
+    out = check_output_folder(out, overwrite=False, needed_bytes=0, what="OUT")
     lists = _lists(src)
-    out.mkdir(parents=True, exist_ok=True)
     lines, left_out = [], []
-    for path in lists:
-        prefix = path.stem.removeprefix("XVerseBench_")
-        for raw in _read_list(path):
-            line = _line(raw, prefix, src, out)
-            if line is None:
-                left_out.append(f"{prefix}-{raw['index']:03d}")
-            else:
-                lines.append(line)
-    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    manifest = write_text_atomic(out / MANIFEST, text)
-    load_benchmark(out)  # what was written reads back as a benchmark
-    return manifest, left_out
+    with staged_folder(out) as staging:
+        for path in lists:
+            prefix = path.stem.removeprefix("XVerseBench_")
+            for raw in _read_list(path):
+                line = _line(raw, prefix, src, staging)
+                if line is None:
+                    left_out.append(f"{prefix}-{raw['index']:03d}")
+                else:
+                    lines.append(line)
+        text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        write_text_atomic(staging / MANIFEST, text)
+        load_benchmark(staging)  # what was written reads back as a benchmark
+    return out / MANIFEST, left_out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sigma_core.evaluation.xverse SRC OUT``: exit 0, or 2 with the reason."""
     parser = argparse.ArgumentParser(
         prog="python -m sigma_core.evaluation.xverse",
         description="import XVerseBench as a benchmark",

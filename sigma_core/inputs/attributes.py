@@ -108,3 +108,10 @@ def suggest_attribute(name: str) -> str:
 def find_attribute_tokens(text: str) -> list[re.Match[str]]:
     """Every exact SIGMA token in ``text``, in order (the tokenizer matches them the same way)."""
     return list(_TOKEN_RE.finditer(text))
+
+
+def strip_tokens(raw: str) -> str:
+    """A raw SIGMA prompt without its attribute tokens (the paper's "no attribute tokens" arm):
+    the placeholders and the words stay where they were, a token glued to a word leaves a space,
+    and runs of spaces are closed up."""
+    return " ".join(_TOKEN_RE.sub(" ", raw).split())

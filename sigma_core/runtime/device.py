@@ -47,6 +47,12 @@ def process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def process_device(state: Any, asked: str | None) -> torch.device:
+    """The device a process of ``state`` works on: the one ``asked`` (--device), else, among
+    several processes, the one accelerate gave it (its own GPU), else the best one here."""
+    return resolve_device(asked or (str(state.device) if state.num_processes > 1 else None))
+
+
 def _cuda(dev: torch.device) -> torch.device:
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
