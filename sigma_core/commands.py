@@ -241,11 +241,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sigma_core.training.checkpoints import export
 
-    folder = Path(args.checkpoint)
-    if not (folder / "state.json").is_file():
-        raise SigmaInputError(f"CHECKPOINT_DIR: {args.checkpoint!r} is not a training checkpoint")
     out = export(
-        folder, Path(args.out_dir), use_ema=not args.raw, base=args.base, overwrite=args.overwrite
+        Path(args.checkpoint),
+        Path(args.out_dir),
+        use_ema=not args.raw,
+        base=args.base,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}: load with SigmaPipeline.from_pretrained(base, sigma_weights={str(out)!r})")
     return EXIT_OK
