@@ -14,18 +14,16 @@ a resume.
 from __future__ import annotations
 
 import codecs
-import os
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from sigma_core.errors import CheckpointError, SigmaError, SigmaInputError
+from sigma_core.inputs.bounded import read_bounded, regular_file_size, unreadable
 from sigma_core.inputs.fields import (
     Problems,
     check_keys,
-    cut,
     field_name,
     is_int,
     is_number,
@@ -188,41 +186,6 @@ def _check_object(value: Any, path: str) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_bounded(path: Path, max_bytes: int, *, what: str, error: type[SigmaError]) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (whole MB), its kind and size checked
-    before it is opened: a FIFO or a device is never opened (it could block for ever). One byte
-    more than the limit is read, to see a file that grew since. ``error`` names the file."""
-    size = _regular_file_size(path, what, error)
-    try:
-        data = b"" if size > max_bytes else _head(path, max_bytes + 1)
-    except (OSError, ValueError) as e:
-        raise _unreadable(path, what, e, error) from None
-    if size > max_bytes or len(data) > max_bytes:
-        raise error(f"{path}: a {what} is at most {max_bytes >> 20} MB")
-    return data
-
-
-def _regular_file_size(path: Path, what: str, error: type[SigmaError]) -> int:
-    """The size of ``path``, refused unless it is a regular file (stat only: nothing opened)."""
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
-        raise _unreadable(path, what, e, error) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: not a regular file; a {what} is one")
-    return st.st_size
-
-
-def _unreadable(path: Path, what: str, e: Exception, error: type[SigmaError]) -> SigmaError:
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else cut(str(e), 80)
-    return error(f"{path}: cannot read the {what} ({reason})")
-
-
-def _head(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(size)
-
-
 def read_record(
     path: Path,
     schema: Obj,
@@ -262,7 +225,7 @@ def read_json_lines(
     ``<file>, line N``. ``max_file_bytes`` caps the whole file; with ``torn_tail`` a last line
     without its newline is passed over, since an appending writer stopped mid-line (and cuts
     it off before its next line). A UTF-8 byte order mark is allowed before the first line."""
-    size = _regular_file_size(path, what, error)
+    size = regular_file_size(path, what, error)
     if size > max_file_bytes:
         raise error(f"{path}: a {what} is at most {max_file_bytes >> 20} MB")
     try:
@@ -277,7 +240,7 @@ def read_json_lines(
                 if record is not None:
                     yield number, record
     except OSError as e:
-        raise _unreadable(path, what, e, error) from None
+        raise unreadable(path, what, e, error) from None
 
 
 def _line_record(
