@@ -48,15 +48,20 @@ class Spec(Protocol):
     """One declared value: ``check`` raises :class:`_Refusal` when ``value`` (at ``path``)
     does not fit."""
 
-    def check(self, value: Any, path: str) -> None: ...
+    def check(self, value: Any, path: str) -> None:
+        """Raise :class:`_Refusal`, its message starting with ``path``, unless ``value`` fits."""
 
 
 @dataclass(frozen=True)
 class Int:
+    """A whole number from ``lo`` to ``hi`` (not true or false: JSON's true is no count), so a
+    step, a count or an RNG word read back is one the writer could have written."""
+
     lo: int = 0
     hi: int = MAX_INT
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse anything but an int in range; a huge one is described, not printed."""
         if not (is_int(value) and self.lo <= value <= self.hi):
             span = f">= {self.lo:,}" if self.hi == MAX_INT else f"from {self.lo:,} to {self.hi:,}"
             _refuse(path, f"{shown(value)} is not an integer {span}")
@@ -69,6 +74,7 @@ class Num:
     lo: float | None = None
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-number, NaN, an infinity, a bool, or one below ``lo``."""
         if not (is_number(value) and (self.lo is None or value >= self.lo)):
             at_least = "" if self.lo is None else f" >= {self.lo:g}"
             _refuse(path, f"{shown(value)} is not a finite number{at_least}")
@@ -81,6 +87,7 @@ class Str:
     choices: tuple[str, ...] = ()
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-string, or a string outside ``choices``, naming the choices."""
         if not isinstance(value, str):
             _refuse(path, f"expected a string, got {kind_of(value)}")
         if self.choices and value not in self.choices:
@@ -89,7 +96,10 @@ class Str:
 
 @dataclass(frozen=True)
 class Bool:
+    """true or false, and nothing else: 0, 1 and "yes" are not read as a flag."""
+
     def check(self, value: Any, path: str) -> None:
+        """Refuse anything but a bool."""
         if not isinstance(value, bool):
             _refuse(path, f"expected true or false, got {shown(value)}")
 
@@ -101,6 +111,7 @@ class Maybe:
     spec: Spec
 
     def check(self, value: Any, path: str) -> None:
+        """Let null through; check anything else as ``spec``."""
         if value is not None:
             self.spec.check(value, path)
 
@@ -110,7 +121,7 @@ class Anything:
     """Any JSON value (its depth is bounded by the reader): a part nothing reads back."""
 
     def check(self, value: Any, path: str) -> None:
-        pass
+        """Refuse nothing: the reader already bounded its size and depth."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ class Seq:
     length: int | None = None
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-list or one of another length, then each item, by its index."""
         _check_list(value, path, self.length)
         for i, item in enumerate(value):
             self.item.check(item, f"{path}[{i}]")
@@ -133,6 +145,7 @@ class Fixed:
     items: tuple[Spec, ...]
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-list or one of another length, then each item by its own spec."""
         _check_list(value, path, len(self.items))
         for i, (spec, item) in enumerate(zip(self.items, value, strict=True)):
             spec.check(item, f"{path}[{i}]")
@@ -146,6 +159,8 @@ class Obj:
     optional: tuple[str, ...] = ()
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-object, a key the writer never writes (the closest field suggested), a
+        missing field not in ``optional``, then each field by its spec."""
         _check_object(value, path)
         prefix = f"{path}." if path else ""
         problems = Problems()
@@ -166,6 +181,7 @@ class Map:
     value: Spec
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-object, then each value, its key shown printable and cut."""
         _check_object(value, path)
         for key, item in value.items():
             self.value.check(item, f"{path}.{field_name(key)}")
