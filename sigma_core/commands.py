@@ -93,6 +93,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from sigma_core.report import plan_report, render_report
 
     comp = _composition(args)  # bad input fails before the tokenizer loads
+    # refused before the tokenizer loads; mask_png keeps a file that appears meanwhile
     if args.mask_png and os.path.lexists(args.mask_png) and not args.overwrite:
         raise SigmaInputError(
             f"--mask-png: {args.mask_png!r} already exists; pass --overwrite to replace it, or "
@@ -107,7 +108,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         **plan_report(plan, comp),
     }
     if args.mask_png:
-        report["mask_png"] = str(_write_mask(plan, Path(args.mask_png), args.overwrite))
+        from sigma_core.report import mask_png
+
+        try:  # written in one step: never half a file
+            written = mask_png(plan, args.mask_png, overwrite=args.overwrite)
+        except SigmaError as e:  # the reason, or a full disk
+            raise type(e)(f"--mask-png: {e}") from None
+        report["mask_png"] = str(written)
     if args.json:
         print(json.dumps(report, indent=2))  # ASCII: bidi controls reach no terminal raw
     else:
@@ -115,24 +122,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if args.mask_png:
             print(f"mask picture: {report['mask_png']}")
     return EXIT_OK
-
-
-def _write_mask(plan: Any, path: Path, overwrite: bool) -> Path:
-    """The mask picture written to ``path`` in one step (no half file; an existing one is kept
-    unless ``overwrite``); returns the path written."""
-    from sigma_core.inputs.outfile import write_atomic
-    from sigma_core.report import mask_image
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or e
-        raise SigmaInputError(f"--mask-png: cannot write {str(path)!r} ({reason})") from e
-    picture = mask_image(plan)
-    try:
-        return write_atomic(path, lambda f: picture.save(f, format="PNG"), overwrite=overwrite)
-    except SigmaError as e:  # the reason, or a full disk
-        raise type(e)(f"--mask-png: {e}") from None
 
 
 def cmd_make_tokenizer(args: argparse.Namespace) -> int:
@@ -252,11 +241,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sigma_core.training.checkpoints import export
 
-    folder = Path(args.checkpoint)
-    if not (folder / "state.json").is_file():
-        raise SigmaInputError(f"CHECKPOINT_DIR: {args.checkpoint!r} is not a training checkpoint")
     out = export(
-        folder, Path(args.out_dir), use_ema=not args.raw, base=args.base, overwrite=args.overwrite
+        Path(args.checkpoint),
+        Path(args.out_dir),
+        use_ema=not args.raw,
+        base=args.base,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}: load with SigmaPipeline.from_pretrained(base, sigma_weights={str(out)!r})")
     return EXIT_OK

@@ -83,7 +83,7 @@ def _wire_slot(
 ) -> None:
     """Slot k's upload, cleared image, attributes, crop (typed, dragged, or to the face): each
     answered with the slot's view, the strip and the checks, in one response; the slower
-    ones (an upload, the face crop, background removal) then ``settled`` (see _wire_slots)."""
+    ones (an upload, the face crop, background removal) then ``settled`` (see wire_slots)."""
     outputs = [sc.image, sc.crop, sc.upload_note, sc.face_seen, sc.thumb, sc.info, sc.cropper]
     outputs += [sc.last_good, page.slot_strip, *page.check_outputs]
     inputs = {*page.draft_inputs, sc.last_good, sc.face_seen}

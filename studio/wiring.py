@@ -364,7 +364,7 @@ def _wire_presets(
         roots = [studio.files, Path(get_upload_folder())]
         draft, notes = autosave.restored(stored, roots, max_slots)
         for told in notes:
-            gr.Warning(html.escape(views.redact(told)))
+            warn(told)
         return page.form_of(draft) + render.view_of(studio, page, draft)
 
     demo.load(

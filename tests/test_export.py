@@ -113,6 +113,24 @@ def test_a_previous_export_is_replaced_only_with_overwrite(capsys, tmp_path, ckp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "w"]  # no old or private folder
 
 
+def test_a_folder_without_state_json_is_not_a_training_checkpoint(capsys, tmp_path):
+    """export (the command and the function) and resume's find say it the same way, from the
+    one reader of state.json."""
+    from sigma_core.errors import CheckpointError
+    from sigma_core.training.checkpoints import export, find
+
+    (tmp_path / "plain").mkdir()
+    for folder in (tmp_path / "plain", tmp_path / "missing"):
+        words = f"{folder}: not a training checkpoint (no state.json)"
+        _refused(*_export(capsys, folder, tmp_path / "w"), words)
+        with pytest.raises(CheckpointError) as by_export:
+            export(folder, tmp_path / "w")
+        with pytest.raises(CheckpointError) as by_find:
+            find(tmp_path, str(folder))
+        assert str(by_export.value) == str(by_find.value) == words
+    assert [p.name for p in tmp_path.iterdir()] == ["plain"]
+
+
 def test_an_unknown_train_setting_leaves_nothing(capsys, tmp_path):
     ckpt = _training_checkpoint(tmp_path / "bogus", train="bogus")
     before = _hashes(tmp_path)

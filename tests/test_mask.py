@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from sigma_core import ATTRIBUTES, Composition, Reference, Settings
+from sigma_core.errors import SigmaResourceError
 from sigma_core.planning import Expert, Plan, Segment, TokenType, build_plan
 from sigma_core.planning.mask import MaskTooLargeError, dense_mask, mask_mod, segment_masks
 from sigma_core.report.mask_picture import BLOCKED_MASK, LEAK, TYPE_COLORS, _axis, mask_png
@@ -296,3 +298,29 @@ def test_mask_png_short_plan(mask: bool, tmp_path) -> None:
 def test_mask_png_refuses_tiny_canvas(tmp_path) -> None:
     with pytest.raises(ValueError, match="max_px"):
         mask_png(hand_plan(), tmp_path / "x.png", max_px=100)
+
+
+@pytest.mark.parametrize(
+    "stop", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")]
+)
+def test_mask_png_interrupted_leaves_no_half_picture(monkeypatch, tmp_path, stop) -> None:
+    """The studio draws a picture only when its file is missing, so a save stopped halfway (a
+    Ctrl-C, a full disk) must leave nothing there, nor a temporary file."""
+
+    def half(img, f, *args, **kwargs):
+        f.write(b"\x89PNG half")
+        raise stop
+
+    monkeypatch.setattr(Image.Image, "save", half)
+    with pytest.raises((KeyboardInterrupt, SigmaResourceError)):
+        mask_png(hand_plan(), tmp_path / "m.png", max_px=600)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mask_png_keeps_an_existing_file_unless_overwrite(tmp_path) -> None:
+    (tmp_path / "m.png").write_bytes(b"keep me")
+    written = mask_png(hand_plan(), tmp_path / "m.png", max_px=600, overwrite=False)
+    assert written == tmp_path / "m-2.png" and (tmp_path / "m.png").read_bytes() == b"keep me"
+    assert mask_png(hand_plan(), tmp_path / "m.png", max_px=600) == tmp_path / "m.png"
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.format == "PNG"

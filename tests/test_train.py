@@ -230,6 +230,20 @@ def test_config_is_checked_field_by_field(tmp_path):
         load_config(path)
 
 
+def test_config_messages_cut_and_describe_values_as_presets_do():
+    """The shared field helpers: a long unknown key is cut visibly ("..."), one that does not
+    print is escaped, a huge integer is described, as a preset's messages do."""
+    good = {"base": "x", "data": ["y"]}
+    with pytest.raises(SigmaInputError) as info:
+        config_from_dict({**good, "k" * 200: 1})
+    assert f"unknown setting(s) {'k' * 57}..." in str(info.value)
+    with pytest.raises(SigmaInputError) as info:
+        config_from_dict({**good, "a\nb": 1})
+    assert "unknown setting(s) a\\nb" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(SigmaInputError, match="lr: an integer of about 400 digits"):
+        config_from_dict({**good, "lr": 10**400})
+
+
 def test_cli_train_prints_the_config_samples_logs_and_exports(checkpoint, shards, tmp_path, capsys):
     preset = ROOT / "presets" / "stylize_cat_brushstrokes.json"
     cfg = _config(checkpoint, shards, tmp_path / "run", steps=2, sample_every=2,

@@ -20,6 +20,7 @@ from PIL import Image
 
 from sigma_core.errors import ImageInputError, PresetError, SigmaError
 from sigma_core.inputs.attributes import UnknownAttributeError, normalize_attribute
+from sigma_core.inputs.bounded import read_bounded
 from sigma_core.inputs.composition import PROJECT_ASSETS, Composition, Reference
 from sigma_core.inputs.fields import Problems, check_keys, is_int, kind_of
 from sigma_core.inputs.images import embeddable_bytes, encode_data_uri, is_data_uri, size_text
@@ -320,8 +321,9 @@ def load_preset(
             f"{where}: {size_text(size)} is larger than the {size_text(MAX_COMPOSITION_BYTES)} "
             "preset limit"
         )
-    try:
-        text = path.read_text(encoding="utf-8")
+    data = read_bounded(path, MAX_COMPOSITION_BYTES, what="preset", error=PresetError)
+    try:  # bounded: a file that grew since the checks above is refused, not read whole
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PresetError(f"{where}: not UTF-8 text; a preset is a JSON file") from None
     return loads_preset(

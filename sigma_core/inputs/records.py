@@ -14,18 +14,16 @@ a resume.
 from __future__ import annotations
 
 import codecs
-import os
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from sigma_core.errors import CheckpointError, SigmaError, SigmaInputError
+from sigma_core.inputs.bounded import read_bounded, regular_file_size, unreadable
 from sigma_core.inputs.fields import (
     Problems,
     check_keys,
-    cut,
     field_name,
     is_int,
     is_number,
@@ -50,15 +48,20 @@ class Spec(Protocol):
     """One declared value: ``check`` raises :class:`_Refusal` when ``value`` (at ``path``)
     does not fit."""
 
-    def check(self, value: Any, path: str) -> None: ...
+    def check(self, value: Any, path: str) -> None:
+        """Raise :class:`_Refusal`, its message starting with ``path``, unless ``value`` fits."""
 
 
 @dataclass(frozen=True)
 class Int:
+    """A whole number from ``lo`` to ``hi`` (not true or false: JSON's true is no count), so a
+    step, a count or an RNG word read back is one the writer could have written."""
+
     lo: int = 0
     hi: int = MAX_INT
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse anything but an int in range; a huge one is described, not printed."""
         if not (is_int(value) and self.lo <= value <= self.hi):
             span = f">= {self.lo:,}" if self.hi == MAX_INT else f"from {self.lo:,} to {self.hi:,}"
             _refuse(path, f"{shown(value)} is not an integer {span}")
@@ -71,6 +74,7 @@ class Num:
     lo: float | None = None
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-number, NaN, an infinity, a bool, or one below ``lo``."""
         if not (is_number(value) and (self.lo is None or value >= self.lo)):
             at_least = "" if self.lo is None else f" >= {self.lo:g}"
             _refuse(path, f"{shown(value)} is not a finite number{at_least}")
@@ -83,6 +87,7 @@ class Str:
     choices: tuple[str, ...] = ()
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-string, or a string outside ``choices``, naming the choices."""
         if not isinstance(value, str):
             _refuse(path, f"expected a string, got {kind_of(value)}")
         if self.choices and value not in self.choices:
@@ -91,7 +96,10 @@ class Str:
 
 @dataclass(frozen=True)
 class Bool:
+    """true or false, and nothing else: 0, 1 and "yes" are not read as a flag."""
+
     def check(self, value: Any, path: str) -> None:
+        """Refuse anything but a bool."""
         if not isinstance(value, bool):
             _refuse(path, f"expected true or false, got {shown(value)}")
 
@@ -103,6 +111,7 @@ class Maybe:
     spec: Spec
 
     def check(self, value: Any, path: str) -> None:
+        """Let null through; check anything else as ``spec``."""
         if value is not None:
             self.spec.check(value, path)
 
@@ -112,7 +121,7 @@ class Anything:
     """Any JSON value (its depth is bounded by the reader): a part nothing reads back."""
 
     def check(self, value: Any, path: str) -> None:
-        pass
+        """Refuse nothing: the reader already bounded its size and depth."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ class Seq:
     length: int | None = None
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-list or one of another length, then each item, by its index."""
         _check_list(value, path, self.length)
         for i, item in enumerate(value):
             self.item.check(item, f"{path}[{i}]")
@@ -135,6 +145,7 @@ class Fixed:
     items: tuple[Spec, ...]
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-list or one of another length, then each item by its own spec."""
         _check_list(value, path, len(self.items))
         for i, (spec, item) in enumerate(zip(self.items, value, strict=True)):
             spec.check(item, f"{path}[{i}]")
@@ -148,6 +159,8 @@ class Obj:
     optional: tuple[str, ...] = ()
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-object, a key the writer never writes (the closest field suggested), a
+        missing field not in ``optional``, then each field by its spec."""
         _check_object(value, path)
         prefix = f"{path}." if path else ""
         problems = Problems()
@@ -168,6 +181,7 @@ class Map:
     value: Spec
 
     def check(self, value: Any, path: str) -> None:
+        """Refuse a non-object, then each value, its key shown printable and cut."""
         _check_object(value, path)
         for key, item in value.items():
             self.value.check(item, f"{path}.{field_name(key)}")
@@ -186,41 +200,6 @@ def _check_object(value: Any, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def read_bounded(path: Path, max_bytes: int, *, what: str, error: type[SigmaError]) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (whole MB), its kind and size checked
-    before it is opened: a FIFO or a device is never opened (it could block for ever). One byte
-    more than the limit is read, to see a file that grew since. ``error`` names the file."""
-    size = _regular_file_size(path, what, error)
-    try:
-        data = b"" if size > max_bytes else _head(path, max_bytes + 1)
-    except (OSError, ValueError) as e:
-        raise _unreadable(path, what, e, error) from None
-    if size > max_bytes or len(data) > max_bytes:
-        raise error(f"{path}: a {what} is at most {max_bytes >> 20} MB")
-    return data
-
-
-def _regular_file_size(path: Path, what: str, error: type[SigmaError]) -> int:
-    """The size of ``path``, refused unless it is a regular file (stat only: nothing opened)."""
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
-        raise _unreadable(path, what, e, error) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: not a regular file; a {what} is one")
-    return st.st_size
-
-
-def _unreadable(path: Path, what: str, e: Exception, error: type[SigmaError]) -> SigmaError:
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else cut(str(e), 80)
-    return error(f"{path}: cannot read the {what} ({reason})")
-
-
-def _head(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(size)
 
 
 def read_record(
@@ -262,7 +241,7 @@ def read_json_lines(
     ``<file>, line N``. ``max_file_bytes`` caps the whole file; with ``torn_tail`` a last line
     without its newline is passed over, since an appending writer stopped mid-line (and cuts
     it off before its next line). A UTF-8 byte order mark is allowed before the first line."""
-    size = _regular_file_size(path, what, error)
+    size = regular_file_size(path, what, error)
     if size > max_file_bytes:
         raise error(f"{path}: a {what} is at most {max_file_bytes >> 20} MB")
     try:
@@ -277,7 +256,7 @@ def read_json_lines(
                 if record is not None:
                     yield number, record
     except OSError as e:
-        raise _unreadable(path, what, e, error) from None
+        raise unreadable(path, what, e, error) from None
 
 
 def _line_record(

@@ -226,8 +226,10 @@ class FluxVAE(torch.nn.Module):
     ) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] -> latents [B, z, H/8, W/8]: (mean - SHIFT) * SCALE.
 
-        With a ``generator`` the latent is drawn from the posterior instead of its mean, as the
-        official encoder does (the trainer's choice; inference stays deterministic)."""
+        Inference passes no ``generator`` and gets the mean: deterministic. With one, the
+        latent is drawn from the posterior as the official training encoder does, in one step:
+        the reference the tests hold the trainer's path to (it keeps the posterior and draws
+        with :func:`sample_latent`, so a cached posterior draws the same numbers)."""
         return sample_latent(*self.posterior(images), generator)
 
     def fingerprint(self) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sigma_core.errors import SigmaInputError
+from sigma_core.inputs.outfile import write_atomic
 from sigma_core.inputs.settings import DEFAULT_LAYOUT, describe_layout
 from sigma_core.planning.sequence import ZERO_INPUT_ID, Plan, TokenType
 
@@ -79,13 +81,23 @@ class _Run:
     want: int  # pixels it gets when the budget is ample
 
 
-def mask_png(plan: Plan, path: str | os.PathLike, *, max_px: int = 1024) -> Path:
-    """:func:`mask_image` saved as a PNG at ``path`` (its folders created)."""
+def mask_png(
+    plan: Plan, path: str | os.PathLike, *, max_px: int = 1024, overwrite: bool = True
+) -> Path:
+    """:func:`mask_image` saved as a PNG at ``path`` (its folders created) in one step, so a
+    failed or interrupted save never leaves half a picture there (the studio draws one only
+    when its file is missing). Without ``overwrite`` an existing file is kept and the picture
+    goes to the next free name (:func:`~sigma_core.inputs.outfile.write_atomic`). Returns the
+    path written; a folder or file that cannot be written is a SigmaInputError, a full disk a
+    SigmaResourceError."""
     img = mask_image(plan, max_px=max_px)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        reason = getattr(e, "strerror", None) or e
+        raise SigmaInputError(f"cannot write {str(path)!r}: {reason}") from None
+    return write_atomic(path, lambda f: img.save(f, format="PNG"), overwrite=overwrite)
 
 
 def mask_image(plan: Plan, *, max_px: int = 1024) -> Image.Image:

@@ -235,8 +235,6 @@ def find(out: Path, resume: str) -> Path:
     is checked now, before the model loads."""
     if resume != "latest":
         folder = Path(resume)
-        if not (folder / STATE_FILE).is_file():
-            raise CheckpointError(f"{resume}: not a training checkpoint (no {STATE_FILE})")
     else:
         found = completed(out)
         if not found:

@@ -23,7 +23,7 @@ import yaml
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import MAX_SIDE, MIN_SIDE, TOKEN_STRIDE
-from sigma_core.inputs.fields import is_int
+from sigma_core.inputs.fields import cut, field_name, is_int, shown
 from sigma_core.inputs.records import read_bounded
 from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.limits import MAX_PLAN_TOKENS
@@ -109,7 +109,8 @@ class TrainConfig:
     def problems(self) -> list[str]:
         """Every out-of-range setting, each naming its field."""
         out = [
-            f"{name}: {shown(getattr(self, name))} {what}" for name, what in _failed_checks(self)
+            f"{name}: {shown(getattr(self, name), MAX_SHOWN)} {what}"
+            for name, what in _failed_checks(self)
         ]
         if not out and self.min_image_size > self.max_image_size:
             out.append("min_image_size: must not exceed max_image_size")
@@ -148,7 +149,7 @@ def config_from_dict(raw: Any, where: str = "training config") -> TrainConfig:
     """A checked config from a mapping; unknown keys are refused by name."""
     if not isinstance(raw, dict):
         raise SigmaInputError(f"{where}: expected a mapping of settings")
-    unknown = sorted(shown(str(k))[1:-1] for k in raw if k not in FIELDS)
+    unknown = sorted(field_name(k) for k in raw if k not in FIELDS)
     if unknown:
         raise SigmaInputError(f"{where}: unknown setting(s) {', '.join(unknown[:5])}")
     for key in ("base", "data"):
@@ -166,12 +167,6 @@ def _as_float(value: Any) -> Any:
         except ValueError:
             pass
     return value
-
-
-def shown(value: Any) -> str:
-    """``repr(value)``, cut to MAX_SHOWN characters, for a message."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a huge integer"
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -210,15 +205,10 @@ def parse_yaml(text: str) -> Any:
     try:
         return loader.get_single_data()
     except yaml.YAMLError as e:
-        raise SigmaInputError(f"not valid YAML ({shown_error(e)})") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]  # no position, no excerpt
+        raise SigmaInputError(f"not valid YAML ({cut(first, MAX_SHOWN)})") from None
     finally:
         loader.dispose()
-
-
-def shown_error(e: Exception) -> str:
-    """The first line of an error, cut to MAX_SHOWN characters."""
-    first = (str(e).splitlines() or [type(e).__name__])[0]
-    return first if len(first) <= MAX_SHOWN else first[: MAX_SHOWN - 3] + "..."
 
 
 def _read_config(path: Path) -> str:
@@ -248,11 +238,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` from the command line, the value read as YAML (numbers, lists, bools)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise SigmaInputError(f"--set {shown(text)}: expected key=value")
+        raise SigmaInputError(f"--set {shown(text, MAX_SHOWN)}: expected key=value")
     try:
         return key.strip(), parse_yaml(value)
     except SigmaInputError as e:
-        raise SigmaInputError(f"--set {shown(text)}: the value is {e}") from None
+        raise SigmaInputError(f"--set {shown(text, MAX_SHOWN)}: the value is {e}") from None
 
 
 # ----------------------------------------------------------------------------- bounds

@@ -163,16 +163,15 @@ def open_cache(folder: str | None, max_bytes: int) -> PosteriorCache | None:
 class PosteriorEncoder:
     """Posteriors of images at their VAE sizes: read from ``cache`` where it holds them, the
     others encoded in batches of one size and at most ``batch_pixels`` pixels (at least one
-    image: 0 encodes one at a time). Counts the images it ran through the VAE (``encoded``)."""
+    image). ``batch_pixels`` is ENCODE_BATCH_PIXELS; the tests and benchmarks/bench_train.py set
+    it to 0 on a built trainer's encoder to encode one at a time, the path before batching.
 
-    def __init__(
-        self,
-        vae: FluxVAE,
-        cache: PosteriorCache | None = None,
-        *,
-        batch_pixels: int = ENCODE_BATCH_PIXELS,
-    ) -> None:
-        self.vae, self.cache, self.batch_pixels = vae, cache, batch_pixels
+    ``encoded`` counts the images run through the VAE. Only the tests read it: it is their one
+    window on how many images a run without a cache encodes (with one, its misses say it)."""
+
+    def __init__(self, vae: FluxVAE, cache: PosteriorCache | None = None) -> None:
+        self.vae, self.cache = vae, cache
+        self.batch_pixels = ENCODE_BATCH_PIXELS
         self.encoded = 0
         self._identity = vae.fingerprint() if cache is not None else ""
 

@@ -7,6 +7,7 @@ the field (a CheckpointError: exit 2), never a traceback halfway through.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,11 @@ class CheckpointFiles:
 
 
 def read_state(folder: Path) -> dict[str, Any]:
-    """``state.json``, checked, its config read as a TrainConfig (every field present)."""
+    """``state.json``, checked, its config read as a TrainConfig (every field present). A
+    folder without one is not a training checkpoint (resume and export both say so here)."""
     path = folder / STATE_FILE
+    if not os.path.lexists(path):
+        raise CheckpointError(f"{folder}: not a training checkpoint (no {STATE_FILE})")
     state = read_record(path, STATE)
     try:
         cfg = config_from_dict(state["config"], where=f"{path}: config")
