@@ -43,8 +43,8 @@ from sigma_core.evaluation.run_record import (
     read_run_record,
     write_run_record,
 )
+from sigma_core.inputs.bounded import read_bounded
 from sigma_core.inputs.outfile import check_run_folder
-from sigma_core.inputs.records import read_bounded
 from sigma_core.inputs.settings import SETTING_SPECS, SPECS, settings_from_text
 from sigma_core.limits import MAX_BENCHMARK_BYTES, MAX_EVAL_SEEDS
 from sigma_core.model.modes import EngineChoice

@@ -22,6 +22,7 @@ from typing import Any
 
 from sigma_core.errors import SigmaError, SigmaInputError
 from sigma_core.evaluation.benchmark import MANIFEST, load_benchmark
+from sigma_core.inputs.bounded import read_bounded
 from sigma_core.inputs.composition import resolve_image_path
 from sigma_core.inputs.images import read_image_bytes
 from sigma_core.inputs.outfile import (
@@ -39,7 +40,6 @@ from sigma_core.inputs.records import (
     Seq,
     Str,
     check_record,
-    read_bounded,
 )
 from sigma_core.limits import MAX_BENCHMARK_BYTES
 

@@ -23,8 +23,8 @@ import yaml
 
 from sigma_core.errors import SigmaInputError
 from sigma_core.geometry import MAX_SIDE, MIN_SIDE, TOKEN_STRIDE
+from sigma_core.inputs.bounded import read_bounded
 from sigma_core.inputs.fields import cut, field_name, is_int, shown
-from sigma_core.inputs.records import read_bounded
 from sigma_core.inputs.settings import LAYOUTS
 from sigma_core.limits import MAX_PLAN_TOKENS
 from sigma_core.model.modes import TRAINABLE
