@@ -139,8 +139,15 @@ def _wire_generation(studio: Studio, page: Page) -> None:
     """Generate (one run at a time for all sessions), Cancel (this session's only), the A/B
     run, and reusing a seed."""
 
-    def arm(request: gr.Request) -> None:
+    def arm(data: dict[Any, Any], request: gr.Request) -> list[dict[str, Any]]:
+        """The run's validator: gradio calls it in the click's own request, before the run
+        joins the queue. So the session's Cancel token is armed before the run waits, and
+        runs queue in the order their clicks reached the server. (A separate event chained
+        by ``.then`` is sent by the page only once the first is answered: a tab that stalls
+        in between, as a background tab may, queued behind later clicks.) Every input is
+        valid: the run itself reports what is wrong with the draft."""
         studio.sessions.arm(request.session_hash)
+        return [gr.validate(True, "")] * len(data)
 
     def cancel(request: gr.Request) -> None:
         if not studio.sessions.cancel(request.session_hash):
@@ -176,10 +183,10 @@ def _wire_generation(studio: Studio, page: Page) -> None:
         (page.generate_button, run, {*page.draft_inputs, page.history}),
         (page.ab_button, run_ab, {page.selected, page.history}),
     ):
-        button.click(arm, **quiet()).then(
-            fn, inputs=inputs, outputs=page.result_outputs, concurrency_id=ENGINE_QUEUE,
-            concurrency_limit=1, show_progress="minimal", show_progress_on=[page.status],
-            api_visibility="private", **RAW,
+        button.click(
+            fn, inputs=inputs, outputs=page.result_outputs, validator=arm,
+            concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
+            show_progress_on=[page.status], api_visibility="private", **RAW,
         )  # fmt: skip
     # Off the queue: a Cancel never waits behind anything, least of all the run it stops.
     # The "Cancelling" text is the browser's own (CANCEL_JS): a reply from the server could
