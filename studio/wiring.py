@@ -366,20 +366,21 @@ def _wire_presets(
         **quiet(trigger_mode="always_last", show_progress="hidden"),
     )  # fmt: skip
 
+    restore_outputs = page.form_outputs + page.view_outputs
+
     def reopen(stored: Any) -> list[Any]:
-        """The page opens on the draft this browser kept (or the empty one)."""
+        """The page opens on the draft this browser kept. With none kept, the page already
+        shows the empty draft and is left alone: an answer that comes late (a slow link, a
+        busy server) never replaces what the person did meanwhile."""
+        if stored is None:
+            return [gr.skip()] * len(restore_outputs)
         roots = [studio.files, Path(get_upload_folder())]
         draft, notes = autosave.restored(stored, roots, max_slots)
         for told in notes:
             warn(told)
         return page.form_of(draft) + render.view_of(studio, page, draft)
 
-    demo.load(
-        reopen,
-        inputs=[page.saved_draft],
-        outputs=page.form_outputs + page.view_outputs,
-        **quiet(),
-    )
+    demo.load(reopen, inputs=[page.saved_draft], outputs=restore_outputs, **quiet())
 
     @warns(keep=gr.skip)
     def save(data: dict[Any, Any]) -> Any:

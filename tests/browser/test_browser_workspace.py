@@ -5,7 +5,9 @@ cropped with the mouse or to its face."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import time
 
 from playwright.sync_api import Page, expect
 
@@ -181,3 +183,25 @@ def test_a_file_of_the_wrong_type_is_refused_once(page: Page, tmp_path) -> None:
     assert sum("image/*" in t for t in shown) <= 1, shown
     expect(page.locator("#slot-1-upload-note")).to_have_text("")
     expect(prompt_box(page)).to_have_value("")
+
+
+def test_an_image_dropped_before_the_page_finished_opening_stays(browser, studio_url) -> None:
+    """The page asks on load for the draft this browser kept; a fresh browser kept none. An
+    image dropped before that answer arrives (a slow link, a busy server: held back 3 s
+    here) stays. (Failed before: the answer, the empty draft, replaced the form.)"""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+
+    def hold_the_draft_request(route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        if body.get("data") == [None]:  # the draft kept in this browser: none yet
+            time.sleep(3)
+        route.continue_()
+
+    page = context.new_page()
+    page.route("**/gradio_api/queue/join*", hold_the_draft_request)
+    page.goto(studio_url)
+    page.wait_for_selector("#engine-banner")
+    upload_ok(page, 1, FOUR[1])
+    page.wait_for_timeout(4000)  # past the held answer
+    expect(page.locator("#slot-1-info")).to_contain_text("the model sees")
+    context.close()
