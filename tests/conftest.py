@@ -60,8 +60,15 @@ def pipe(tiny_checkpoint):
 def fresh(pipe, monkeypatch) -> tuple[object, list[str]]:
     """A pipeline of its own (an empty latent cache) on the tiny fp32 weights, and a log of
     each VAE encode and each prefill it makes."""
+    import threading
+
     import sigma_core.runtime.pipeline as _pipeline
 
+    # A studio run an earlier test left behind (its worker thread ends its run on its own)
+    # shares these weights: let it finish, or its calls would be logged as this test's.
+    for thread in threading.enumerate():
+        if thread.name.startswith("sigma-run-"):
+            thread.join(timeout=120)
     calls: list[str] = []
     encode, prefill = pipe.vae.encode, _pipeline.prefill_contexts
     monkeypatch.setattr(pipe.vae, "encode", lambda x: calls.append("encode") or encode(x))
