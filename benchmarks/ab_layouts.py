@@ -469,15 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> Any:
-    from sigma_core.runtime.pipeline import SigmaPipeline
+    """The engine ``generate`` would load for these flags (runtime.engine.load_engine)."""
+    from sigma_core.model.modes import EngineChoice
+    from sigma_core.runtime.engine import load_engine
 
-    precision = None if args.precision == "auto" else args.precision
-    if args.checkpoint:
-        return SigmaPipeline.from_pretrained(
-            args.checkpoint, sigma_weights=args.sigma_weights, device=device, precision=precision
-        )
-    print("no --checkpoint: using the preview engine (random weights)", file=sys.stderr)
-    return SigmaPipeline.preview_engine(device=device, precision=precision)
+    choice = EngineChoice(args.checkpoint, args.sigma_weights, precision=args.precision)
+    if not choice.checkpoint:
+        print("no --checkpoint: using the preview engine (random weights)", file=sys.stderr)
+    return load_engine(choice, device)
 
 
 def main(argv: list[str] | None = None) -> int:
