@@ -30,6 +30,9 @@ DRAFT_KEY = "sigma-studio-draft"
 CURSOR_JS = (STATIC / "cursor.js").read_text(encoding="utf-8")
 # Cancel's browser side: the status says so at once, while a run is going
 CANCEL_JS = (STATIC / "cancel.js").read_text(encoding="utf-8")
+# Run on page load: a file dropped on a slot that shows an image takes the file picker's way,
+# so gradio never empties the slot before it refuses the file.
+DROP_JS = (STATIC / "slot_drop.js").read_text(encoding="utf-8")
 # The slot strip: a thumbnail per slot (gr.HTML's template escapes {{...}}); its script sends
 # the order a drag and drop makes as an "input" event.
 STRIP_TEMPLATE = """<div class="sigma-strip">{{#each value}}

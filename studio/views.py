@@ -33,6 +33,7 @@ CSS = """
 .sigma-hint { opacity: 0.85; font-style: italic; }
 .sigma-strip { display: flex; flex-wrap: wrap; gap: 8px; padding-top: 22px; }
 #workspace { align-items: flex-start; }
+.sigma-drop-here { outline: 2px dashed var(--color-accent); outline-offset: -2px; }
 #slot-grid { display: grid !important; gap: 8px;
   grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); }
 .sigma-slim, .sigma-told { padding: 0 !important; min-height: 0 !important;

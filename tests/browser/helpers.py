@@ -61,6 +61,25 @@ def open_file(page: Page, path: Path) -> None:
     chooser.value.set_files(path)
 
 
+def drop_file(page: Page, selector: str, path: Path, mime: str) -> None:
+    """Drag ``path`` from the desktop onto the middle of ``selector``: dragenter, dragover and
+    drop on the element a person's pointer would be over, as a browser sends them."""
+    page.evaluate(
+        """async ([selector, name, bytes, mime]) => {
+          const box = document.querySelector(selector).getBoundingClientRect();
+          const x = box.left + box.width / 2, y = box.top + box.height / 2;
+          const target = document.elementFromPoint(x, y);
+          const data = new DataTransfer();
+          data.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+          for (const type of ['dragenter', 'dragover', 'drop']) {
+            target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true,
+              composed: true, dataTransfer: data, clientX: x, clientY: y}));
+          }
+        }""",
+        [selector, path.name, list(path.read_bytes()), mime],
+    )
+
+
 def upload_ok(page: Page, k: int, path: Path) -> None:
     """Upload a usable image to slot k and wait for its thumbnail and caption."""
     upload(page, k, path)

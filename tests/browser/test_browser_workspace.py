@@ -15,6 +15,7 @@ from sigma_core.inputs import PROJECT_ASSETS
 from tests.browser.conftest import save_screenshot
 from tests.browser.helpers import (
     add_slot,
+    drop_file,
     open_file,
     pick_attribute,
     prompt_box,
@@ -183,6 +184,31 @@ def test_a_file_of_the_wrong_type_is_refused_once(page: Page, tmp_path) -> None:
     assert sum("image/*" in t for t in shown) <= 1, shown
     expect(page.locator("#slot-1-upload-note")).to_have_text("")
     expect(prompt_box(page)).to_have_value("")
+
+
+def test_a_file_dropped_on_a_slot_with_an_image_never_empties_it(page: Page, tmp_path) -> None:
+    """Dropped on a slot that shows an image, a text file gets gradio's one notice and a
+    broken image file our reader's note; both leave the image (and the server's draft) as it
+    was. An image dropped there replaces it. (Failed before: gradio's drop handler emptied the
+    slot first, then dropped the text file without a word.)"""
+    upload_ok(page, 1, FOUR[0])
+    image = page.locator("#slot-1-image img")
+    kept = image.get_attribute("src")
+    notes, fake = tmp_path / "notes.txt", tmp_path / "fake.png"
+    notes.write_text("just text")
+    fake.write_text("not a picture")
+    drop_file(page, "#slot-1-image", notes, "text/plain")
+    expect(toast(page, "Invalid file type: notes.txt. Only image/* allowed.")).to_have_count(1)
+    drop_file(page, "#slot-1-image", fake, "image/png")
+    expect(page.locator("#slot-1-upload-note")).to_contain_text("That file was not used")
+    page.wait_for_timeout(1500)  # an emptied slot would show by now
+    expect(image).to_have_attribute("src", kept)
+    expect(page.locator("#slot-1-info")).to_contain_text("512×512")
+    expect(page.locator("#slot-order [data-slot='1'] img")).to_be_visible()
+    drop_file(page, "#slot-1-image", FOUR[1], "image/png")
+    expect(page.locator("#slot-1-info")).to_contain_text("451×300")
+    expect(image).not_to_have_attribute("src", kept)
+    expect(page.locator(".sigma-drop-here")).to_have_count(0)  # no highlight left on
 
 
 def test_an_image_dropped_before_the_page_finished_opening_stays(browser, studio_url) -> None:
