@@ -211,6 +211,25 @@ def test_a_file_dropped_on_a_slot_with_an_image_never_empties_it(page: Page, tmp
     expect(page.locator(".sigma-drop-here")).to_have_count(0)  # no highlight left on
 
 
+def test_the_webcam_source_fits_a_slot_card(page: Page) -> None:
+    """The slot's webcam source shows its "Click to Access Webcam" above the source buttons.
+    (Failed before: gradio's prompt asks for 240 px, and in a 130 px card its words were
+    under the buttons.)"""
+    page.locator("#slot-1-image button[aria-label='Capture from camera']").click()
+    expect(page.locator("#slot-1-image").get_by_text("Click to Access Webcam")).to_be_visible()
+    fits = """() => {
+      const card = document.querySelector('#slot-1-image');
+      const bar = card.querySelector('.source-selection').getBoundingClientRect();
+      const walk = document.createTreeWalker(card, NodeFilter.SHOW_TEXT);
+      while (walk.nextNode() && !walk.currentNode.data.includes('Click to Access Webcam'));
+      const words = document.createRange();
+      words.selectNodeContents(walk.currentNode);
+      const text = words.getBoundingClientRect();
+      return text.top >= card.getBoundingClientRect().top && text.bottom <= bar.top + 1;
+    }"""
+    page.wait_for_function(fits, timeout=10_000)  # the page's stylesheet may come a little late
+
+
 def test_an_image_dropped_before_the_page_finished_opening_stays(browser, studio_url) -> None:
     """The page asks on load for the draft this browser kept; a fresh browser kept none. An
     image dropped before that answer arrives (a slow link, a busy server: held back 3 s
