@@ -1,36 +1,48 @@
 () => {
-  /* A file dropped on a slot that shows an image goes where the slot's file picker sends it.
-     gradio's own drop handler there empties the slot first, then drops a file of the wrong
-     type without a word, so the user's image was lost. Through the picker a wrong type gets
+  /* Files dragged onto the page (run on load). A file dropped anywhere on a slot's card goes
+     where the slot's file picker sends it: gradio's own drop handler on a slot that shows an
+     image empties it first, then drops a file of the wrong type without a word (the image was
+     lost), and the rest of the card took no drop at all. Through the picker a wrong type gets
      gradio's notice and the image stays; a file our reader refuses leaves it as it was too.
-     dragover is taken as well, so gradio's drop highlight is never left on; ours is a class. */
-  const slot = (e) => {
-    const block = e.target instanceof Element ? e.target.closest('[id^="slot-"]') : null;
-    if (!block || !/^slot-\d+-image$/.test(block.id) || !block.querySelector('img')) return null;
-    return block;
+     A file dropped outside every card and upload area is refused, where the browser would
+     otherwise leave the studio to open the file. Drags of text (the strip's reorder) pass. */
+  const carriesFiles = (e) => !!e.dataTransfer && [...e.dataTransfer.types].includes('Files');
+  const slotOf = (e) => {
+    const card = e.target instanceof Element ? e.target.closest('.sigma-card[id^="slot-"]') : null;
+    const image = card && card.querySelector(`#${card.id}-image`);
+    if (!image) return null;
+    const emptyZone = !image.querySelector('img') && image.contains(e.target);
+    return emptyZone ? null : image;  // an empty slot's own upload area takes its drops
   };
-  const mark = (block, on) => block.classList.toggle('sigma-drop-here', on);
+  const mark = (image, on) => image.classList.toggle('sigma-drop-here', on);
   document.addEventListener('dragover', (e) => {
-    const block = slot(e);
-    if (!block) return;
+    const image = carriesFiles(e) && slotOf(e);
+    if (!image) return;
     e.preventDefault();
     e.stopPropagation();
-    if (e.dataTransfer) e.dataTransfer.dropEffect = 'copy';
-    mark(block, true);
+    e.dataTransfer.dropEffect = 'copy';
+    mark(image, true);
   }, true);
   document.addEventListener('dragleave', (e) => {
-    const block = slot(e);
-    if (block && !block.contains(e.relatedTarget)) mark(block, false);
+    const image = carriesFiles(e) && slotOf(e);
+    if (image && !image.closest('.sigma-card').contains(e.relatedTarget)) mark(image, false);
   }, true);
   document.addEventListener('drop', (e) => {
-    const block = slot(e);
-    if (!block) return;
+    const image = carriesFiles(e) && slotOf(e);
+    if (!image) return;
     e.preventDefault();
     e.stopPropagation();
-    mark(block, false);
-    const input = block.querySelector('input[type=file]');
-    if (!input || !e.dataTransfer || !e.dataTransfer.files.length) return;
+    mark(image, false);
+    const input = image.querySelector('input[type=file]');
+    if (!input || !e.dataTransfer.files.length) return;
     input.files = e.dataTransfer.files;
     input.dispatchEvent(new Event('change', {bubbles: true}));
   }, true);
+  for (const type of ['dragover', 'drop']) {
+    window.addEventListener(type, (e) => {  // reached only where no upload area took it
+      if (!carriesFiles(e)) return;
+      e.preventDefault();
+      if (type === 'dragover') e.dataTransfer.dropEffect = 'none';
+    });
+  }
 }

@@ -61,20 +61,27 @@ def open_file(page: Page, path: Path) -> None:
     chooser.value.set_files(path)
 
 
-def drop_file(page: Page, selector: str, path: Path, mime: str) -> None:
+def drop_file(page: Page, selector: str, path: Path, mime: str) -> dict[str, bool]:
     """Drag ``path`` from the desktop onto the middle of ``selector``: dragenter, dragover and
-    drop on the element a person's pointer would be over, as a browser sends them."""
-    page.evaluate(
+    drop on the element a person's pointer would be over, as a browser sends them. Says for
+    each whether the page took it (cancelled it); a drop nobody takes opens the file in the
+    tab, leaving the page."""
+    return page.evaluate(
         """async ([selector, name, bytes, mime]) => {
+          document.querySelector(selector).scrollIntoView({block: 'center'});
           const box = document.querySelector(selector).getBoundingClientRect();
           const x = box.left + box.width / 2, y = box.top + box.height / 2;
           const target = document.elementFromPoint(x, y);
           const data = new DataTransfer();
           data.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+          const taken = {};
           for (const type of ['dragenter', 'dragover', 'drop']) {
-            target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true,
-              composed: true, dataTransfer: data, clientX: x, clientY: y}));
+            const event = new DragEvent(type, {bubbles: true, cancelable: true,
+              composed: true, dataTransfer: data, clientX: x, clientY: y});
+            target.dispatchEvent(event);
+            taken[type] = event.defaultPrevented;
           }
+          return taken;
         }""",
         [selector, path.name, list(path.read_bytes()), mime],
     )

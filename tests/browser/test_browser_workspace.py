@@ -211,6 +211,26 @@ def test_a_file_dropped_on_a_slot_with_an_image_never_empties_it(page: Page, tmp
     expect(page.locator(".sigma-drop-here")).to_have_count(0)  # no highlight left on
 
 
+def test_a_file_dropped_on_a_slot_card_goes_to_its_image(page: Page) -> None:
+    """Anywhere on a slot's card (its caption, its attributes) a dropped image is that slot's
+    image; outside every card and upload area the page refuses a file, where the browser
+    would leave the studio to open it. (Failed before: nothing took either drop.)"""
+    upload_ok(page, 1, FOUR[0])
+    add_slot(page, 2)
+    assert drop_file(page, "#slot-1-info", FOUR[1], "image/png")["drop"]
+    expect(page.locator("#slot-1-info")).to_contain_text("451×300")
+    assert drop_file(page, "#slot-2-attributes", FOUR[2], "image/png")["drop"]
+    expect(page.locator("#slot-2-info")).to_contain_text("600×400")
+    expect(page.locator("#slot-1-info")).to_contain_text("451×300")
+    for outside in ("#engine-banner", "#prompt textarea", "#live-preview", "#toolbar"):
+        taken = drop_file(page, outside, FOUR[3], "image/jpeg")
+        assert taken["dragover"] and taken["drop"], (outside, taken)
+    page.wait_for_timeout(1000)  # a drop taken by a slot would show by now
+    expect(page.locator("#slot-1-info")).to_contain_text("451×300")
+    expect(page.locator("#slot-2-info")).to_contain_text("600×400")
+    expect(page.locator("#slot-3")).to_be_hidden()
+
+
 def test_the_webcam_source_fits_a_slot_card(page: Page) -> None:
     """The slot's webcam source shows its "Click to Access Webcam" above the source buttons.
     (Failed before: gradio's prompt asks for 240 px, and in a 130 px card its words were
