@@ -31,7 +31,7 @@ def serve(studio: Studio, **launch: Any) -> Any:
     """Build the page and serve it: a bounded queue, gradio's default of one run at a time,
     files served only from the studio's folder. ``launch`` overrides gradio's launch()."""
     from studio.app import build_app
-    from studio.page import DROP_JS
+    from studio.page import PAGE_JS
     from studio.views import CSS
 
     options = studio.options
@@ -46,7 +46,7 @@ def serve(studio: Studio, **launch: Any) -> Any:
             "allowed_paths": [str(studio.files)],
             "show_error": True,
             "css": CSS,
-            "js": DROP_JS,
+            "js": PAGE_JS,
             # an upload larger than the core's largest image is refused before it is stored
             "max_file_size": frontend.MAX_IMAGE_BYTES,
             **launch,

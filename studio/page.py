@@ -30,9 +30,16 @@ DRAFT_KEY = "sigma-studio-draft"
 CURSOR_JS = (STATIC / "cursor.js").read_text(encoding="utf-8")
 # Cancel's browser side: the status says so at once, while a run is going
 CANCEL_JS = (STATIC / "cancel.js").read_text(encoding="utf-8")
-# Run on page load: a file dropped on a slot that shows an image takes the file picker's way,
-# so gradio never empties the slot before it refuses the file.
-DROP_JS = (STATIC / "slot_drop.js").read_text(encoding="utf-8")
+# Run on page load: files dropped or pasted go to a slot the file picker's way (so gradio never
+# empties a slot before it refuses the file), and Ctrl+Enter generates.
+PAGE_JS = (
+    "() => {\n"
+    + "".join(
+        f"({(STATIC / name).read_text(encoding='utf-8').strip()})();\n"
+        for name in ("files_in.js", "keys.js")
+    )
+    + "}"
+)
 # The slot strip: a thumbnail per slot (gr.HTML's template escapes {{...}}); its script sends
 # the order a drag and drop makes as an "input" event.
 STRIP_TEMPLATE = """<div class="sigma-strip">{{#each value}}
@@ -365,7 +372,7 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
                     "(<id> woman <image_1>)",
                     lines=2,
                     info=f"at most {frontend.MAX_PROMPT_CHARS:,} characters; a longer text is "
-                    "refused with its length, never cut",
+                    "refused with its length, never cut · Ctrl+Enter generates",
                     elem_id="prompt",
                 )
                 prompt_messages = gr.HTML(elem_id="prompt-problems", elem_classes=["sigma-told"])

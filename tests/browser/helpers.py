@@ -87,6 +87,22 @@ def drop_file(page: Page, selector: str, path: Path, mime: str) -> dict[str, boo
     )
 
 
+def paste_file(page: Page, path: Path, mime: str) -> bool:
+    """Paste ``path`` (Ctrl+V with a file on the clipboard) into the focused element; says
+    whether the page took it."""
+    return page.evaluate(
+        """([name, bytes, mime]) => {
+          const data = new DataTransfer();
+          data.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+          const event = new ClipboardEvent('paste', {clipboardData: data, bubbles: true,
+            cancelable: true, composed: true});
+          (document.activeElement || document.body).dispatchEvent(event);
+          return event.defaultPrevented;
+        }""",
+        [path.name, list(path.read_bytes()), mime],
+    )
+
+
 def upload_ok(page: Page, k: int, path: Path) -> None:
     """Upload a usable image to slot k and wait for its thumbnail and caption."""
     upload(page, k, path)

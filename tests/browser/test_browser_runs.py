@@ -217,6 +217,17 @@ def test_cancel_stops_a_run_and_the_studio_keeps_working(page: Page, pictures) -
     expect(page.locator("#gallery img").first).to_be_visible()
 
 
+def test_ctrl_enter_generates(page: Page, pictures) -> None:
+    """Ctrl+Enter in the prompt runs the composition, as the button does, and types nothing."""
+    compose_one(page, pictures["blue"], "A portrait of [1]")
+    set_run(page, steps=3, size="64x64")
+    watch(page)
+    prompt_box(page).press("Control+Enter")
+    wait_run(page)
+    expect(page.locator("#gallery img").first).to_be_visible()
+    expect(prompt_box(page)).to_have_value("A portrait of [1]")
+
+
 def test_two_browser_sessions_stay_apart(open_page, pictures) -> None:
     """Two contexts at once: different prompts and slots, neither sees the other's; a Cancel
     in one stops its own run and never the other's."""

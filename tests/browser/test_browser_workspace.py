@@ -17,6 +17,7 @@ from tests.browser.helpers import (
     add_slot,
     drop_file,
     open_file,
+    paste_file,
     pick_attribute,
     prompt_box,
     toast,
@@ -229,6 +230,25 @@ def test_a_file_dropped_on_a_slot_card_goes_to_its_image(page: Page) -> None:
     expect(page.locator("#slot-1-info")).to_contain_text("451×300")
     expect(page.locator("#slot-2-info")).to_contain_text("600×400")
     expect(page.locator("#slot-3")).to_be_hidden()
+
+
+def test_a_pasted_image_goes_to_the_focused_card_or_the_first_empty_slot(page: Page) -> None:
+    """Ctrl+V with an image on the clipboard: into the first slot with no image; with a slot's
+    card focused, into that slot; in a text field, never (a text paste stays a text paste)."""
+    upload_ok(page, 1, FOUR[0])
+    add_slot(page, 2)
+    page.locator("body").click(position={"x": 5, "y": 5})
+    assert paste_file(page, FOUR[1], "image/png")
+    expect(page.locator("#slot-2-info")).to_contain_text("451×300")
+    expect(page.locator("#slot-1-info")).to_contain_text("512×512")
+    page.locator("#slot-1-up").focus()
+    assert paste_file(page, FOUR[2], "image/png")
+    expect(page.locator("#slot-1-info")).to_contain_text("600×400")
+    prompt_box(page).focus()
+    assert not paste_file(page, FOUR[3], "image/jpeg")
+    page.wait_for_timeout(1000)  # a slot that took it would show by now
+    expect(page.locator("#slot-1-info")).to_contain_text("600×400")
+    expect(page.locator("#slot-2-info")).to_contain_text("451×300")
 
 
 def test_the_webcam_source_fits_a_slot_card(page: Page) -> None:
