@@ -34,10 +34,10 @@ CSS = """
 .sigma-strip { display: flex; flex-wrap: wrap; gap: 8px; padding-top: 22px; }
 #workspace { align-items: flex-start; }
 /* gradio's webcam prompt asks for 240 px; in a card it hid under the source buttons */
-#slot-grid .image-container button:not(.upload-container) > .wrap { min-height: 0 !important; gap: 2px !important;
-  font-size: var(--text-sm) !important; line-height: 1.2 !important; }
-#slot-grid .image-container button:not(.upload-container) > .wrap .icon-wrap { width: 22px !important;
-  height: 22px !important; }
+#slot-grid .image-container button:not(.upload-container) > .wrap { min-height: 0 !important;
+  gap: 2px !important; font-size: var(--text-sm) !important; line-height: 1.2 !important; }
+#slot-grid .image-container button:not(.upload-container) > .wrap .icon-wrap {
+  width: 22px !important; height: 22px !important; }
 .sigma-drop-here { outline: 2px dashed var(--color-accent); outline-offset: -2px; }
 #slot-grid { display: grid !important; gap: 8px;
   grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); }
