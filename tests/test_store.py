@@ -198,21 +198,22 @@ def test_save_preset_over_the_limit_is_refused(tmp_path: Path):
 def test_a_preset_growing_after_its_size_check_is_refused_not_read_whole(tmp_path, monkeypatch):
     """The read itself is bounded (one byte past the limit), not only the size checked first:
     a file that grows between the two is refused."""
+    import sigma_core.inputs.bounded as bounded
     import sigma_core.inputs.preset as preset
 
     path = tmp_path / "p.json"
     path.write_text(_preset_text())
     monkeypatch.setattr(preset, "MAX_COMPOSITION_BYTES", 2**20)
-    stat = Path.stat
+    size_of = bounded.regular_file_size
 
-    def then_grows(self: Path, *args: object, **kwargs: object) -> os.stat_result:
-        result = stat(self, *args, **kwargs)
-        if self == path:
+    def then_grows(where: Path, *args: object) -> int:
+        result = size_of(where, *args)
+        if where == path:
             with open(path, "a") as f:
                 f.write(" " * 2**20)  # JSON still: whitespace
         return result
 
-    monkeypatch.setattr(Path, "stat", then_grows)
+    monkeypatch.setattr(bounded, "regular_file_size", then_grows)
     with pytest.raises(PresetError, match=r"p\.json: a preset is at most 1 MB"):
         load_preset(path)
 

@@ -310,19 +310,9 @@ def load_preset(
     """Read and validate a preset file, its images included."""
     path = Path(path)
     where = str(path)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise PresetError(f"{where}: cannot read the preset ({e.strerror})") from None
-    if not path.is_file():
-        raise PresetError(f"{where}: not a file")
-    if size > MAX_COMPOSITION_BYTES:
-        raise PresetError(
-            f"{where}: {size_text(size)} is larger than the {size_text(MAX_COMPOSITION_BYTES)} "
-            "preset limit"
-        )
+    # its kind and size checked before it is opened, and the read bounded too
     data = read_bounded(path, MAX_COMPOSITION_BYTES, what="preset", error=PresetError)
-    try:  # bounded: a file that grew since the checks above is refused, not read whole
+    try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PresetError(f"{where}: not UTF-8 text; a preset is a JSON file") from None
