@@ -192,6 +192,7 @@ class Page:
     examples: gr.Gallery
     slots: list[SlotControls]
     add_button: gr.Button
+    add_images: gr.UploadButton  # several images at once, each to a slot of its own
     name: gr.Textbox
     prompt: gr.Textbox
     prompt_messages: gr.HTML
@@ -404,7 +405,12 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
                 )
                 with gr.Row(elem_id="slot-grid"):
                     slot_list = [_slot_controls(k, k == 1, inserts[k - 1]) for k in slot_numbers]
-                add_button = gr.Button("+ Add a reference slot", size="sm", elem_id="add-slot")
+                with gr.Row(elem_id="slot-adders"):
+                    add_button = gr.Button("+ Add a reference slot", size="sm", elem_id="add-slot")
+                    add_images = gr.UploadButton(
+                        "+ Add images", file_types=["image"], file_count="multiple",
+                        size="sm", elem_id="add-images",
+                    )  # fmt: skip
             with gr.Column(elem_id="compose-rest"):
                 sequence = gr.HTML(elem_id="sequence-view")
                 mask_button = gr.Button("Show the attention mask", size="sm", elem_id="mask-button")
@@ -471,10 +477,11 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
     return Page(
         history, saved_draft, before_load, undo_button, selected, slot_count, cursor, banner,
         preset_dropdown, preset_upload, save_button, preset_file, examples, slot_list,
-        add_button, name, prompt, prompt_messages, auto_button, problems, sequence, mask_button,
-        mask_image, settings, reuse_seed, settings_messages, generate_button, cancel_button,
-        status, live_preview, gallery, result_info, download, restore_button, compare_with,
-        ab_button, slider, slot_strip, precision, offload, engine_apply, engine_status, memory,
+        add_button, add_images, name, prompt, prompt_messages, auto_button, problems, sequence,
+        mask_button, mask_image, settings, reuse_seed, settings_messages, generate_button,
+        cancel_button, status, live_preview, gallery, result_info, download, restore_button,
+        compare_with, ab_button, slider, slot_strip, precision, offload, engine_apply,
+        engine_status, memory,
     )  # fmt: skip
 
 

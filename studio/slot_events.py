@@ -14,8 +14,8 @@ from sigma_core import SigmaError
 from studio import render, slots, views
 from studio.engine import Studio
 from studio.forms import Draft
-from studio.handlers import quiet, warns
-from studio.page import CURSOR_JS, RAW, Page, SlotControls
+from studio.handlers import quiet, warn, warns
+from studio.page import CURSOR_JS, RAW, Page, SlotControls, reference_value
 
 
 def wire_slots(studio: Studio, page: Page) -> None:
@@ -66,6 +66,23 @@ def wire_slots(studio: Studio, page: Page) -> None:
     page.add_button.click(
         form_handler(lambda d: slots.add_slot(d, max_slots)), inputs=page.draft_inputs, **RAW,
         outputs=page.form_outputs + page.view_outputs, **quiet(),
+    ).then(**settled)  # fmt: skip
+
+    adding = [*page.form_outputs, *page.view_outputs, page.add_images]
+
+    @warns(keep=lambda: [gr.skip()] * len(adding))
+    def add_images(data: dict[Any, Any]) -> list[Any]:
+        old = page.draft_of(data)
+        files = [f for f in map(reference_value, data[page.add_images] or []) if f]
+        draft, refused = slots.add_images(old, files, max_slots)
+        if refused:
+            warn("; ".join(refused))
+        emptied = None  # the button emptied again, for the next pick
+        return page.form_changes(old, draft) + render.view_of(studio, page, draft) + [emptied]
+
+    page.add_images.upload(
+        add_images, inputs={*page.draft_inputs, page.add_images}, outputs=adding, **RAW,
+        **quiet(),
     ).then(**settled)  # fmt: skip
 
     def drop(data: dict[Any, Any], event: gr.EventData) -> list[Any]:

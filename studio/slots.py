@@ -44,6 +44,43 @@ def add_slot(draft: Draft, max_slots: int) -> Draft:
     return replace(draft, slots=(*draft.slots, SlotForm()))
 
 
+def add_images(draft: Draft, images: list[str], max_slots: int) -> tuple[Draft, list[str]]:
+    """Several images at once (a multi-file drop, paste or pick): each file sigma_core reads as
+    an image fills the next slot with no image, first to last, then a new slot at the end, up
+    to ``max_slots``; the others are not used, and the list says why (a file past the last
+    free slot is not read at all). The prompt is unchanged: new slots are placed by the
+    user."""
+    forms, refused = list(draft.slots), []
+    for at, image in enumerate(images):
+        k = _free_slot(forms, max_slots)
+        if k is None:
+            left = len(images) - at
+            refused.append(
+                f"{left} more {'file was' if left == 1 else 'files were'} not used: this "
+                f"studio offers at most {max_slots} slots (start it with --max-references N, "
+                f"up to {frontend.MAX_REFERENCES}, for more)"
+            )
+            break
+        try:
+            reference_image(image_source(image), None, k)
+        except SigmaError as e:
+            name = "a pasted image" if image.startswith("data:") else Path(image).name
+            refused.append(f"{name} was not used: {e}")
+            continue
+        if k <= len(forms):
+            forms[k - 1] = replace(forms[k - 1], image=image)
+        else:
+            forms.append(SlotForm(image=image))
+    return replace(draft, slots=tuple(forms)), refused
+
+
+def _free_slot(forms: list[SlotForm], max_slots: int) -> int | None:
+    """The number of the first slot with no image, else of a new slot at the end (None when
+    there are ``max_slots`` already)."""
+    empty = [k for k, form in enumerate(forms, start=1) if not form.image]
+    return empty[0] if empty else (len(forms) + 1 if len(forms) < max_slots else None)
+
+
 def remove_slot(draft: Draft, slot: int) -> Draft:
     """Drop slot ``slot``; later slots move up one and the prompt follows them. A slot the
     prompt places is kept, since removing it would silently change what the prompt says."""

@@ -39,6 +39,8 @@ CSS = """
 #slot-grid .image-container button:not(.upload-container) > .wrap .icon-wrap {
   width: 22px !important; height: 22px !important; }
 .sigma-drop-here { outline: 2px dashed var(--color-accent); outline-offset: -2px; }
+#slot-adders { flex-wrap: nowrap !important; }
+#slot-adders > * { min-width: 0 !important; }
 #slot-grid { display: grid !important; gap: 8px;
   grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); }
 .sigma-slim, .sigma-told { padding: 0 !important; min-height: 0 !important;

@@ -241,6 +241,42 @@ def test_slots_are_added_up_to_the_maximum():
         slots.add_slot(draft, 2)
 
 
+def test_several_images_fill_the_empty_slots_then_new_ones(images):
+    """Images added at once fill the slots with no image first (in order), then new slots;
+    a slot that holds an image, and the prompt, are left as they were."""
+    draft = Draft(
+        prompt="A photo of [2]",
+        slots=(SlotForm(), SlotForm(image=images["red"], attributes=("<id>",)), SlotForm()),
+    )
+    added, refused = slots.add_images(
+        draft, [images["blue"], images["text"], images["red"], images["blue"]], 5
+    )
+    assert refused == [
+        "notes.txt was not used: references[slot 3].image: is not an image PIL can read "
+        "(PNG, JPEG, WebP, GIF, BMP or TIFF)"
+    ]
+    assert [s.image for s in added.slots] == [
+        images["blue"], images["red"], images["red"], images["blue"]
+    ]  # fmt: skip
+    assert added.slots[1].attributes == ("<id>",) and added.prompt == "A photo of [2]"
+
+
+def test_images_past_the_last_slot_are_counted_not_read(images):
+    """Past ``max_slots`` the files are not read at all (a missing one is not reported as
+    missing), and the message says how many were left out and how to get more slots."""
+    added, refused = slots.add_images(
+        Draft(), [images["red"], images["blue"], "/no/such/file.png", images["red"]], 2
+    )
+    assert [s.image for s in added.slots] == [images["red"], images["blue"]]
+    assert len(refused) == 1
+    assert refused[0].startswith("2 more files were not used: this studio offers at most 2 slots")
+    assert "--max-references" in refused[0]
+    one_left, refused = slots.add_images(added, [images["red"]], 2)
+    assert one_left == added and refused[0].startswith("1 more file was not used")
+    pasted, refused = slots.add_images(Draft(), ["data:image/png;base64,AAAA"], 2)
+    assert pasted.slots == (SlotForm(),) and refused[0].startswith("a pasted image was not used")
+
+
 def test_moving_a_slot_keeps_the_prompts_meaning(engine, images):
     draft = two_slots(images, "A photo of [1] holding [2:subject]")
     moved = slots.move_slot(draft, 2, -1)

@@ -4,46 +4,53 @@
      slot that shows an image empties it first, then drops a file of the wrong type without a
      word (the image was lost), and the rest of the card took no drop at all. Through the
      picker a wrong type gets gradio's notice and the image stays; a file our reader refuses
-     leaves it as it was too. A file dropped outside every card and upload area is refused,
-     where the browser would otherwise leave the studio to open it. Drags of text (the strip's
-     reorder) pass. An image pasted (Ctrl+V) outside a text field goes to the slot whose card
-     has the focus, else to the first slot with no image. */
+     leaves it as it was too. Several files at once, or a file dropped on the slots' area
+     outside the cards (the order strip, the add buttons), go to "+ Add images": each image to
+     a slot of its own (a slot's own upload area keeps only the first of several). A file
+     dropped anywhere else is refused, where the browser would otherwise leave the studio to
+     open it. Drags of text (the strip's reorder) pass. An image pasted (Ctrl+V) outside a text
+     field goes to the slot whose card has the focus, else to the first slot with no image, else
+     to a new slot; several go to "+ Add images". */
   const carriesFiles = (e) => !!e.dataTransfer && [...e.dataTransfer.types].includes('Files');
   const imageOf = (card) => (card ? card.querySelector(`#${card.id}-image`) : null);
   const shows = (image) => !!image && !!image.querySelector('img[src]');
   const cardOf = (node) => (node instanceof Element ? node.closest('.sigma-card[id^="slot-"]') : null);
-  const slotOf = (e) => {
-    const image = imageOf(cardOf(e.target));
-    if (!image) return null;
-    const emptyZone = !shows(image) && image.contains(e.target);
-    return emptyZone ? null : image;  // an empty slot's own upload area takes its drops
+  const adder = () => document.querySelector('#slot-adders input[type=file][multiple]');
+  const slotsArea = () => document.getElementById('slots-block');
+  const targetOf = (e) => {  // [the file input a drag goes to, the element to highlight]
+    if (!carriesFiles(e)) return null;
+    const inSlots = e.target instanceof Element && !!e.target.closest('#slots-block');
+    const card = cardOf(e.target);
+    if (inSlots && (e.dataTransfer.items.length > 1 || !card)) return [adder(), slotsArea()];
+    const image = imageOf(card);
+    if (!image || (!shows(image) && image.contains(e.target))) return null;  // its own area
+    return [image.querySelector('input[type=file]'), image];
   };
-  const send = (image, files) => {  // the slot's file picker's way, gradio's checks included
-    const input = image.querySelector('input[type=file]');
+  const send = (input, files) => {  // the file picker's way, gradio's checks included
     if (!input || !files.length) return;
     input.files = files;
     input.dispatchEvent(new Event('change', {bubbles: true}));
   };
-  const mark = (image, on) => image.classList.toggle('sigma-drop-here', on);
+  const mark = (element, on) => element && element.classList.toggle('sigma-drop-here', on);
   document.addEventListener('dragover', (e) => {
-    const image = carriesFiles(e) && slotOf(e);
-    if (!image) return;
+    const target = targetOf(e);
+    if (!target) return;
     e.preventDefault();
     e.stopPropagation();
     e.dataTransfer.dropEffect = 'copy';
-    mark(image, true);
+    mark(target[1], true);
   }, true);
   document.addEventListener('dragleave', (e) => {
-    const image = carriesFiles(e) && slotOf(e);
-    if (image && !cardOf(image).contains(e.relatedTarget)) mark(image, false);
+    const target = targetOf(e);
+    if (target && !target[1].contains(e.relatedTarget)) mark(target[1], false);
   }, true);
   document.addEventListener('drop', (e) => {
-    const image = carriesFiles(e) && slotOf(e);
-    if (!image) return;
+    const target = targetOf(e);
+    if (!target) return;
     e.preventDefault();
     e.stopPropagation();
-    mark(image, false);
-    send(image, e.dataTransfer.files);
+    mark(target[1], false);
+    send(target[0], e.dataTransfer.files);
   }, true);
   for (const type of ['dragover', 'drop']) {
     window.addEventListener(type, (e) => {  // reached only where no upload area took it
@@ -60,8 +67,8 @@
       .filter((card) => card.offsetParent !== null);
     const focused = cardOf(document.activeElement);
     const card = focused || cards.find((c) => imageOf(c) && !shows(imageOf(c)));
-    if (!card) return;
     e.preventDefault();
-    send(imageOf(card), files);
+    const one = files.length === 1 && card;
+    send(one ? imageOf(card).querySelector('input[type=file]') : adder(), files);
   });
 }

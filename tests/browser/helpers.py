@@ -62,18 +62,25 @@ def open_file(page: Page, path: Path) -> None:
 
 
 def drop_file(page: Page, selector: str, path: Path, mime: str) -> dict[str, bool]:
-    """Drag ``path`` from the desktop onto the middle of ``selector``: dragenter, dragover and
-    drop on the element a person's pointer would be over, as a browser sends them. Says for
-    each whether the page took it (cancelled it); a drop nobody takes opens the file in the
-    tab, leaving the page."""
+    """Drag ``path`` from the desktop onto the middle of ``selector`` (see :func:`drop_files`)."""
+    return drop_files(page, selector, [(path, mime)])
+
+
+def drop_files(page: Page, selector: str, files: list[tuple[Path, str]]) -> dict[str, bool]:
+    """Drag ``files`` (path, type) from the desktop onto the middle of ``selector`` at once:
+    dragenter, dragover and drop on the element a person's pointer would be over, as a browser
+    sends them. Says for each whether the page took it (cancelled it); a drop nobody takes
+    opens the file in the tab, leaving the page."""
     return page.evaluate(
-        """async ([selector, name, bytes, mime]) => {
+        """async ([selector, files]) => {
           document.querySelector(selector).scrollIntoView({block: 'center'});
           const box = document.querySelector(selector).getBoundingClientRect();
           const x = box.left + box.width / 2, y = box.top + box.height / 2;
           const target = document.elementFromPoint(x, y);
           const data = new DataTransfer();
-          data.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+          for (const [name, bytes, mime] of files) {
+            data.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+          }
           const taken = {};
           for (const type of ['dragenter', 'dragover', 'drop']) {
             const event = new DragEvent(type, {bubbles: true, cancelable: true,
@@ -83,24 +90,35 @@ def drop_file(page: Page, selector: str, path: Path, mime: str) -> dict[str, boo
           }
           return taken;
         }""",
-        [selector, path.name, list(path.read_bytes()), mime],
+        [selector, _file_list(files)],
     )
 
 
 def paste_file(page: Page, path: Path, mime: str) -> bool:
-    """Paste ``path`` (Ctrl+V with a file on the clipboard) into the focused element; says
-    whether the page took it."""
+    """Paste ``path`` (see :func:`paste_files`)."""
+    return paste_files(page, [(path, mime)])
+
+
+def paste_files(page: Page, files: list[tuple[Path, str]]) -> bool:
+    """Paste ``files`` (Ctrl+V with files on the clipboard) into the focused element; says
+    whether the page took them."""
     return page.evaluate(
-        """([name, bytes, mime]) => {
+        """(files) => {
           const data = new DataTransfer();
-          data.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+          for (const [name, bytes, mime] of files) {
+            data.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+          }
           const event = new ClipboardEvent('paste', {clipboardData: data, bubbles: true,
             cancelable: true, composed: true});
           (document.activeElement || document.body).dispatchEvent(event);
           return event.defaultPrevented;
         }""",
-        [path.name, list(path.read_bytes()), mime],
+        _file_list(files),
     )
+
+
+def _file_list(files: list[tuple[Path, str]]) -> list[list[object]]:
+    return [[path.name, list(path.read_bytes()), mime] for path, mime in files]
 
 
 def upload_ok(page: Page, k: int, path: Path) -> None:
