@@ -408,7 +408,7 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
                 with gr.Row(elem_id="slot-adders"):
                     add_button = gr.Button("+ Add a reference slot", size="sm", elem_id="add-slot")
                     add_images = gr.UploadButton(
-                        "+ Add images", file_types=["image"], file_count="multiple",
+                        "+ Add images", file_types=["image/*"], file_count="multiple",
                         size="sm", elem_id="add-images",
                     )  # fmt: skip
             with gr.Column(elem_id="compose-rest"):

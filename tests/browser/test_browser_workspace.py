@@ -234,7 +234,7 @@ def test_a_file_dropped_on_a_slot_card_goes_to_its_image(page: Page) -> None:
     expect(page.locator("#slot-3")).to_be_hidden()
 
 
-def test_several_images_at_once_each_get_a_slot(page: Page, pictures) -> None:
+def test_several_images_at_once_each_get_a_slot(page: Page, pictures, tmp_path) -> None:
     """Several images dropped at once on a card, a file dropped on the order strip, several
     pasted, several picked with "+ Add images": each image fills a slot with no image, else a
     new slot, up to the studio's 8; a file our reader refuses, and those past the last slot,
@@ -254,8 +254,11 @@ def test_several_images_at_once_each_get_a_slot(page: Page, pictures) -> None:
     expect(page.locator("#slot-6-info")).to_contain_text("600×400")
     with page.expect_file_chooser() as chooser:
         page.locator("#add-images").click()
-    chooser.value.set_files([FOUR[3], FOUR[0], FOUR[1]])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just text")
+    chooser.value.set_files([FOUR[3], notes, FOUR[0], FOUR[1]])
     expect(page.locator("#slot-8-info")).to_contain_text("512×512")
+    expect(toast(page, "Invalid file type: notes.txt. Only image/* allowed.")).to_have_count(1)
     expect(toast(page, "1 more file was not used: this studio offers at most 8")).to_have_count(1)
     expect(page.locator("#slot-5-info")).to_contain_text("451×300")
     expect(page.locator("#slot-7-info")).to_contain_text("640×427")
