@@ -1,24 +1,32 @@
 () => {
-  /* Files arriving at the page (run on load), dropped or pasted. A file dropped anywhere on a
-     slot's card goes where the slot's file picker sends it: gradio's own drop handler on a
-     slot that shows an image empties it first, then drops a file of the wrong type without a
-     word (the image was lost), and the rest of the card took no drop at all. Through the
-     picker a wrong type gets gradio's notice and the image stays; a file our reader refuses
-     leaves it as it was too. Several files at once, or a file dropped on the slots' area
-     outside the cards (the order strip, the add buttons), go to "+ Add images": each image to
-     a slot of its own (a slot's own upload area keeps only the first of several). A file
-     dropped anywhere else is refused, where the browser would otherwise leave the studio to
-     open it. Drags of text (the strip's reorder) pass. An image pasted (Ctrl+V) outside a text
-     field goes to the slot whose card has the focus, else to the first slot with no image, else
-     to a new slot; several go to "+ Add images". */
+  /* Files arriving at the page (run on load), dropped or pasted, each sent through a file
+     input as if picked there, so gradio's type check and our reader still answer:
+     - one file on a slot's card: that slot's input. gradio's own drop handler on a slot that
+       shows an image empties it first, then drops a wrong type without a word, and the rest
+       of the card took no drop; through the input a refused file leaves the image as it was.
+     - several files on the slots, or one on the slots' area outside the cards (the order
+       strip, the add buttons): "+ Add images", each image to a slot of its own (a slot's own
+       upload area keeps only the first of several).
+     - a preset JSON anywhere, or any file on the toolbar (a result PNG): the toolbar's opener.
+     - anywhere else: refused, where the browser would leave the studio to open the file.
+     Drags of text (the strip's reorder) pass. An image pasted (Ctrl+V) outside a text field
+     goes to the slot whose card has the focus, else to the first slot with no image, else to
+     a new slot; several go to "+ Add images". */
   const carriesFiles = (e) => !!e.dataTransfer && [...e.dataTransfer.types].includes('Files');
   const imageOf = (card) => (card ? card.querySelector(`#${card.id}-image`) : null);
   const shows = (image) => !!image && !!image.querySelector('img[src]');
   const cardOf = (node) => (node instanceof Element ? node.closest('.sigma-card[id^="slot-"]') : null);
   const adder = () => document.querySelector('#slot-adders input[type=file][multiple]');
   const slotsArea = () => document.getElementById('slots-block');
+  const opener = () => document.querySelector('#toolbar input[type=file]');
+  const presetsOnly = (items) => items.length > 0
+    && [...items].every((item) => item.kind === 'file' && item.type === 'application/json');
   const targetOf = (e) => {  // [the file input a drag goes to, the element to highlight]
     if (!carriesFiles(e)) return null;
+    const onToolbar = e.target instanceof Element && !!e.target.closest('#toolbar');
+    if (onToolbar || presetsOnly(e.dataTransfer.items)) {
+      return [opener(), document.getElementById('toolbar')];
+    }
     const inSlots = e.target instanceof Element && !!e.target.closest('#slots-block');
     const card = cardOf(e.target);
     if (inSlots && (e.dataTransfer.items.length > 1 || !card)) return [adder(), slotsArea()];
