@@ -18,7 +18,7 @@ import gradio as gr
 
 import sigma_core
 from sigma_core import frontend
-from studio import modes, presets, views
+from studio import autosave, modes, presets, views
 from studio.engine import Studio, refusals
 from studio.forms import Draft, SlotForm
 from studio.settings_panel import SettingsControls, settings_controls
@@ -179,7 +179,7 @@ class Page:
 
     history: gr.BrowserState
     saved_draft: gr.BrowserState  # the composition on screen, restored on a reload
-    before_load: gr.State  # the composition a load replaced, for its undo
+    before_change: gr.State  # the composition a load or a slot's removal replaced
     undo_button: gr.Button
     selected: gr.State
     slot_count: gr.State
@@ -245,6 +245,15 @@ class Page:
         form writes these in the same response, so the page never shows two drafts at once."""
         per_slot = [(sc.thumb, sc.info, sc.cropper, sc.last_good) for sc in self.slots]
         return [*(c for four in per_slot for c in four), self.slot_strip, *self.check_outputs]
+
+    @property
+    def undo_outputs(self) -> list[Any]:
+        return [self.before_change, self.undo_button]
+
+    def undo_of(self, old: Draft, change: str) -> list[Any]:
+        """:attr:`undo_outputs` after ``change`` (a load, a slot's removal) replaced ``old``:
+        ``old`` kept, and the undo button shown, named for the change."""
+        return [autosave.stored(old), gr.update(visible=True, value=f"↶ Undo {change}")]
 
     @property
     def check_outputs(self) -> list[Any]:
@@ -329,7 +338,7 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
     the workspace (the composition beside the result panel), then the examples."""
     history = gr.BrowserState([], storage_key=HISTORY_KEY)
     saved_draft = gr.BrowserState(None, storage_key=DRAFT_KEY)
-    before_load = gr.State(None)
+    before_change = gr.State(None)
     selected = gr.State(None)  # the chosen result's history entry
     slot_count = gr.State(1)
     cursor = gr.Number(visible=False)
@@ -355,7 +364,7 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
         )
         undo_button = gr.Button(
             "↶ Undo the load", size="sm", visible=False, scale=0, min_width=120,
-            elem_id="undo-load",
+            elem_id="undo",
         )  # fmt: skip
     preset_file = gr.File(
         label="Saved preset", interactive=False, visible=False, height=60, elem_id="preset-file"
@@ -475,7 +484,7 @@ def build_page(studio: Studio, preset_entries: list[presets.PresetEntry]) -> Pag
         elem_id="examples",
     )
     return Page(
-        history, saved_draft, before_load, undo_button, selected, slot_count, cursor, banner,
+        history, saved_draft, before_change, undo_button, selected, slot_count, cursor, banner,
         preset_dropdown, preset_upload, save_button, preset_file, examples, slot_list,
         add_button, add_images, name, prompt, prompt_messages, auto_button, problems, sequence,
         mask_button, mask_image, settings, reuse_seed, settings_messages, generate_button,

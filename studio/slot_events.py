@@ -30,25 +30,32 @@ def wire_slots(studio: Studio, page: Page) -> None:
     settled = {"fn": settle, "inputs": page.draft_inputs, "outputs": page.view_outputs, **RAW}
     settled |= quiet(show_progress="hidden")
 
-    def form_handler(change: Callable[[Draft], Draft]) -> Callable[[dict[Any, Any]], list[Any]]:
-        @warns(keep=lambda: page.keep_form() + [gr.skip()] * len(page.view_outputs))
+    def form_handler(
+        change: Callable[[Draft], Draft], undo: str = ""
+    ) -> Callable[[dict[Any, Any]], list[Any]]:
+        """A change of the form; one named in ``undo`` (a slot's removal) keeps the draft it
+        replaced for the undo button, as a load does."""
+        offers = page.undo_outputs if undo else []
+
+        @warns(keep=lambda: page.keep_form() + [gr.skip()] * (len(page.view_outputs) + len(offers)))
         def handler(data: dict[Any, Any]) -> list[Any]:
             old = page.draft_of(data)
             draft = change(old)
-            return page.form_changes(old, draft) + render.view_of(studio, page, draft)
+            offered = page.undo_of(old, undo) if undo else []
+            return page.form_changes(old, draft) + render.view_of(studio, page, draft) + offered
 
         return handler
 
     for k, sc in enumerate(page.slots, start=1):
         _wire_slot(studio, page, k, sc, settled)
-        for button, change in (
-            (sc.up, lambda d, k=k: slots.move_slot(d, k, -1)),
-            (sc.down, lambda d, k=k: slots.move_slot(d, k, +1)),
-            (sc.remove, lambda d, k=k: slots.remove_slot(d, k)),
+        for button, change, undo in (
+            (sc.up, lambda d, k=k: slots.move_slot(d, k, -1), ""),
+            (sc.down, lambda d, k=k: slots.move_slot(d, k, +1), ""),
+            (sc.remove, lambda d, k=k: slots.remove_slot(d, k), f"the removal of [{k}]"),
         ):
             button.click(
-                form_handler(change), inputs=page.draft_inputs,
-                outputs=page.form_outputs + page.view_outputs, **RAW, **quiet(),
+                form_handler(change, undo), inputs=page.draft_inputs, **RAW, **quiet(),
+                outputs=page.form_outputs + page.view_outputs + (page.undo_outputs if undo else []),
             ).then(**settled)  # fmt: skip
 
         def insert(text: str | None, at: float | None, k: int = k) -> str:

@@ -300,12 +300,12 @@ def _wire_load(
     composition): the form and its view in one response, and the composition it replaced
     kept for the undo button. ``opened`` gets the event's values (a dict, by control) and the
     event's own data (a dict: a gallery's selected index ...)."""
-    load_outputs = [*page.form_outputs, *page.view_outputs, page.before_load, page.undo_button]
+    load_outputs = [*page.form_outputs, *page.view_outputs, *page.undo_outputs]
 
     @warns(keep=lambda: [gr.skip()] * (len(load_outputs) + len(extra_outputs)))
     def load(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
         draft = opened(data, getattr(event, "_data", None) or {})
-        undo = [autosave.stored(page.draft_of(data)), gr.update(visible=True)]
+        undo = page.undo_of(page.draft_of(data), "the load")
         extra = [None] * len(extra_outputs)  # an upload button emptied again, for the next file
         return page.form_of(draft) + render.view_of(studio, page, draft) + undo + extra
 
@@ -317,7 +317,7 @@ def _wire_presets(
     studio: Studio, page: Page, demo: gr.Blocks, entries: list[presets.PresetEntry]
 ) -> None:
     """The preset dropdown, the examples, opening an upload, saving the composition, the
-    undo of a load, and the draft kept in the browser."""
+    undo (of a load or a slot's removal), and the draft kept in the browser."""
     by_name = {e.path.name: e.path for e in entries}
     max_slots = studio.options.max_references
 
@@ -346,13 +346,13 @@ def _wire_presets(
 
     def undo(data: dict[Any, Any]) -> list[Any]:
         roots = [studio.files, Path(get_upload_folder())]
-        draft, _ = autosave.restored(data[page.before_load], roots, max_slots)
+        draft, _ = autosave.restored(data[page.before_change], roots, max_slots)
         hide = [None, gr.update(visible=False)]
         return page.form_of(draft) + render.view_of(studio, page, draft) + hide
 
     page.undo_button.click(
-        undo, inputs={page.before_load}, outputs=[*page.form_outputs, *page.view_outputs,
-        page.before_load, page.undo_button], **quiet(),
+        undo, inputs={page.before_change},
+        outputs=[*page.form_outputs, *page.view_outputs, *page.undo_outputs], **quiet(),
     )  # fmt: skip
 
     def keep_draft(data: dict[Any, Any]) -> dict[str, Any]:

@@ -55,14 +55,15 @@ def test_save_preset_reload_see_history_and_load_it_back(page: Page, pictures, t
     expect(page.locator("#slot-2-entity textarea")).to_have_value("tabby cat")
     save_screenshot(page, "reloaded_draft_and_history")
     # An example replaces the composition; the undo brings it back, whole.
-    expect(page.locator("#undo-load")).to_be_hidden()
+    expect(page.locator("#undo")).to_be_hidden()
     page.locator("#examples img").first.click()
     expect(prompt_box(page)).not_to_have_value(TEMPLATE)
-    page.locator("#undo-load").click()
+    expect(page.locator("#undo")).to_have_text("↶ Undo the load")
+    page.locator("#undo").click()
     expect(prompt_box(page)).to_have_value(TEMPLATE)
     expect(page.locator("#slot-2-info")).to_contain_text("451×300")
     expect(page.locator("#slot-1-attributes")).to_contain_text("<id>")
-    expect(page.locator("#undo-load")).to_be_hidden()
+    expect(page.locator("#undo")).to_be_hidden()
     # Load the saved preset: the prompt, both slots, their images and the settings return.
     open_file(page, saved)
     expect(prompt_box(page)).to_have_value(TEMPLATE)
