@@ -3,7 +3,6 @@ the background removal, and the changes of the form (add, remove, move, drag in 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -51,7 +50,7 @@ def wire_slots(studio: Studio, page: Page) -> None:
         for button, change, undo in (
             (sc.up, lambda d, k=k: slots.move_slot(d, k, -1), ""),
             (sc.down, lambda d, k=k: slots.move_slot(d, k, +1), ""),
-            (sc.remove, lambda d, k=k: slots.remove_slot(d, k), f"the removal of [{k}]"),
+            (sc.remove, lambda d, k=k: slots.remove_slot(d, k), f"removing [{k}]"),
         ):
             button.click(
                 form_handler(change, undo), inputs=page.draft_inputs, **RAW, **quiet(),
@@ -143,23 +142,41 @@ def _wire_slot(
             *render.checks(studio, page, draft),
         ]  # fmt: skip
 
+    undoable = {"clear": f"clearing [{k}]", "background": f"removing [{k}]'s background"}
+
+    def offer_undo(data: dict[Any, Any], what: str) -> list[Any]:
+        """After a clear or a background removal, the undo of it: the draft as it was before
+        (a cleared slot's image is the last readable one it showed)."""
+        before = page.draft_of(data)
+        if what == "clear":
+            if not data[sc.last_good]:
+                return [gr.skip()] * len(page.undo_outputs)
+            form = replace(before.slots[k - 1], image=data[sc.last_good])
+            before = replace(before, slots=(*before.slots[: k - 1], form, *before.slots[k:]))
+        return page.undo_of(before, undoable[what])
+
+    def handler(what: str) -> Callable[[dict[Any, Any]], list[Any]]:
+        offers = page.undo_outputs if what in undoable else []
+
+        @warns(keep=lambda: [gr.skip()] * (len(outputs) + len(offers)))
+        def handle(data: dict[Any, Any]) -> list[Any]:
+            return answer(data, what) + (offer_undo(data, what) if offers else [])
+
+        return handle
+
     hidden = quiet(show_progress="hidden")
-    keep = warns(keep=lambda: [gr.skip()] * len(outputs))
     for event, what in (
         (sc.image.upload, "upload"), (sc.image.clear, "clear"),
         (sc.attributes.input, "attributes"), (sc.crop.input, "typed"), (sc.crop.blur, "typed"),
         (sc.face_button.click, "face"), (sc.background_button.click, "background"),
     ):  # fmt: skip
-        answered = event(keep(functools.partial(_call, answer, what)), inputs=inputs,
-                         outputs=outputs, **RAW, **hidden)  # fmt: skip
+        offers = page.undo_outputs if what in undoable else []
+        answered = event(handler(what), inputs=inputs, outputs=outputs + offers, **RAW, **hidden)
         if what in ("upload", "attributes", "face", "background"):
             answered.then(**settled)
 
     def dragged(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
         return answer(data, "drag", (getattr(event, "_data", None) or {}).get("box"))
 
+    keep = warns(keep=lambda: [gr.skip()] * len(outputs))
     sc.cropper.input(keep(dragged), inputs=inputs, outputs=outputs, **RAW, **hidden)
-
-
-def _call(answer: Callable[..., list[Any]], what: str, data: dict[Any, Any]) -> list[Any]:
-    return answer(data, what)

@@ -266,10 +266,11 @@ def test_several_images_at_once_each_get_a_slot(page: Page, pictures, tmp_path) 
     expect(page.locator("#slot-1-info")).to_contain_text("512×512")
 
 
-def test_a_removed_slot_comes_back_with_undo(page: Page) -> None:
+def test_a_removed_or_cleared_slot_comes_back_with_undo(page: Page) -> None:
     """✕ removes a slot with its image, attributes and entity, and offers the undo, named for
-    the removal; the undo brings the slot back where it was, whole. (Failed before: a removed
-    slot was gone for good.)"""
+    the removal; the undo brings the slot back where it was, whole. Clearing a slot's image
+    offers its undo too. (Failed before: a removed slot, or a cleared image, was gone for
+    good.)"""
     for k, picture in enumerate(FOUR[:3], start=1):
         if k > 1:
             add_slot(page, k)
@@ -280,13 +281,20 @@ def test_a_removed_slot_comes_back_with_undo(page: Page) -> None:
     expect(page.locator("#slot-3")).to_be_hidden()
     expect(page.locator("#slot-2-info")).to_contain_text("600×400")
     undo = page.locator("#undo")
-    expect(undo).to_have_text("↶ Undo the removal of [2]")
+    expect(undo).to_have_text("↶ Undo removing [2]")
     undo.click()
     expect(page.locator("#slot-2-info")).to_contain_text("451×300")
     expect(page.locator("#slot-2-attributes")).to_contain_text("<subject>")
     expect(page.locator("#slot-2-entity textarea")).to_have_value("tabby cat")
     expect(page.locator("#slot-3-info")).to_contain_text("600×400")
     expect(undo).to_be_hidden()
+    page.locator("#slot-1-image button[aria-label='Remove Image']").click()
+    expect(page.locator("#slot-1-image img")).to_have_count(0)
+    expect(undo).to_have_text("↶ Undo clearing [1]")
+    undo.click()
+    expect(page.locator("#slot-1-info")).to_contain_text("512×512")
+    expect(page.locator("#slot-1-image img")).to_be_visible()
+    expect(page.locator("#slot-2-entity textarea")).to_have_value("tabby cat")
 
 
 def test_a_pasted_image_goes_to_the_focused_card_or_the_first_empty_slot(page: Page) -> None:
