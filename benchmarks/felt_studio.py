@@ -11,7 +11,9 @@ reports, with the machine's load at the time:
    under 0.5 s), and until the last change on the page;
 3. a run (512x512, 30 timesteps): click to the first progress text, to the first live
    preview, to the final image;
-4. cancel latency: Cancel clicked during a 1000-step run, until the status says so.
+4. cancel latency: Cancel clicked during a 1000-step run, until the status says so;
+5. four references in, from a fresh page, until the fourth slot's caption shows: one slot at a
+   time (add a slot, pick its image: 7 actions) and all at once with "+ Add images" (1).
 
 Run: python -m benchmarks.felt_studio   (from the repository root; needs chromium)
 """
@@ -203,6 +205,28 @@ def run_and_cancel(browser, url: str) -> dict[str, float]:
     return out
 
 
+def adding(browser, url: str) -> dict[str, float]:
+    out = {}
+    for how in ("one slot at a time", "at once"):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.wait_for_selector("#engine-banner")
+        start = time.perf_counter()
+        if how == "at once":
+            page.locator("#slot-adders input[type=file]").set_input_files(ASSETS)
+        else:
+            for k, path in enumerate(ASSETS, start=1):
+                if k > 1:
+                    page.locator("#add-slot").click()
+                    page.locator(f"#slot-{k}").wait_for(state="visible")
+                page.locator(f"#slot-{k}-image input[type=file]").set_input_files(path)
+                page.locator(f"#slot-{k}-info", has_text="the model sees").wait_for()
+        page.locator("#slot-4-info", has_text="the model sees").wait_for()
+        out[f"four references in, {how} (s)"] = time.perf_counter() - start
+        page.close()
+    return out
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     from playwright.sync_api import sync_playwright
@@ -212,7 +236,7 @@ def main() -> None:
             executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
         )
         figures = {**heights(browser, url), **reorder(browser, url)}
-        figures |= run_and_cancel(browser, url)
+        figures |= run_and_cancel(browser, url) | adding(browser, url)
         browser.close()
     print(f"load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
     for name, value in figures.items():
