@@ -179,7 +179,7 @@ class Page:
 
     history: gr.BrowserState
     saved_draft: gr.BrowserState  # the composition on screen, restored on a reload
-    before_change: gr.State  # the composition a load or a slot's removal replaced
+    before_change: gr.State  # what the last load, removal or clear of a slot replaced
     undo_button: gr.Button
     selected: gr.State
     slot_count: gr.State
@@ -251,8 +251,8 @@ class Page:
         return [self.before_change, self.undo_button]
 
     def undo_of(self, old: Draft, change: str) -> list[Any]:
-        """:attr:`undo_outputs` after ``change`` (a load, a slot's removal) replaced ``old``:
-        ``old`` kept, and the undo button shown, named for the change."""
+        """:attr:`undo_outputs` after ``change`` (a load; a slot's removal, clear or background
+        removal) replaced ``old``: ``old`` kept, and the undo button shown, named for it."""
         return [autosave.stored(old), gr.update(visible=True, value=f"↶ Undo {change}")]
 
     @property
