@@ -82,7 +82,7 @@ def wire_slots(studio: Studio, page: Page) -> None:
         files = [f for f in map(reference_value, data[page.add_images] or []) if f]
         draft, refused = slots.add_images(old, files, max_slots)
         if refused:
-            warn("; ".join(refused))
+            warn("\n".join(refused))
         emptied = None  # the button emptied again, for the next pick
         return page.form_changes(old, draft) + render.view_of(studio, page, draft) + [emptied]
 

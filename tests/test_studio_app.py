@@ -23,7 +23,7 @@ from sigma_core.inputs.settings import describe_layout
 from studio.app import build_app
 from studio.engine import load_engine
 from studio.forms import Draft, SettingsForm
-from studio.handlers import warns
+from studio.handlers import warn, warns
 from studio.main import main, serve
 from studio.options import PRESETS_DIR, default_model, engine_lock, parse_options
 from studio.page import build_page
@@ -302,6 +302,8 @@ def test_a_handlers_sigma_error_becomes_an_escaped_toast_and_the_outputs_stay():
 
     with pytest.warns(UserWarning, match="^&#x27;&lt;idd&gt;&#x27; is not an attribute$"):
         assert check({}) is kept  # gr.Warning outside a request is a Python warning
+    with pytest.warns(UserWarning, match="^a.png: &lt;id&gt;<br>b.png: not read$"):
+        warn("a.png: <id>\nb.png: not read")  # a line each, the text still escaped
 
     @warns(keep=dict)
     def run(data: dict, event: gr.EventData, progress: gr.Progress = PROGRESS) -> Iterator[dict]:

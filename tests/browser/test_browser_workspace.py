@@ -239,7 +239,7 @@ def test_several_images_at_once_each_get_a_slot(page: Page, pictures, tmp_path) 
     """Several images dropped at once on a card, a file dropped on the order strip, several
     pasted, several picked with "+ Add images": each image fills a slot with no image, else a
     new slot, up to the studio's 8; a file our reader refuses, and those past the last slot,
-    are named in one notice each, and the others still come in. (Failed before: a slot kept
+    are named in one notice, a line each, and the others still come in. (Failed before: a slot kept
     the first of several files, without a word for the rest, and the strip took no file.)"""
     upload_ok(page, 1, FOUR[0])
     dropped = [(FOUR[1], "image/png"), (pictures["text"], "image/png"), (FOUR[2], "image/png")]
