@@ -21,8 +21,9 @@ def warn(error: SigmaError | str) -> None:
     """Show ``error`` (an error, or a note such as autosave's) as a warning toast, the one way
     the studio does: this machine's folders shortened (:func:`views.redact`) and escaped, since
     toasts render HTML and an attribute token such as ``<id>`` must stay visible; each line
-    of the text on a line of its own."""
-    gr.Warning(html.escape(views.redact(str(error))).replace("\n", "<br>"))
+    of the text on a line of its own (after a space, so the toast's text, copied or read
+    aloud, keeps its words apart)."""
+    gr.Warning(html.escape(views.redact(str(error))).replace("\n", " <br>"))
 
 
 def warns(keep: Callable[[], Any]) -> Callable[[Handler], Handler]:

@@ -302,7 +302,7 @@ def test_a_handlers_sigma_error_becomes_an_escaped_toast_and_the_outputs_stay():
 
     with pytest.warns(UserWarning, match="^&#x27;&lt;idd&gt;&#x27; is not an attribute$"):
         assert check({}) is kept  # gr.Warning outside a request is a Python warning
-    with pytest.warns(UserWarning, match="^a.png: &lt;id&gt;<br>b.png: not read$"):
+    with pytest.warns(UserWarning, match="^a.png: &lt;id&gt; <br>b.png: not read$"):
         warn("a.png: <id>\nb.png: not read")  # a line each, the text still escaped
 
     @warns(keep=dict)
