@@ -84,6 +84,10 @@ class Draft:
     settings: SettingsForm = field(default_factory=SettingsForm)
     name: str = ""
 
+    def with_slot(self, k: int, form: SlotForm) -> Draft:
+        """The draft with slot ``k`` (1-based) holding ``form``."""
+        return replace(self, slots=(*self.slots[: k - 1], form, *self.slots[k:]))
+
 
 def to_composition(draft: Draft) -> Composition:
     """The composition the controls describe; a SigmaError names the first wrong field.

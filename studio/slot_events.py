@@ -74,21 +74,21 @@ def wire_slots(studio: Studio, page: Page) -> None:
         outputs=page.form_outputs + page.view_outputs, **quiet(),
     ).then(**settled)  # fmt: skip
 
-    adding = [*page.form_outputs, *page.view_outputs, page.add_images]
-
-    @warns(keep=lambda: [gr.skip()] * len(adding))
     def add_images(data: dict[Any, Any]) -> list[Any]:
-        old = page.draft_of(data)
         files = [f for f in map(reference_value, data[page.add_images] or []) if f]
-        draft, refused = slots.add_images(old, files, max_slots)
-        if refused:
-            warn("\n".join(refused))
+
+        def change(old: Draft) -> Draft:
+            draft, refused = slots.add_images(old, files, max_slots)
+            if refused:
+                warn("\n".join(refused))
+            return draft
+
         emptied = None  # the button emptied again, for the next pick
-        return page.form_changes(old, draft) + render.view_of(studio, page, draft) + [emptied]
+        return [*form_handler(change)(data), emptied]
 
     page.add_images.upload(
-        add_images, inputs={*page.draft_inputs, page.add_images}, outputs=adding, **RAW,
-        **quiet(),
+        add_images, inputs={*page.draft_inputs, page.add_images}, **RAW, **quiet(),
+        outputs=[*page.form_outputs, *page.view_outputs, page.add_images],
     ).then(**settled)  # fmt: skip
 
     def drop(data: dict[Any, Any], event: gr.EventData) -> list[Any]:
@@ -136,7 +136,7 @@ def _wire_slot(
                     raise
                 told = str(e)
             seen, note = form.image, views.note(told)
-        draft = replace(draft, slots=(*draft.slots[: k - 1], form, *draft.slots[k:]))
+        draft = draft.with_slot(k, form)
         return [
             image, crop, note, seen, *render.slot_view(form, k), views.slot_strip(draft),
             *render.checks(studio, page, draft),
@@ -151,12 +151,11 @@ def _wire_slot(
         if what == "clear":
             if not data[sc.last_good]:
                 return [gr.skip()] * len(page.undo_outputs)
-            form = replace(before.slots[k - 1], image=data[sc.last_good])
-            before = replace(before, slots=(*before.slots[: k - 1], form, *before.slots[k:]))
+            before = before.with_slot(k, replace(before.slots[k - 1], image=data[sc.last_good]))
         return page.undo_of(before, undoable[what])
 
-    def handler(what: str) -> Callable[[dict[Any, Any]], list[Any]]:
-        offers = page.undo_outputs if what in undoable else []
+    def handler(what: str, offers: list[Any]) -> Callable[[dict[Any, Any]], list[Any]]:
+        """``answer``, then the undo of the change where ``offers`` (the undo's outputs)."""
 
         @warns(keep=lambda: [gr.skip()] * (len(outputs) + len(offers)))
         def handle(data: dict[Any, Any]) -> list[Any]:
@@ -171,7 +170,9 @@ def _wire_slot(
         (sc.face_button.click, "face"), (sc.background_button.click, "background"),
     ):  # fmt: skip
         offers = page.undo_outputs if what in undoable else []
-        answered = event(handler(what), inputs=inputs, outputs=outputs + offers, **RAW, **hidden)
+        answered = event(
+            handler(what, offers), inputs=inputs, outputs=outputs + offers, **RAW, **hidden
+        )
         if what in ("upload", "attributes", "face", "background"):
             answered.then(**settled)
 

@@ -25,22 +25,30 @@ def check_upload(slot: int, image: str | None, previous: str | None) -> tuple[st
     it as an image, else the slot's ``previous`` image and sigma_core's message (the CLI's
     words) for the note under the slot. The bad file never reaches the composition, so its
     problem is told once, there."""
-    if not image:
-        return image, ""
+    problem = _unreadable(slot, image) if image else ""
+    return (previous, f"That file was not used: {problem}") if problem else (image, "")
+
+
+def _unreadable(slot: int, image: str) -> str:
+    """sigma_core's message for an image it cannot use as slot ``slot``'s; empty if it can."""
     try:
         reference_image(image_source(image), None, slot)
     except SigmaError as e:
-        return previous, f"That file was not used: {e}"
-    return image, ""
+        return str(e)
+    return ""
+
+
+def _slot_limit(max_slots: int) -> str:
+    return (
+        f"this studio offers at most {max_slots} slots (start it with --max-references N, "
+        f"up to {frontend.MAX_REFERENCES}, for more)"
+    )
 
 
 def add_slot(draft: Draft, max_slots: int) -> Draft:
     """One more empty slot at the end, up to ``max_slots``."""
     if len(draft.slots) >= max_slots:
-        raise SigmaInputError(
-            f"references: this studio offers at most {max_slots} slots (start it with "
-            f"--max-references N, up to {frontend.MAX_REFERENCES}, for more)"
-        )
+        raise SigmaInputError(f"references: {_slot_limit(max_slots)}")
     return replace(draft, slots=(*draft.slots, SlotForm()))
 
 
@@ -55,17 +63,13 @@ def add_images(draft: Draft, images: list[str], max_slots: int) -> tuple[Draft, 
         k = _free_slot(forms, max_slots)
         if k is None:
             left = len(images) - at
-            refused.append(
-                f"{left} more {'file was' if left == 1 else 'files were'} not used: this "
-                f"studio offers at most {max_slots} slots (start it with --max-references N, "
-                f"up to {frontend.MAX_REFERENCES}, for more)"
-            )
+            files = "file was" if left == 1 else "files were"
+            refused.append(f"{left} more {files} not used: {_slot_limit(max_slots)}")
             break
-        try:
-            reference_image(image_source(image), None, k)
-        except SigmaError as e:
+        problem = _unreadable(k, image)
+        if problem:
             name = "a pasted image" if image.startswith("data:") else Path(image).name
-            refused.append(f"{name} was not used: {e}")
+            refused.append(f"{name} was not used: {problem}")
             continue
         if k <= len(forms):
             forms[k - 1] = replace(forms[k - 1], image=image)

@@ -317,7 +317,7 @@ def _wire_presets(
     studio: Studio, page: Page, demo: gr.Blocks, entries: list[presets.PresetEntry]
 ) -> None:
     """The preset dropdown, the examples, opening an upload, saving the composition, the
-    undo (of a load or a slot's removal), and the draft kept in the browser."""
+    undo (of a load, or a slot's removal or clear), and the draft kept in the browser."""
     by_name = {e.path.name: e.path for e in entries}
     max_slots = studio.options.max_references
 

@@ -16,6 +16,8 @@
   const imageOf = (card) => (card ? card.querySelector(`#${card.id}-image`) : null);
   const shows = (image) => !!image && !!image.querySelector('img[src]');
   const cardOf = (node) => (node instanceof Element ? node.closest('.sigma-card[id^="slot-"]') : null);
+  const inputOf = (image) => image.querySelector('input[type=file]');
+  const within = (e, selector) => e.target instanceof Element && !!e.target.closest(selector);
   const adder = () => document.querySelector('#slot-adders input[type=file][multiple]');
   const slotsArea = () => document.getElementById('slots-block');
   const opener = () => document.querySelector('#toolbar input[type=file]');
@@ -23,16 +25,15 @@
     && [...items].every((item) => item.kind === 'file' && item.type === 'application/json');
   const targetOf = (e) => {  // [the file input a drag goes to, the element to highlight]
     if (!carriesFiles(e)) return null;
-    const onToolbar = e.target instanceof Element && !!e.target.closest('#toolbar');
-    if (onToolbar || presetsOnly(e.dataTransfer.items)) {
+    if (within(e, '#toolbar') || presetsOnly(e.dataTransfer.items)) {
       return [opener(), document.getElementById('toolbar')];
     }
-    const inSlots = e.target instanceof Element && !!e.target.closest('#slots-block');
     const card = cardOf(e.target);
-    if (inSlots && (e.dataTransfer.items.length > 1 || !card)) return [adder(), slotsArea()];
+    const toAdder = e.dataTransfer.items.length > 1 || !card;
+    if (within(e, '#slots-block') && toAdder) return [adder(), slotsArea()];
     const image = imageOf(card);
     if (!image || (!shows(image) && image.contains(e.target))) return null;  // its own area
-    return [image.querySelector('input[type=file]'), image];
+    return [inputOf(image), image];
   };
   const send = (input, files) => {  // the file picker's way, gradio's checks included
     if (!input || !files.length) return;
@@ -69,14 +70,13 @@
   }
   document.addEventListener('paste', (e) => {
     const files = e.clipboardData ? e.clipboardData.files : null;
-    const typing = e.target instanceof Element && e.target.closest('input, textarea, [contenteditable]');
-    if (!files || !files.length || typing) return;
+    if (!files || !files.length || within(e, 'input, textarea, [contenteditable]')) return;
     const cards = [...document.querySelectorAll('.sigma-card[id^="slot-"]')]
       .filter((card) => card.offsetParent !== null);
     const focused = cardOf(document.activeElement);
     const card = focused || cards.find((c) => imageOf(c) && !shows(imageOf(c)));
     e.preventDefault();
     const one = files.length === 1 && card;
-    send(one ? imageOf(card).querySelector('input[type=file]') : adder(), files);
+    send(one ? inputOf(imageOf(card)) : adder(), files);
   });
 }
